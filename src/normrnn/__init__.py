@@ -1,0 +1,10 @@
+"""normrnn: normalized recurrent layers (layer norm, RMSNorm, recurrent batch norm) with the nn.LSTM API."""
+from .cells import GRUCell, LSTMCell, RNNCell
+from .convert import convert
+from .layers import GRU, LSTM, RNN, StreamState
+from .norms import LayerNorm, RecurrentBatchNorm, RMSNorm
+
+__version__ = "0.1.0"
+
+__all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "StreamState", "convert", "LayerNorm",
+           "RMSNorm", "RecurrentBatchNorm", "__version__"]

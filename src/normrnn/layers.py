@@ -1,0 +1,217 @@
+"""Running a sequence: stacked layers, two directions, lengths and packed input, with the nn.LSTM contract.
+
+``normrnn.LSTM``/``GRU``/``RNN`` take ``nn.LSTM``'s arguments and return what it returns; parameters are named
+``weight_ih_l{k}[_reverse]`` etc. as there, with the norms as extra submodules ``norm_{ih,hh,gates,new,cell}_l{k}
+[_reverse]``. With ``norm="none"`` an ``nn.LSTM`` state dict loads strictly and gives the same outputs.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .cells import GATES, CellParams, State, add_cell_parameters, cell_params
+from .checks import LengthsLike, PaddedBatch, check_size, finish_output, prepare_input
+from .norms import LayerNorm, RMSNorm
+from .options import NormOptions, check_probability
+from .reference import run_direction
+
+
+class StreamState(NamedTuple):
+    """What :meth:`step` carries between calls: the ``hx`` of ``forward`` and the index of the next step
+    (batch norm picks its per-step statistics by it)."""
+
+    hx: object
+    step: int
+
+
+class _NormRNNBase(nn.Module):
+    """Shared by LSTM, GRU and RNN: parameters, checks, and the loop over layers and directions."""
+
+    def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
+                 dtype=None, *, norm: str = "layer", norm_terms: str = "separate", eps: float = 1e-5,
+                 gamma_init: Optional[float] = None, max_steps: int = 256, momentum: float = 0.1,
+                 residual: bool = False, zoneout: float = 0.0, dropconnect: float = 0.0,
+                 _lstm_options: Optional[dict] = None) -> None:
+        super().__init__()
+        self.mode = mode
+        self.input_size = check_size("input_size", input_size)
+        self.hidden_size = check_size("hidden_size", hidden_size)
+        self.num_layers = check_size("num_layers", num_layers)
+        self.bias, self.batch_first, self.bidirectional = bool(bias), bool(batch_first), bool(bidirectional)
+        self.dropout = check_probability("dropout", dropout)
+        self.zoneout = check_probability("zoneout", zoneout)
+        self.dropconnect = check_probability("dropconnect", dropconnect)
+        self.residual = bool(residual)
+        self.options = NormOptions(norm, norm_terms, eps=eps, gamma_init=gamma_init, max_steps=max_steps,
+                                   momentum=momentum, **(_lstm_options or {}))
+        directions = 2 if self.bidirectional else 1
+        for k in range(self.num_layers):
+            layer_input = input_size if k == 0 else hidden_size * directions
+            for d in range(directions):
+                add_cell_parameters(self, self._suffix(k, d), mode, layer_input, hidden_size, self.bias,
+                                    self.options, device, dtype)
+            if self._has_residual(k) and self.options.active:
+                # Pre-norm residual (x + layer(norm(x))): RMSNorm for norm="rms", LayerNorm otherwise, since a
+                # per-sample norm keeps the skip path independent of the batch.
+                width = hidden_size * directions
+                pre = (RMSNorm(width, eps, device=device, dtype=dtype) if norm == "rms"
+                       else LayerNorm(width, eps, device=device, dtype=dtype))
+                self.add_module(f"norm_input_l{k}", pre)
+
+    # ------------------------------------------------------------------------------------------ structure
+
+    @staticmethod
+    def _suffix(layer: int, direction: int) -> str:
+        return f"_l{layer}" + ("_reverse" if direction == 1 else "")
+
+    def _has_residual(self, layer: int) -> bool:
+        """Layers after the first map D·H features to D·H features, so a skip connection fits there."""
+        return self.residual and layer > 0
+
+    @property
+    def norm(self) -> str:
+        return self.options.norm
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def flatten_parameters(self) -> None:
+        """No-op, for code written against ``nn.LSTM`` (which compacts cuDNN weights here)."""
+
+    def _cell(self, layer: int, direction: int) -> CellParams:
+        suffix = self._suffix(layer, direction)
+        w_hh = None
+        if self.dropconnect and self.training:
+            # DropConnect on the recurrent weights (Wan et al.; haste, AWD-LSTM): one mask per forward call.
+            w_hh = F.dropout(getattr(self, "weight_hh" + suffix), self.dropconnect, True)
+        return cell_params(self, suffix, self.mode, self.options, weight_hh=w_hh)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False),
+                              ("residual", False), ("zoneout", 0.0), ("dropconnect", 0.0)):
+            if getattr(self, name) != default:
+                s += f", {name}={getattr(self, name)}"
+        return s + f", norm={self.norm!r}, norm_terms={self.options.norm_terms!r}"
+
+    # ------------------------------------------------------------------------------------------ running
+
+    def forward(self, input, hx=None, *, lengths: LengthsLike = None):
+        """Run the stack over a sequence.
+
+        input: (L, N, H_in), (N, L, H_in) with ``batch_first``, (L, H_in) unbatched, or a PackedSequence.
+        hx: initial state, as for ``nn.LSTM``: ``(h_0, c_0)`` for an LSTM, ``h_0`` otherwise, each
+            (num_layers·D, N, H); zeros when omitted.
+        lengths: (N,) valid steps per sequence, for padded input. Outputs past a sequence's end are zero and
+            its final state is the one at its last valid step.
+        Returns ``(output, h_n)`` / ``(output, (h_n, c_n))``: output (L, N, D·H) (or packed, or batch first).
+        """
+        batch = prepare_input(self, input, hx, lengths)
+        out, states = self._run(batch, start=0)
+        return finish_output(batch, out, states, self.mode == "LSTM")
+
+    def step(self, input: Tensor, state: Optional[StreamState] = None) -> tuple[Tensor, StreamState]:
+        """Streaming: advance one time step. input: (N, H_in); returns (output (N, H), new state).
+
+        Equal to ``forward`` over the whole sequence, batch norm in eval mode included (the state carries the
+        step index). Only for unidirectional layers: a reverse direction needs the whole sequence.
+        """
+        if self.bidirectional:
+            raise ValueError("step() needs a unidirectional layer: a bidirectional one must see the whole sequence")
+        if not isinstance(input, Tensor) or input.dim() != 2:
+            raise ValueError(f"step() takes one time step of shape (N, H_in), got "
+                             f"{tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__}")
+        if state is not None and not isinstance(state, StreamState):
+            raise TypeError("state must be the StreamState returned by the previous step() call, or None")
+        hx, start = (None, 0) if state is None else state
+        batch = prepare_input(self, input.unsqueeze(1) if self.batch_first else input.unsqueeze(0), hx)
+        out, states = self._run(batch, start=start)
+        hx_new = states if self.mode == "LSTM" else states[0]
+        return out[0], StreamState(hx_new, start + 1)
+
+    def _initial_state(self, batch: PaddedBatch, index: int) -> State:
+        if batch.hx is not None:
+            return tuple(s[index] for s in batch.hx)
+        zeros = batch.x.new_zeros(batch.x.shape[1], self.hidden_size)
+        return (zeros, zeros) if self.mode == "LSTM" else (zeros,)
+
+    def _run(self, batch: PaddedBatch, start: int) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """The stack over a checked batch: returns the last layer's output (T, N, D·H) and the final states,
+        each (num_layers·D, N, H)."""
+        x, mask, lengths = batch.x, batch.mask, batch.lengths
+        finals: list[State] = []
+        for k in range(self.num_layers):
+            layer_in = getattr(self, f"norm_input_l{k}")(x) if hasattr(self, f"norm_input_l{k}") else x
+            outs = []
+            for d in range(self.num_directions):
+                out, final = run_direction(self._cell(k, d), layer_in, self._initial_state(batch, k * self.num_directions + d),
+                                           mask, lengths, reverse=d == 1, start=start, zoneout_p=self.zoneout,
+                                           training=self.training)
+                outs.append(out)
+                finals.append(final)
+            y = outs[0] if len(outs) == 1 else torch.cat(outs, -1)
+            if self._has_residual(k):
+                y = x + y if mask is None else (x + y) * mask.unsqueeze(-1)
+            if self.dropout and self.training and k < self.num_layers - 1:
+                y = F.dropout(y, self.dropout, True)
+            x = y
+        states = tuple(torch.stack([f[i] for f in finals]) for i in range(len(finals[0])))
+        return x, states
+
+
+class LSTM(_NormRNNBase):
+    r"""A normalized ``nn.LSTM``.
+
+    Args: as ``nn.LSTM`` (``input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+    bidirectional=False, device=None, dtype=None``; no ``proj_size``), plus keyword-only:
+
+    * ``norm="layer" | "rms" | "batch" | "none"``; ``norm_terms="separate" | "joint"``.
+    * ``norm_cell=True``: normalize c_t before the output tanh; ``carry_normalized_cell=False``.
+    * ``eps=1e-5``; ``gamma_init=None`` (1.0 for layer/rms, 0.1 for batch).
+    * ``max_steps=256``, ``momentum=0.1``: recurrent batch norm's per-step statistics.
+    * ``residual=False``: pre-norm residual connections around layers 2..num_layers.
+    * ``zoneout=0.0`` (on h and c), ``dropconnect=0.0`` (on ``weight_hh``).
+
+    Shapes: input (L, N, H_in) or (N, L, H_in) with ``batch_first``; output (L, N, D·H_out); h_n and c_n
+    (num_layers·D, N, H_out).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
+                 dtype=None, *, norm_cell: bool = True, carry_normalized_cell: bool = False, **options) -> None:
+        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         device, dtype, **options, _lstm_options=dict(
+                             norm_cell=bool(norm_cell), carry_normalized_cell=bool(carry_normalized_cell)))
+
+
+class GRU(_NormRNNBase):
+    """A normalized ``nn.GRU``; arguments as :class:`LSTM` without the cell options. Returns (output, h_n)."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
+                 dtype=None, **options) -> None:
+        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         device, dtype, **options)
+
+
+class RNN(_NormRNNBase):
+    """A normalized Elman ``nn.RNN`` with ``nonlinearity="tanh" | "relu"``. Returns (output, h_n)."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device=None, dtype=None, **options) -> None:
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"unknown nonlinearity {nonlinearity!r}; expected 'tanh' or 'relu'")
+        self.nonlinearity = nonlinearity
+        super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", input_size, hidden_size,
+                         num_layers, bias, batch_first, dropout, bidirectional, device, dtype, **options)
+
+
+__all__ = ["LSTM", "GRU", "RNN", "StreamState", "GATES"]

@@ -1,0 +1,164 @@
+"""The normalizations a recurrent cell can use, behind one call signature.
+
+Every norm is called as ``norm(x, step, mask)``:
+
+* ``x``: ``(..., N, F)``, features last; for batch norm either ``(N, F)`` (one time step) or ``(T, N, F)``
+  (``T`` consecutive steps starting at ``step``, so the input term of a whole sequence is normalized at once).
+* ``step``: the time index of the first row block (only batch norm uses it).
+* ``mask``: ``(N,)`` or ``(T, N)`` bool, ``True`` where a sequence is still running, or ``None`` (all valid).
+  Layer norm and RMSNorm work per sample and step, so they ignore it; batch norm leaves padded positions out of
+  its statistics.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+NORM_KINDS = ("layer", "rms", "batch", "none")
+
+
+class IdentityNorm(nn.Module):
+    """``norm="none"``: leaves its input alone, so a normrnn layer reproduces the plain ``nn`` layer."""
+
+    def forward(self, x: Tensor, step: int = 0, mask: Optional[Tensor] = None) -> Tensor:
+        return x
+
+
+class LayerNorm(nn.Module):
+    """Layer normalization over the feature axis (Ba et al., 2016), per sample and per step."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, gamma_init: float = 1.0, bias: bool = True,
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        self.num_features, self.eps = num_features, eps
+        self.weight = nn.Parameter(torch.full((num_features,), float(gamma_init), device=device, dtype=dtype))
+        # A gate pre-activation already gets the layer's bias_ih/bias_hh, so the term norms carry no beta.
+        self.bias = nn.Parameter(torch.zeros(num_features, device=device, dtype=dtype)) if bias else None
+
+    def forward(self, x: Tensor, step: int = 0, mask: Optional[Tensor] = None) -> Tensor:
+        return nn.functional.layer_norm(x, (self.num_features,), self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, bias={self.bias is not None}"
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square normalization (Zhang & Sennrich, 2019): no centring, gain only (bias optional)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, gamma_init: float = 1.0, bias: bool = False,
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        self.num_features, self.eps = num_features, eps
+        self.weight = nn.Parameter(torch.full((num_features,), float(gamma_init), device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(num_features, device=device, dtype=dtype)) if bias else None
+
+    def forward(self, x: Tensor, step: int = 0, mask: Optional[Tensor] = None) -> Tensor:
+        y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, bias={self.bias is not None}"
+
+
+class RecurrentBatchNorm(nn.Module):
+    """Batch normalization with separate statistics for every time step (Cooijmans et al., 2017).
+
+    Training: the mean and (biased) variance of step ``t`` are taken over the sequences still running at ``t``
+    (``mask``), so padding never enters them; the running averages of step ``t`` are updated with the unbiased
+    variance. Steps at or past ``max_steps`` share the statistics of the last kept step. A step where fewer than
+    two sequences are running has no usable batch variance: it is normalized with that step's running statistics
+    (and they are not updated), never with a NaN.
+
+    Eval: the running statistics of step ``min(t, steps_tracked - 1)``, where ``steps_tracked`` is the longest
+    training length seen (at most ``max_steps``), so test sequences longer than any training sequence reuse the
+    last trained step's statistics rather than never-updated ones.
+
+    Buffers: ``running_mean``/``running_var`` ``(max_steps, F)``, ``steps_tracked`` (scalar int64).
+    """
+
+    def __init__(self, num_features: int, max_steps: int = 256, eps: float = 1e-5, momentum: float = 0.1,
+                 gamma_init: float = 0.1, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__()
+        self.num_features, self.max_steps, self.eps, self.momentum = num_features, max_steps, eps, momentum
+        self.weight = nn.Parameter(torch.full((num_features,), float(gamma_init), device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(num_features, device=device, dtype=dtype)) if bias else None
+        self.register_buffer("running_mean", torch.zeros(max_steps, num_features, device=device, dtype=dtype))
+        self.register_buffer("running_var", torch.ones(max_steps, num_features, device=device, dtype=dtype))
+        self.register_buffer("steps_tracked", torch.zeros((), dtype=torch.long, device=device))
+
+    def stat_index(self, steps: Tensor) -> Tensor:
+        """Which row of the running statistics time steps ``steps`` (int64) read in eval mode."""
+        last = torch.clamp(self.steps_tracked, min=1, max=self.max_steps) - 1
+        return torch.minimum(steps, last)
+
+    def forward(self, x: Tensor, step: int = 0, mask: Optional[Tensor] = None) -> Tensor:
+        one_step = x.dim() == 2
+        if one_step:
+            x = x.unsqueeze(0)
+            mask = None if mask is None else mask.unsqueeze(0)
+        steps = torch.arange(step, step + x.shape[0], device=x.device)
+        if self.training:
+            mean, var = self._batch_statistics(x, steps, mask)
+        else:
+            idx = self.stat_index(steps)
+            mean, var = self.running_mean[idx], self.running_var[idx]
+        y = (x - mean.unsqueeze(1)) * torch.rsqrt(var.unsqueeze(1) + self.eps) * self.weight
+        if self.bias is not None:
+            y = y + self.bias
+        return y.squeeze(0) if one_step else y
+
+    def _batch_statistics(self, x: Tensor, steps: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        """Per-step masked mean and biased variance of ``x`` (T, N, F); updates the running averages."""
+        if mask is None:
+            count = torch.full((x.shape[0], 1), x.shape[1], dtype=x.dtype, device=x.device)
+            mean = x.mean(1)
+            var = (x - mean.unsqueeze(1)).pow(2).mean(1)
+        else:
+            w = mask.to(x.dtype).unsqueeze(-1)  # (T, N, 1)
+            count = w.sum(1)  # (T, 1)
+            mean = (x * w).sum(1) / count.clamp(min=1)
+            var = ((x - mean.unsqueeze(1)).pow(2) * w).sum(1) / count.clamp(min=1)
+        idx = torch.clamp(steps, max=self.max_steps - 1)
+        usable = count >= 2  # (T, 1)
+        with torch.no_grad():
+            self._update_running(mean, var, count, usable, steps, idx)
+        mean = torch.where(usable, mean, self.running_mean[idx])
+        var = torch.where(usable, var, self.running_var[idx])
+        return mean, var
+
+    def _update_running(self, mean: Tensor, var: Tensor, count: Tensor, usable: Tensor, steps: Tensor,
+                        idx: Tensor) -> None:
+        # Only steps below max_steps own a row; later steps are normalized by their batch but leave no trace.
+        own = (usable.squeeze(1) & (steps < self.max_steps)).nonzero().squeeze(1)
+        if own.numel() == 0:
+            return
+        rows = idx[own]
+        unbiased = var[own] * (count[own] / (count[own] - 1))
+        m = self.momentum
+        self.running_mean[rows] = (1 - m) * self.running_mean[rows] + m * mean[own].detach()
+        self.running_var[rows] = (1 - m) * self.running_var[rows] + m * unbiased.detach()
+        longest = int(steps[own].max()) + 1
+        if longest > int(self.steps_tracked):
+            self.steps_tracked.fill_(longest)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, max_steps={self.max_steps}, eps={self.eps}, momentum={self.momentum}"
+
+
+def make_norm(kind: str, num_features: int, *, eps: float, gamma_init: Optional[float], bias: bool,
+              max_steps: int, momentum: float, device=None, dtype=None) -> nn.Module:
+    """Build the norm named ``kind`` for ``num_features`` features (``gamma_init=None``: the kind's default)."""
+    if kind == "none":
+        return IdentityNorm()
+    if gamma_init is None:
+        gamma_init = 0.1 if kind == "batch" else 1.0
+    if kind == "layer":
+        return LayerNorm(num_features, eps, gamma_init, bias, device=device, dtype=dtype)
+    if kind == "rms":
+        return RMSNorm(num_features, eps, gamma_init, bias, device=device, dtype=dtype)
+    if kind == "batch":
+        return RecurrentBatchNorm(num_features, max_steps, eps, momentum, gamma_init, bias,
+                                  device=device, dtype=dtype)
+    raise ValueError(f"unknown norm {kind!r}; expected one of {', '.join(map(repr, NORM_KINDS))}")
