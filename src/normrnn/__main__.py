@@ -1,0 +1,3 @@
+from normrnn.cli import main
+import sys
+sys.exit(main())
