@@ -16,7 +16,12 @@ from .cells import GATES, CellParams, State, add_cell_parameters, cell_params
 from .checks import LengthsLike, PaddedBatch, check_size, finish_output, prepare_input
 from .norms import LayerNorm, RMSNorm
 from .options import NormOptions, check_probability
+from .fused import engine_name as fused_engine_name
+from .fused import run_direction as fused_run
+from .fused import unsupported_reason as fused_unsupported
 from .reference import run_direction
+
+BACKENDS = ("auto", "fused", "reference")
 
 
 class StreamState(NamedTuple):
@@ -34,7 +39,7 @@ class _NormRNNBase(nn.Module):
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
                  dtype=None, *, norm: str = "layer", norm_terms: str = "separate", eps: float = 1e-5,
                  gamma_init: Optional[float] = None, max_steps: int = 256, momentum: float = 0.1,
-                 residual: bool = False, zoneout: float = 0.0, dropconnect: float = 0.0,
+                 residual: bool = False, zoneout: float = 0.0, dropconnect: float = 0.0, backend: str = "auto",
                  _lstm_options: Optional[dict] = None) -> None:
         super().__init__()
         self.mode = mode
@@ -46,6 +51,7 @@ class _NormRNNBase(nn.Module):
         self.zoneout = check_probability("zoneout", zoneout)
         self.dropconnect = check_probability("dropconnect", dropconnect)
         self.residual = bool(residual)
+        self.backend = backend
         self.options = NormOptions(norm, norm_terms, eps=eps, gamma_init=gamma_init, max_steps=max_steps,
                                    momentum=momentum, **(_lstm_options or {}))
         directions = 2 if self.bidirectional else 1
@@ -75,6 +81,18 @@ class _NormRNNBase(nn.Module):
     @property
     def norm(self) -> str:
         return self.options.norm
+
+    @property
+    def backend(self) -> str:
+        """``"auto"`` (the fused kernels where they cover the configuration), ``"fused"`` (insist on them) or
+        ``"reference"`` (the readable per-step loop). Settable: ``layer.backend = "reference"``."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        if value not in BACKENDS:
+            raise ValueError(f"unknown backend {value!r}; expected one of {', '.join(map(repr, BACKENDS))}")
+        self._backend = value
 
     @property
     def num_directions(self) -> int:
@@ -136,6 +154,20 @@ class _NormRNNBase(nn.Module):
         hx_new = states if self.mode == "LSTM" else states[0]
         return out[0], StreamState(hx_new, start + 1)
 
+    def uses_fused(self) -> bool:
+        """Whether ``forward`` runs the fused kernels (see ``backend``); ``backend="fused"`` on a configuration
+        they do not cover is an error."""
+        if self._backend == "reference":
+            return False
+        reason = fused_unsupported(self.mode, self.options.norm_terms, self.zoneout)
+        if reason and self._backend == "fused":
+            raise ValueError(f"backend='fused' cannot run this layer: {reason}; use backend='auto' or 'reference'")
+        return reason is None
+
+    def active_backend(self) -> str:
+        """What runs: ``"reference"``, ``"fused-native"`` (C++ kernels) or ``"fused-torch"`` (their PyTorch twin)."""
+        return f"fused-{fused_engine_name()}" if self.uses_fused() else "reference"
+
     def _initial_state(self, batch: PaddedBatch, index: int) -> State:
         if batch.hx is not None:
             return tuple(s[index] for s in batch.hx)
@@ -146,14 +178,19 @@ class _NormRNNBase(nn.Module):
         """The stack over a checked batch: returns the last layer's output (T, N, D·H) and the final states,
         each (num_layers·D, N, H)."""
         x, mask, lengths = batch.x, batch.mask, batch.lengths
+        fused = self.uses_fused()
         finals: list[State] = []
         for k in range(self.num_layers):
             layer_in = getattr(self, f"norm_input_l{k}")(x) if hasattr(self, f"norm_input_l{k}") else x
             outs = []
             for d in range(self.num_directions):
-                out, final = run_direction(self._cell(k, d), layer_in, self._initial_state(batch, k * self.num_directions + d),
-                                           mask, lengths, reverse=d == 1, start=start, zoneout_p=self.zoneout,
-                                           training=self.training)
+                cell, h0 = self._cell(k, d), self._initial_state(batch, k * self.num_directions + d)
+                if fused:
+                    out, final = fused_run(cell, layer_in, h0, mask, lengths, reverse=d == 1, start=start,
+                                           eps=self.options.eps)
+                else:
+                    out, final = run_direction(cell, layer_in, h0, mask, lengths, reverse=d == 1, start=start,
+                                               zoneout_p=self.zoneout, training=self.training)
                 outs.append(out)
                 finals.append(final)
             y = outs[0] if len(outs) == 1 else torch.cat(outs, -1)

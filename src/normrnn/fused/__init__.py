@@ -1,0 +1,220 @@
+"""Making it fast: the fused time loop behind ``backend="auto" | "fused"``.
+
+One direction of one layer runs as a single autograd node. Everything that does not depend on the previous
+state stays outside it, vectorized over all T steps with ordinary autograd: the input projection W_ih·x, its
+norm (batch norm's x-term statistics for all steps at once) and the biases. Inside, an *engine* runs the loop:
+the C++ kernels of :mod:`normrnn.fused.native` when they build, else :mod:`normrnn.fused.torch_engine`, the same
+algorithm in PyTorch. Both are checked against :mod:`normrnn.reference` by the tests.
+
+Not covered (``auto`` uses the reference loop, ``fused`` raises): zoneout, and the GRU with joint terms.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..cells import CellParams, State, input_term
+from ..norms import IdentityNorm, LayerNorm, RecurrentBatchNorm, RMSNorm
+from ..reference import reverse_padded
+from . import native, torch_engine
+from .torch_engine import BATCH, BATCH_FIXED, LAYER, NONE, RMS
+
+
+_forced: Optional[str] = None
+
+
+def engine():
+    """The native engine if it is (or can be) built, else the PyTorch one (see :func:`force_engine`)."""
+    if _forced == "torch":
+        return torch_engine
+    loaded = native.load()
+    if _forced == "native" and loaded is None:
+        raise RuntimeError("the native fused kernels are not available on this machine")
+    return loaded or torch_engine
+
+
+@contextlib.contextmanager
+def force_engine(name: Optional[str]):
+    """Run the fused backend on ``"native"`` or ``"torch"`` inside the ``with`` block (tests, benchmarks)."""
+    global _forced
+    if name not in (None, "native", "torch"):
+        raise ValueError(f"unknown engine {name!r}; expected 'native' or 'torch'")
+    previous, _forced = _forced, name
+    try:
+        yield
+    finally:
+        _forced = previous
+
+
+def engine_name() -> str:
+    """``"native"`` or ``"torch"``: which engine the fused backend runs on this machine."""
+    return "native" if engine() is not torch_engine else "torch"
+
+
+def unsupported_reason(mode: str, norm_terms: str, zoneout: float) -> Optional[str]:
+    """Why a configuration has no fused path, or ``None`` when it has one."""
+    if zoneout:
+        return "zoneout is only in the reference loop"
+    if mode == "GRU" and norm_terms == "joint":
+        return "the GRU with norm_terms='joint' is only in the reference loop"
+    return None
+
+
+def _kind(norm: Optional[torch.nn.Module]) -> int:
+    if norm is None or isinstance(norm, IdentityNorm):
+        return NONE
+    if isinstance(norm, LayerNorm):
+        return LAYER
+    if isinstance(norm, RMSNorm):
+        return RMS
+    if isinstance(norm, RecurrentBatchNorm):
+        return BATCH if norm.training else BATCH_FIXED
+    raise TypeError(f"no fused kernel for norm {type(norm).__name__}")
+
+
+def _empty(like: Tensor) -> Tensor:
+    return like.new_empty(0)
+
+
+def _fixed_stats(norm, steps: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+    """Batch norm's per-step running statistics (T, F), read where batch statistics are unusable or in eval."""
+    if not isinstance(norm, RecurrentBatchNorm):
+        return _empty(like), _empty(like)
+    idx = torch.clamp(steps, max=norm.max_steps - 1) if norm.training else norm.stat_index(steps)
+    return norm.running_mean[idx], norm.running_var[idx]
+
+
+def _update_running(norm, mean: Tensor, var: Tensor, count: Tensor, steps: Tensor) -> None:
+    if isinstance(norm, RecurrentBatchNorm) and norm.training:
+        count = count.unsqueeze(1)
+        with torch.no_grad():
+            norm._update_running(mean, var, count, count >= 2, steps, torch.clamp(steps, max=norm.max_steps - 1))
+
+
+def _gain(norm) -> Optional[Tensor]:
+    return None if norm is None or isinstance(norm, IdentityNorm) else norm.weight
+
+
+def _or_empty(t: Optional[Tensor], like: Tensor) -> Tensor:
+    return _empty(like) if t is None else t
+
+
+def _needed(ctx, *grads):
+    """Only the gradients autograd asked for (an absent bias or gain is an empty tensor that wants none)."""
+    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad))
+
+
+class _LSTMFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, flags, xa, h0, c0, w_hh, bias, gamma_h, gamma_c, beta_c, mask, fmh, fvh, fmc, fvc):
+        kind_h, kind_c, joint, carry, eps = flags
+        eng = engine()
+        (out, h_all, c_all, acts, shat, rstd_h, chat, rstd_c, tc, mean_h, var_h, count_h, mean_c, var_c,
+         count_c) = eng.lstm_forward(xa, h0, c0, w_hh, bias, gamma_h, gamma_c, beta_c, mask, fmh, fvh, fmc, fvc,
+                                     kind_h, kind_c, joint, carry, eps)
+        ctx.flags, ctx.eng = flags, eng
+        ctx.save_for_backward(xa, w_hh, gamma_h, gamma_c, mask, h_all, c_all, acts, shat, rstd_h, chat, rstd_c,
+                              tc, count_h, count_c)
+        ctx.mark_non_differentiable(mean_h, var_h, count_h, mean_c, var_c, count_c)
+        return out, h_all[-1].clone(), c_all[-1].clone(), mean_h, var_h, count_h, mean_c, var_c, count_c
+
+    @staticmethod
+    def backward(ctx, dout, dhT, dcT, *_):
+        kind_h, kind_c, joint, carry, _eps = ctx.flags
+        (xa, w_hh, gamma_h, gamma_c, mask, h_all, c_all, acts, shat, rstd_h, chat, rstd_c, tc, count_h,
+         count_c) = ctx.saved_tensors
+        dxa, dh0, dc0, dw, db, dgh, dgc, dbc = ctx.eng.lstm_backward(
+            dout.contiguous(), dhT.contiguous(), dcT.contiguous(), xa, w_hh, gamma_h, gamma_c, mask, h_all, c_all,
+            acts, shat, rstd_h, chat, rstd_c, tc, count_h, count_c, kind_h, kind_c, joint, carry)
+        return _needed(ctx, None, dxa, dh0, dc0, dw, db, dgh, dgc, dbc, None, None, None, None, None)
+
+
+class _GRUFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, flags, xa, h0, w_hh, bias_hh, gamma_h, mask, fmh, fvh):
+        kind_h, eps = flags
+        eng = engine()
+        out, h_all, acts, rec_n, shat, rstd_h, mean_h, var_h, count_h = eng.gru_forward(
+            xa, h0, w_hh, bias_hh, gamma_h, mask, fmh, fvh, kind_h, eps)
+        ctx.flags, ctx.eng = flags, eng
+        ctx.save_for_backward(xa, w_hh, gamma_h, mask, h_all, acts, rec_n, shat, rstd_h, count_h)
+        ctx.mark_non_differentiable(mean_h, var_h, count_h)
+        return out, h_all[-1].clone(), mean_h, var_h, count_h
+
+    @staticmethod
+    def backward(ctx, dout, dhT, *_):
+        xa, w_hh, gamma_h, mask, h_all, acts, rec_n, shat, rstd_h, count_h = ctx.saved_tensors
+        dxa, dh0, dw, db, dgh = ctx.eng.gru_backward(dout.contiguous(), dhT.contiguous(), xa, w_hh, gamma_h, mask,
+                                                     h_all, acts, rec_n, shat, rstd_h, count_h, ctx.flags[0])
+        return _needed(ctx, None, dxa, dh0, dw, db, dgh, None, None, None)
+
+
+class _RNNFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, flags, xa, h0, w_hh, bias, gamma_h, mask, fmh, fvh):
+        kind_h, joint, relu, eps = flags
+        eng = engine()
+        out, h_all, act, shat, rstd_h, mean_h, var_h, count_h = eng.rnn_forward(
+            xa, h0, w_hh, bias, gamma_h, mask, fmh, fvh, kind_h, joint, relu, eps)
+        ctx.flags, ctx.eng = flags, eng
+        ctx.save_for_backward(xa, w_hh, gamma_h, mask, h_all, act, shat, rstd_h, count_h)
+        ctx.mark_non_differentiable(mean_h, var_h, count_h)
+        return out, h_all[-1].clone(), mean_h, var_h, count_h
+
+    @staticmethod
+    def backward(ctx, dout, dhT, *_):
+        kind_h, joint, relu, _eps = ctx.flags
+        xa, w_hh, gamma_h, mask, h_all, act, shat, rstd_h, count_h = ctx.saved_tensors
+        dxa, dh0, dw, db, dgh = ctx.eng.rnn_backward(dout.contiguous(), dhT.contiguous(), xa, w_hh, gamma_h, mask,
+                                                     h_all, act, shat, rstd_h, count_h, kind_h, joint, relu)
+        return _needed(ctx, None, dxa, dh0, dw, db, dgh, None, None, None)
+
+
+def _sum_bias(p: CellParams, like: Tensor) -> Tensor:
+    if p.bias_ih is None:
+        return like.new_zeros(p.weight_hh.shape[0])
+    return p.bias_ih + p.bias_hh
+
+
+def run_direction(p: CellParams, x: Tensor, state: State, mask: Optional[Tensor], lengths: Optional[Tensor],
+                  reverse: bool = False, start: int = 0, eps: float = 1e-5) -> tuple[Tensor, State]:
+    """Same contract as :func:`normrnn.reference.run_direction` (without zoneout), on the fused engine."""
+    if reverse:
+        x = reverse_padded(x, lengths)
+    T = x.shape[0]
+    steps = torch.arange(start, start + T, device=x.device)
+    xp = input_term(p, x, start, mask)
+    m = _empty(x).bool() if mask is None else mask.contiguous()
+    joint = p.norm_gates is not None
+    norm_h = p.norm_gates if joint else p.norm_hh
+    kind_h = _kind(norm_h)
+    gamma_h = _or_empty(_gain(norm_h), x)
+    fmh, fvh = _fixed_stats(norm_h, steps, x)
+    w_hh = p.weight_hh.contiguous()
+    h0 = state[0].contiguous()
+    if p.mode == "LSTM":
+        kind_c = _kind(p.norm_cell)
+        gamma_c = _or_empty(_gain(p.norm_cell), x)
+        beta_c = _or_empty(getattr(p.norm_cell, "bias", None), x)
+        fmc, fvc = _fixed_stats(p.norm_cell, steps, x)
+        out, hT, cT, mean_h, var_h, count_h, mean_c, var_c, count_c = _LSTMFunction.apply(
+            (kind_h, kind_c, joint, p.carry_normalized_cell, eps), xp.contiguous(), h0, state[1].contiguous(),
+            w_hh, _sum_bias(p, x), gamma_h, gamma_c, beta_c, m, fmh, fvh, fmc, fvc)
+        _update_running(p.norm_cell, mean_c, var_c, count_c, steps)
+        final: State = (hT, cT)
+    elif p.mode == "GRU":
+        xa = xp if p.bias_ih is None else xp + p.bias_ih
+        bias_hh = _empty(x) if p.bias_hh is None else p.bias_hh
+        out, hT, mean_h, var_h, count_h = _GRUFunction.apply(
+            (kind_h, eps), xa.contiguous(), h0, w_hh, bias_hh, gamma_h, m, fmh, fvh)
+        final = (hT,)
+    else:
+        out, hT, mean_h, var_h, count_h = _RNNFunction.apply(
+            (kind_h, joint, p.mode == "RNN_RELU", eps), xp.contiguous(), h0, w_hh, _sum_bias(p, x), gamma_h, m,
+            fmh, fvh)
+        final = (hT,)
+    _update_running(norm_h, mean_h, var_h, count_h, steps)
+    return (reverse_padded(out, lengths) if reverse else out), final

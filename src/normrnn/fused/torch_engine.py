@@ -1,0 +1,370 @@
+"""The fused time loop in plain PyTorch, with hand-written backpropagation through time.
+
+This is the fallback when the C++ kernels cannot be built, and the executable specification they follow: the
+native engine (``csrc/engine.cpp``) has the same functions, arguments and results, step for step.
+
+Why it is faster than the reference loop: autograd records nothing per step. Forward keeps only what backward
+needs; backward runs one pass per step and computes the recurrent weight gradient as a single GEMM over all
+T·N rows (dW_hh = Σ_t dS_tᵀ h_{t-1}).
+
+Shapes: T steps, N sequences, H hidden units, F = gates·H features of the recurrent term.
+Norm kinds (ints, shared with C++): 0 none, 1 layer, 2 rms, 3 batch with batch statistics (training),
+4 batch with given per-step statistics (eval, or steps where fewer than two sequences run).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+NONE, LAYER, RMS, BATCH, BATCH_FIXED = 0, 1, 2, 3, 4
+
+
+# ------------------------------------------------------------------------------------------------ norms
+
+
+def norm_forward(s: Tensor, kind: int, mask: Optional[Tensor], fix_mean: Tensor, fix_var: Tensor, eps: float):
+    """Normalize one step s (N, F) without gain. Returns (ŝ, rstd, mean, var, count).
+
+    rstd is (N, 1) for layer/rms and (1, F) for batch; mean/var/count are the batch statistics (batch kind only,
+    for the running averages; ``count`` < 2 means the step used ``fix_mean``/``fix_var`` instead).
+    """
+    if kind == LAYER:
+        mean = s.mean(1, keepdim=True)
+        var = (s - mean).pow(2).mean(1, keepdim=True)
+        rstd = torch.rsqrt(var + eps)
+        return (s - mean) * rstd, rstd, None, None, None
+    if kind == RMS:
+        rstd = torch.rsqrt(s.pow(2).mean(1, keepdim=True) + eps)
+        return s * rstd, rstd, None, None, None
+    if kind == BATCH:
+        if mask is None:
+            count = s.shape[0]
+            mean = s.mean(0, keepdim=True)
+            var = (s - mean).pow(2).mean(0, keepdim=True)
+        else:
+            w = mask.to(s.dtype).unsqueeze(1)
+            count = int(mask.sum())
+            denom = max(count, 1)
+            mean = (s * w).sum(0, keepdim=True) / denom
+            var = ((s - mean).pow(2) * w).sum(0, keepdim=True) / denom
+        if count >= 2:
+            rstd = torch.rsqrt(var + eps)
+            return (s - mean) * rstd, rstd, mean.squeeze(0), var.squeeze(0), count
+        mean, var = fix_mean.unsqueeze(0), fix_var.unsqueeze(0)
+        rstd = torch.rsqrt(var + eps)
+        return (s - mean) * rstd, rstd, mean.squeeze(0), var.squeeze(0), count
+    if kind == BATCH_FIXED:
+        rstd = torch.rsqrt(fix_var.unsqueeze(0) + eps)
+        return (s - fix_mean.unsqueeze(0)) * rstd, rstd, None, None, None
+    return s, None, None, None, None
+
+
+def norm_backward(dshat: Tensor, shat: Tensor, rstd: Tensor, kind: int, mask: Optional[Tensor],
+                  count: int) -> Tensor:
+    """ds from dŝ for one step (the gain is applied by the caller). count: the batch kind's valid rows."""
+    if kind == LAYER:
+        return rstd * (dshat - dshat.mean(1, keepdim=True) - shat * (dshat * shat).mean(1, keepdim=True))
+    if kind == RMS:
+        return rstd * (dshat - shat * (dshat * shat).mean(1, keepdim=True))
+    if kind == BATCH and count >= 2:
+        # Rows of finished sequences carry dŝ = 0 and must not receive any gradient: their s was not counted.
+        ds = rstd * (dshat - dshat.sum(0, keepdim=True) / count - shat * (dshat * shat).sum(0, keepdim=True) / count)
+        return ds if mask is None else ds * mask.to(ds.dtype).unsqueeze(1)
+    if kind in (BATCH, BATCH_FIXED):
+        return dshat * rstd
+    return dshat
+
+
+def _stats(T: int, F: int, like: Tensor, kind: int):
+    if kind != BATCH:
+        return like.new_empty(0), like.new_empty(0), like.new_empty(0)
+    return like.new_zeros(T, F), like.new_ones(T, F), like.new_zeros(T)
+
+
+def _row(t: Tensor, i: int) -> Tensor:
+    return t[i] if t.numel() else t
+
+
+def _mask_at(mask: Tensor, t: int) -> Optional[Tensor]:
+    return mask[t] if mask.numel() else None
+
+
+# ------------------------------------------------------------------------------------------------ LSTM
+
+
+def lstm_forward(xa: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bias: Tensor, gamma_h: Tensor, gamma_c: Tensor,
+                 beta_c: Tensor, mask: Tensor, fix_mean_h: Tensor, fix_var_h: Tensor, fix_mean_c: Tensor,
+                 fix_var_c: Tensor, kind_h: int, kind_c: int, joint: bool, carry: bool, eps: float) -> list[Tensor]:
+    """LSTM over T steps.
+
+    xa (T, N, 4H): the input term (normalized when the terms are separate); bias (4H,) is added after the norm;
+    gamma_h (4H,) or empty (no norm); gamma_c/beta_c (H,) or empty (no cell norm); mask (T, N) bool or empty;
+    fix_* (T, F): the batch kind's per-step statistics for eval/fallback, or empty.
+    Returns [out (T,N,H), h_all (T+1,N,H), c_all (T+1,N,H), acts (T,N,4H), shat (T,N,4H), rstd_h, chat (T,N,H),
+    rstd_c, tc (T,N,H), mean_h, var_h, count_h, mean_c, var_c, count_c].
+    """
+    T, N, G = xa.shape
+    H = G // 4
+    h_all, c_all = xa.new_empty(T + 1, N, H), xa.new_empty(T + 1, N, H)
+    h_all[0], c_all[0] = h0, c0
+    acts, shat_all, chat_all, tc_all = xa.new_empty(T, N, G), xa.new_empty(T, N, G), xa.new_empty(T, N, H), \
+        xa.new_empty(T, N, H)
+    rstd_h = xa.new_empty(T, *((N, 1) if kind_h in (LAYER, RMS) else (1, G)))
+    rstd_c = xa.new_empty(T, *((N, 1) if kind_c in (LAYER, RMS) else (1, H)))
+    mean_h, var_h, count_h = _stats(T, G, xa, kind_h)
+    mean_c, var_c, count_c = _stats(T, H, xa, kind_c)
+    out = xa.new_empty(T, N, H)
+    wt = w_hh.t()
+    for t in range(T):
+        h, c = h_all[t], c_all[t]
+        m = _mask_at(mask, t)
+        s = xa[t] + h @ wt if joint else h @ wt
+        if gamma_h.numel():
+            shat, r, mu, var, cnt = norm_forward(s, kind_h, m, _row(fix_mean_h, t), _row(fix_var_h, t), eps)
+            shat_all[t], rstd_h[t] = shat, r
+            if kind_h == BATCH:
+                mean_h[t], var_h[t], count_h[t] = mu, var, cnt
+            z = shat * gamma_h
+        else:
+            z = s
+        a = z + bias if joint else xa[t] + z + bias
+        i, f, g, o = a.chunk(4, 1)
+        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+        acts[t] = torch.cat([i, f, g, o], 1)
+        c_new = f * c + i * g
+        if gamma_c.numel():
+            chat, r, mu, var, cnt = norm_forward(c_new, kind_c, m, _row(fix_mean_c, t), _row(fix_var_c, t), eps)
+            chat_all[t], rstd_c[t] = chat, r
+            if kind_c == BATCH:
+                mean_c[t], var_c[t], count_c[t] = mu, var, cnt
+            c_out = chat * gamma_c + beta_c if beta_c.numel() else chat * gamma_c
+        else:
+            c_out = c_new
+        tc = torch.tanh(c_out)
+        tc_all[t] = tc
+        h_new = o * tc
+        c_keep = c_out if carry else c_new
+        if m is None:
+            h_all[t + 1], c_all[t + 1], out[t] = h_new, c_keep, h_new
+        else:
+            keep = m.unsqueeze(1)
+            h_all[t + 1] = torch.where(keep, h_new, h)
+            c_all[t + 1] = torch.where(keep, c_keep, c)
+            out[t] = h_new * keep
+    return [out, h_all, c_all, acts, shat_all, rstd_h, chat_all, rstd_c, tc_all, mean_h, var_h, count_h,
+            mean_c, var_c, count_c]
+
+
+def lstm_backward(dout: Tensor, dhT: Tensor, dcT: Tensor, xa: Tensor, w_hh: Tensor, gamma_h: Tensor,
+                  gamma_c: Tensor, mask: Tensor, h_all: Tensor, c_all: Tensor, acts: Tensor, shat_all: Tensor,
+                  rstd_h: Tensor, chat_all: Tensor, rstd_c: Tensor, tc_all: Tensor, count_h: Tensor,
+                  count_c: Tensor, kind_h: int, kind_c: int, joint: bool, carry: bool) -> list[Tensor]:
+    """Gradients of :func:`lstm_forward`: [dxa, dh0, dc0, dw_hh, dbias, dgamma_h, dgamma_c, dbeta_c]."""
+    T, N, G = xa.shape
+    H = G // 4
+    dxa = torch.empty_like(xa)
+    ds_all = torch.empty_like(xa)  # gradient wrt the recurrent product h @ W_hhᵀ, every step
+    dbias = xa.new_zeros(G)
+    dgamma_h = torch.zeros_like(gamma_h)
+    dgamma_c, dbeta_c = torch.zeros_like(gamma_c), torch.zeros_like(gamma_c)
+    dh, dc = dhT.clone(), dcT.clone()
+    for t in range(T - 1, -1, -1):
+        m = _mask_at(mask, t)
+        dh_step = dh + dout[t]
+        if m is not None:
+            # A finished sequence's state passes through unchanged and its output is a constant zero.
+            keep = m.unsqueeze(1).to(dh.dtype)
+            dh_pass, dc_pass = dh * (1 - keep), dc * (1 - keep)
+            dh_step, dc_step = dh_step * keep, dc * keep
+        else:
+            dc_step = dc
+        i, f, g, o = acts[t].chunk(4, 1)
+        tc = tc_all[t]
+        do = dh_step * tc
+        dcout = dh_step * o * (1 - tc * tc)
+        if carry:
+            dcout = dcout + dc_step
+        if gamma_c.numel():
+            chat = chat_all[t]
+            dgamma_c += (dcout * chat).sum(0)
+            dbeta_c += dcout.sum(0)
+            dc_new = norm_backward(dcout * gamma_c, chat, rstd_c[t], kind_c, m, int(count_c[t]) if count_c.numel()
+                                   else 0)
+        else:
+            dc_new = dcout
+        if not carry:
+            dc_new = dc_new + dc_step
+        da = torch.cat([dc_new * g * i * (1 - i), dc_new * c_all[t] * f * (1 - f), dc_new * i * (1 - g * g),
+                        do * o * (1 - o)], 1)
+        dbias += da.sum(0)
+        if gamma_h.numel():
+            shat = shat_all[t]
+            dgamma_h += (da * shat).sum(0)
+            ds = norm_backward(da * gamma_h, shat, rstd_h[t], kind_h, m, int(count_h[t]) if count_h.numel() else 0)
+        else:
+            ds = da
+        dxa[t] = ds if joint else da
+        ds_all[t] = ds
+        dh = ds @ w_hh
+        dc = dc_new * f
+        if m is not None:
+            dh, dc = dh + dh_pass, dc + dc_pass
+    dw_hh = ds_all.reshape(T * N, G).t() @ h_all[:-1].reshape(T * N, H)
+    return [dxa, dh, dc, dw_hh, dbias, dgamma_h, dgamma_c, dbeta_c]
+
+
+# ------------------------------------------------------------------------------------------------ GRU
+
+
+def gru_forward(xa: Tensor, h0: Tensor, w_hh: Tensor, bias_hh: Tensor, gamma_h: Tensor, mask: Tensor,
+                fix_mean_h: Tensor, fix_var_h: Tensor, kind_h: int, eps: float) -> list[Tensor]:
+    """GRU over T steps (separate terms). xa (T, N, 3H): the input term plus bias_ih; bias_hh (3H,) is added to
+    the normalized recurrent term before the reset gate multiplies its candidate part.
+    Returns [out, h_all (T+1,N,H), acts (T,N,3H) = (r, u, n), rec_n (T,N,H), shat (T,N,3H), rstd_h, mean_h,
+    var_h, count_h]."""
+    T, N, G = xa.shape
+    H = G // 3
+    h_all = xa.new_empty(T + 1, N, H)
+    h_all[0] = h0
+    acts, shat_all, rec_n_all = xa.new_empty(T, N, G), xa.new_empty(T, N, G), xa.new_empty(T, N, H)
+    rstd_h = xa.new_empty(T, *((N, 1) if kind_h in (LAYER, RMS) else (1, G)))
+    mean_h, var_h, count_h = _stats(T, G, xa, kind_h)
+    out = xa.new_empty(T, N, H)
+    wt = w_hh.t()
+    for t in range(T):
+        h = h_all[t]
+        m = _mask_at(mask, t)
+        s = h @ wt
+        if gamma_h.numel():
+            shat, r_, mu, var, cnt = norm_forward(s, kind_h, m, _row(fix_mean_h, t), _row(fix_var_h, t), eps)
+            shat_all[t], rstd_h[t] = shat, r_
+            if kind_h == BATCH:
+                mean_h[t], var_h[t], count_h[t] = mu, var, cnt
+            s = shat * gamma_h
+        rec = s + bias_hh if bias_hh.numel() else s
+        x_r, x_u, x_n = xa[t].chunk(3, 1)
+        rec_r, rec_u, rec_n = rec.chunk(3, 1)
+        r, u = torch.sigmoid(x_r + rec_r), torch.sigmoid(x_u + rec_u)
+        n = torch.tanh(x_n + r * rec_n)
+        acts[t] = torch.cat([r, u, n], 1)
+        rec_n_all[t] = rec_n
+        h_new = n + u * (h - n)
+        if m is None:
+            h_all[t + 1], out[t] = h_new, h_new
+        else:
+            keep = m.unsqueeze(1)
+            h_all[t + 1] = torch.where(keep, h_new, h)
+            out[t] = h_new * keep
+    return [out, h_all, acts, rec_n_all, shat_all, rstd_h, mean_h, var_h, count_h]
+
+
+def gru_backward(dout: Tensor, dhT: Tensor, xa: Tensor, w_hh: Tensor, gamma_h: Tensor, mask: Tensor, h_all: Tensor,
+                 acts: Tensor, rec_n_all: Tensor, shat_all: Tensor, rstd_h: Tensor, count_h: Tensor,
+                 kind_h: int) -> list[Tensor]:
+    """Gradients of :func:`gru_forward`: [dxa, dh0, dw_hh, dbias_hh, dgamma_h]."""
+    T, N, G = xa.shape
+    H = G // 3
+    dxa, ds_all = torch.empty_like(xa), torch.empty_like(xa)
+    dbias = xa.new_zeros(G)
+    dgamma_h = torch.zeros_like(gamma_h)
+    dh = dhT.clone()
+    for t in range(T - 1, -1, -1):
+        m = _mask_at(mask, t)
+        dh_step = dh + dout[t]
+        if m is not None:
+            keep = m.unsqueeze(1).to(dh.dtype)
+            dh_pass, dh_step = dh * (1 - keep), dh_step * keep
+        r, u, n = acts[t].chunk(3, 1)
+        h = h_all[t]
+        dn = dh_step * (1 - u)
+        da_n = dn * (1 - n * n)
+        da_r = da_n * rec_n_all[t] * r * (1 - r)
+        da_u = dh_step * (h - n) * u * (1 - u)
+        dxa[t] = torch.cat([da_r, da_u, da_n], 1)
+        drec = torch.cat([da_r, da_u, da_n * r], 1)
+        dbias += drec.sum(0)
+        if gamma_h.numel():
+            shat = shat_all[t]
+            dgamma_h += (drec * shat).sum(0)
+            ds = norm_backward(drec * gamma_h, shat, rstd_h[t], kind_h, m, int(count_h[t]) if count_h.numel() else 0)
+        else:
+            ds = drec
+        ds_all[t] = ds
+        dh = ds @ w_hh + dh_step * u
+        if m is not None:
+            dh = dh + dh_pass
+    dw_hh = ds_all.reshape(T * N, G).t() @ h_all[:-1].reshape(T * N, H)
+    return [dxa, dh, dw_hh, dbias, dgamma_h]
+
+
+# ------------------------------------------------------------------------------------------------ Elman RNN
+
+
+def rnn_forward(xa: Tensor, h0: Tensor, w_hh: Tensor, bias: Tensor, gamma_h: Tensor, mask: Tensor,
+                fix_mean_h: Tensor, fix_var_h: Tensor, kind_h: int, joint: bool, relu: bool,
+                eps: float) -> list[Tensor]:
+    """Elman RNN over T steps. xa (T, N, H); bias (H,) after the norm. Returns [out, h_all, shat, rstd_h,
+    mean_h, var_h, count_h]; h_all[t+1] holds the new state (the activation's output)."""
+    T, N, H = xa.shape
+    h_all = xa.new_empty(T + 1, N, H)
+    h_all[0] = h0
+    act_all, shat_all = xa.new_empty(T, N, H), xa.new_empty(T, N, H)
+    rstd_h = xa.new_empty(T, *((N, 1) if kind_h in (LAYER, RMS) else (1, H)))
+    mean_h, var_h, count_h = _stats(T, H, xa, kind_h)
+    out = xa.new_empty(T, N, H)
+    wt = w_hh.t()
+    for t in range(T):
+        h = h_all[t]
+        m = _mask_at(mask, t)
+        s = xa[t] + h @ wt if joint else h @ wt
+        if gamma_h.numel():
+            shat, r_, mu, var, cnt = norm_forward(s, kind_h, m, _row(fix_mean_h, t), _row(fix_var_h, t), eps)
+            shat_all[t], rstd_h[t] = shat, r_
+            if kind_h == BATCH:
+                mean_h[t], var_h[t], count_h[t] = mu, var, cnt
+            s = shat * gamma_h
+        a = s + bias if joint else xa[t] + s + bias
+        h_new = torch.relu(a) if relu else torch.tanh(a)
+        act_all[t] = h_new
+        if m is None:
+            h_all[t + 1], out[t] = h_new, h_new
+        else:
+            keep = m.unsqueeze(1)
+            h_all[t + 1] = torch.where(keep, h_new, h)
+            out[t] = h_new * keep
+    return [out, h_all, act_all, shat_all, rstd_h, mean_h, var_h, count_h]
+
+
+def rnn_backward(dout: Tensor, dhT: Tensor, xa: Tensor, w_hh: Tensor, gamma_h: Tensor, mask: Tensor,
+                 h_all: Tensor, act_all: Tensor, shat_all: Tensor, rstd_h: Tensor, count_h: Tensor, kind_h: int,
+                 joint: bool, relu: bool) -> list[Tensor]:
+    """Gradients of :func:`rnn_forward`: [dxa, dh0, dw_hh, dbias, dgamma_h]."""
+    T, N, H = xa.shape
+    dxa, ds_all = torch.empty_like(xa), torch.empty_like(xa)
+    dbias = xa.new_zeros(H)
+    dgamma_h = torch.zeros_like(gamma_h)
+    dh = dhT.clone()
+    for t in range(T - 1, -1, -1):
+        m = _mask_at(mask, t)
+        dh_step = dh + dout[t]
+        if m is not None:
+            keep = m.unsqueeze(1).to(dh.dtype)
+            dh_pass, dh_step = dh * (1 - keep), dh_step * keep
+        y = act_all[t]
+        da = dh_step * (y > 0).to(y.dtype) if relu else dh_step * (1 - y * y)
+        dbias += da.sum(0)
+        if gamma_h.numel():
+            shat = shat_all[t]
+            dgamma_h += (da * shat).sum(0)
+            ds = norm_backward(da * gamma_h, shat, rstd_h[t], kind_h, m, int(count_h[t]) if count_h.numel() else 0)
+        else:
+            ds = da
+        dxa[t] = ds if joint else da
+        ds_all[t] = ds
+        dh = ds @ w_hh
+        if m is not None:
+            dh = dh + dh_pass
+    dw_hh = ds_all.reshape(T * N, H).t() @ h_all[:-1].reshape(T * N, H)
+    return [dxa, dh, dw_hh, dbias, dgamma_h]

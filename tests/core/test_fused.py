@@ -1,0 +1,94 @@
+"""The fused backend (both engines) against the readable reference loop, for every variant it covers."""
+import itertools
+
+import pytest
+import torch
+
+import normrnn
+from normrnn import fused
+from rnn_helpers import initial_state, make, randomize_norms
+
+ENGINES = ["torch"] + (["native"] if fused.native.load() is not None else [])
+
+
+def _variants():
+    for kind, norm, terms in itertools.product(["LSTM", "GRU", "RNN"], ["layer", "rms", "batch", "none"],
+                                               ["separate", "joint"]):
+        if kind == "GRU" and terms == "joint":
+            continue
+        yield kind, norm, terms, {}
+    for norm in ["layer", "batch", "rms"]:
+        yield "LSTM", norm, "separate", dict(norm_cell=False)
+        yield "LSTM", norm, "separate", dict(carry_normalized_cell=True)
+    yield "RNN", "layer", "separate", dict(nonlinearity="relu")
+    yield "LSTM", "layer", "separate", dict(bias=False)
+    yield "GRU", "layer", "separate", dict(bias=False)
+
+
+def _grads(m, x, hx, lengths, weights):
+    out, h = m(x, hx, lengths=lengths)
+    states = h if isinstance(h, tuple) else (h,)
+    # random weights on every output, padded positions included: their gradient must be dropped, not leaked
+    loss = (out * weights).sum() + sum((s * (k + 2)).sum() for k, s in enumerate(states))
+    inputs = [x] + list(hx if isinstance(hx, tuple) else (hx,)) + list(m.parameters())
+    return [out, *states], torch.autograd.grad(loss, inputs)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("kind,norm,terms,extra", list(_variants()), ids=str)
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_equals_reference(engine, kind, norm, terms, extra, training):
+    torch.manual_seed(0)
+    kw = dict(norm=norm, norm_terms=terms, dtype=torch.float64, bidirectional=True, **extra)
+    ref = make(kind, 3, 5, 2, backend="reference", **kw)
+    randomize_norms(ref)
+    if norm == "batch":  # non-trivial running statistics for eval and for steps with < 2 running sequences
+        ref(torch.randn(7, 6, 3, dtype=torch.float64))
+    fast = make(kind, 3, 5, 2, backend="fused", **kw)
+    fast.load_state_dict(ref.state_dict())
+    ref.train(training), fast.train(training)
+    x = torch.randn(7, 4, 3, dtype=torch.float64, requires_grad=True)
+    hx = initial_state(kind, 4, 4, 5, torch.float64)
+    hx = tuple(s.requires_grad_() for s in hx) if isinstance(hx, tuple) else hx.requires_grad_()
+    lengths = torch.tensor([7, 3, 1, 5])
+    weights = torch.randn(7, 4, 10, dtype=torch.float64)
+    with fused.force_engine(engine):
+        outs_f, grads_f = _grads(fast, x, hx, lengths, weights)
+    outs_r, grads_r = _grads(ref, x, hx, lengths, weights)
+    for a, b in zip(outs_f + list(grads_f), outs_r + list(grads_r)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    for a, b in zip(fast.buffers(), ref.buffers()):  # batch norm's running statistics move identically
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("norm", ["layer", "rms", "batch"])
+def test_fused_float32_realistic_shape(engine, kind, norm):
+    """float32 agreement (relative 1e-4) on a realistic shape, gradients included."""
+    torch.manual_seed(1)
+    ref = make(kind, 64, 128, norm=norm, backend="reference")
+    fast = make(kind, 64, 128, norm=norm, backend="fused")
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(50, 16, 64, requires_grad=True)
+    with fused.force_engine(engine):
+        out_f, _ = fast(x)
+        g_f = torch.autograd.grad(out_f.pow(2).mean(), [x, *fast.parameters()])
+    out_r, _ = ref(x)
+    g_r = torch.autograd.grad(out_r.pow(2).mean(), [x, *ref.parameters()])
+    # relative 1e-4 of each tensor's scale: elementwise relative error is meaningless for values near zero
+    torch.testing.assert_close(out_f, out_r, rtol=1e-4, atol=1e-4 * out_r.abs().max().item())
+    for a, b in zip(g_f, g_r):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+
+
+def test_backend_selection():
+    assert normrnn.LSTM(3, 4, backend="reference").active_backend() == "reference"
+    assert normrnn.LSTM(3, 4).active_backend().startswith("fused")
+    assert normrnn.LSTM(3, 4, zoneout=0.1).active_backend() == "reference"  # auto falls back
+    with pytest.raises(ValueError, match="zoneout"):
+        normrnn.LSTM(3, 4, zoneout=0.1, backend="fused")(torch.randn(2, 2, 3))
+    with pytest.raises(ValueError, match="joint"):
+        normrnn.GRU(3, 4, norm_terms="joint", backend="fused")(torch.randn(2, 2, 3))
+    with pytest.raises(ValueError, match="backend"):
+        normrnn.LSTM(3, 4, backend="cuda")
