@@ -1,14 +1,78 @@
-"""Builds and loads the C++ kernels (``csrc/engine.cpp``) on first use; ``None`` when they cannot be built."""
+"""Builds the C++ kernels (``csrc/engine.cpp``) on first use and loads them; ``None`` when they cannot be built.
+
+Built with ``torch.utils.cpp_extension.load`` into ``$NORMRNN_BUILD`` (default ``~/.cache/normrnn/build``), in a
+folder named by a hash of the source, the torch and Python versions and the CPU, so a rebuild happens only when
+one of those changes. Building in place at first use, rather than at install time, keeps pip from fetching a
+second torch into an isolated build environment. Set ``NORMRNN_NATIVE=0`` to skip the kernels.
+"""
 from __future__ import annotations
 
+import hashlib
 import os
+import platform
+import sys
+import threading
+import warnings
+from pathlib import Path
 from types import ModuleType
 from typing import Optional
 
-_STATE: dict = {}
+import torch
+
+SOURCE = Path(__file__).parent / "csrc" / "engine.cpp"
+FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno"]
+_lock = threading.Lock()
+_module: Optional[ModuleType] = None
+_failed: Optional[str] = None
+
+
+def _cpu_id() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith(("model name", "flags"))), platform.processor())
+    except OSError:
+        return platform.processor()
+
+
+def build_dir() -> Path:
+    key = hashlib.sha256(
+        SOURCE.read_bytes() + " ".join([torch.__version__, sys.version, _cpu_id(), *FLAGS]).encode()
+    ).hexdigest()[:16]
+    root = Path(os.environ.get("NORMRNN_BUILD", Path.home() / ".cache" / "normrnn" / "build"))
+    return root / f"engine-{key}"
 
 
 def load() -> Optional[ModuleType]:
-    if os.environ.get("NORMRNN_NATIVE", "1") == "0":
+    """The compiled kernels, building them the first time; ``None`` (after one warning) if that fails."""
+    global _module, _failed
+    if _module is not None or _failed is not None or os.environ.get("NORMRNN_NATIVE", "1") == "0":
+        return _module
+    with _lock:
+        if _module is None and _failed is None:
+            _module = _build()
+    return _module
+
+
+def failure() -> Optional[str]:
+    """Why the kernels could not be built, if they could not."""
+    return _failed
+
+
+def _build() -> Optional[ModuleType]:
+    global _failed
+    from torch.utils import cpp_extension
+
+    where = build_dir()
+    where.mkdir(parents=True, exist_ok=True)
+    fresh = not any(where.glob("*.so"))
+    if fresh:
+        print(f"normrnn: building the fused C++ kernels once into {where} (about a minute)...", file=sys.stderr,
+              flush=True)
+    try:
+        return cpp_extension.load(name="normrnn_engine", sources=[str(SOURCE)], extra_cflags=FLAGS,
+                                  build_directory=str(where), verbose=False)
+    except Exception as e:  # no compiler, no ninja, a failed build: the PyTorch engine does the same work
+        _failed = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+        warnings.warn(f"normrnn: the fused C++ kernels could not be built ({_failed}); using the slower PyTorch "
+                      "fused engine instead", RuntimeWarning, stacklevel=3)
         return None
-    return None

@@ -1,0 +1,825 @@
+// The fused time loop of normrnn's LSTM, GRU and Elman RNN cells, forward and backward, on the CPU.
+//
+// Same functions, arguments and results as normrnn/fused/torch_engine.py, which is the readable specification;
+// the tests hold the two (and the reference loop) against each other. Per time step: one GEMM for the
+// recurrent term into a preallocated buffer, then one pass over the batch rows that does norm + gates + cell
+// update (parallel over rows). Batch norm needs statistics across rows, so it adds a column pass before the
+// row pass. Backward mirrors it; the weight and parameter gradients are reduced once, after the loop, over all
+// T*N rows.
+//
+// Norm kinds: 0 none, 1 layer, 2 rms, 3 batch (batch statistics), 4 batch with given per-step statistics.
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int64_t NONE = 0, LAYER = 1, RMS = 2, BATCH = 3, BATCH_FIXED = 4;
+
+inline bool per_row(int64_t k) { return k == LAYER || k == RMS; }
+inline bool per_col(int64_t k) { return k == BATCH || k == BATCH_FIXED; }
+
+// ------------------------------------------------------------------------------------------- activations
+// float: a polynomial exp the compiler can vectorize (libm's expf is a scalar call); relative error ~2e-7.
+// double: libm, since double is for gradient checks, not speed.
+
+inline float fast_exp(float x) {
+  x = std::min(88.0f, std::max(-87.0f, x));
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.98756915e-4f;
+  p = p * r + 1.39819994e-3f;
+  p = p * r + 8.33345205e-3f;
+  p = p * r + 4.16657962e-2f;
+  p = p * r + 1.66666657e-1f;
+  p = p * r + 5.00000012e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+inline float sigm(float x) { return 1.0f / (1.0f + fast_exp(-x)); }
+inline float tanh_(float x) { return 2.0f / (1.0f + fast_exp(-2.0f * x)) - 1.0f; }
+inline double sigm(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+inline double tanh_(double x) { return std::tanh(x); }
+
+// ------------------------------------------------------------------------------------------- norms
+
+// Normalize one row s (F) into shat; returns 1/sqrt(var + eps) (layer) or 1/sqrt(mean square + eps) (rms).
+template <typename T>
+inline T row_norm_fwd(const T* s, int64_t F, int64_t kind, T eps, T* shat) {
+  T mean = 0;
+  if (kind == LAYER) {
+#pragma omp simd reduction(+ : mean)
+    for (int64_t i = 0; i < F; ++i) mean += s[i];
+    mean /= F;
+  }
+  T var = 0;
+#pragma omp simd reduction(+ : var)
+  for (int64_t i = 0; i < F; ++i) var += (s[i] - mean) * (s[i] - mean);
+  const T r = T(1) / std::sqrt(var / F + eps);
+#pragma omp simd
+  for (int64_t i = 0; i < F; ++i) shat[i] = (s[i] - mean) * r;
+  return r;
+}
+
+// ds from dshat for one row (may alias dshat).
+template <typename T>
+inline void row_norm_bwd(const T* dshat, const T* shat, T rstd, int64_t F, int64_t kind, T* ds) {
+  T m1 = 0, m2 = 0;
+#pragma omp simd reduction(+ : m1, m2)
+  for (int64_t i = 0; i < F; ++i) {
+    m1 += dshat[i];
+    m2 += dshat[i] * shat[i];
+  }
+  m1 = kind == LAYER ? m1 / F : T(0);
+  m2 /= F;
+#pragma omp simd
+  for (int64_t i = 0; i < F; ++i) ds[i] = rstd * (dshat[i] - m1 - shat[i] * m2);
+}
+
+// Column statistics of s (N, F) over running rows. Fills mean (F) and rstd (F) to normalize with; for the batch
+// kind also the statistics to report (mean_out/var_out) and returns the count (< 2: the given ones were used).
+template <typename T>
+int64_t col_stats(const T* s, int64_t N, int64_t F, const bool* m, const T* fix_mean, const T* fix_var, T eps,
+                  int64_t kind, T* mean, T* rstd, T* mean_out, T* var_out) {
+  int64_t count = 0;
+  if (kind == BATCH) {
+    for (int64_t n = 0; n < N; ++n) count += (m == nullptr || m[n]) ? 1 : 0;
+  }
+  if (kind == BATCH && count >= 2) {
+    std::fill(mean, mean + F, T(0));
+    std::vector<T> var(F, T(0));
+    for (int64_t n = 0; n < N; ++n) {
+      if (m != nullptr && !m[n]) continue;
+      const T* row = s + n * F;
+#pragma omp simd
+      for (int64_t f = 0; f < F; ++f) mean[f] += row[f];
+    }
+    for (int64_t f = 0; f < F; ++f) mean[f] /= count;
+    for (int64_t n = 0; n < N; ++n) {
+      if (m != nullptr && !m[n]) continue;
+      const T* row = s + n * F;
+#pragma omp simd
+      for (int64_t f = 0; f < F; ++f) var[f] += (row[f] - mean[f]) * (row[f] - mean[f]);
+    }
+    for (int64_t f = 0; f < F; ++f) {
+      var[f] /= count;
+      rstd[f] = T(1) / std::sqrt(var[f] + eps);
+      mean_out[f] = mean[f];
+      var_out[f] = var[f];
+    }
+    return count;
+  }
+  for (int64_t f = 0; f < F; ++f) {
+    mean[f] = fix_mean[f];
+    rstd[f] = T(1) / std::sqrt(fix_var[f] + eps);
+    if (kind == BATCH) {
+      mean_out[f] = fix_mean[f];
+      var_out[f] = fix_var[f];
+    }
+  }
+  return count;
+}
+
+// Backward of batch statistics for one step: ds = rstd * (dshat - mean(dshat) - shat * mean(dshat*shat)) on
+// running rows, 0 on finished ones. dshat is in ds already (N, F); rows of finished sequences hold 0.
+template <typename T>
+void col_norm_bwd(T* ds, const T* shat, const T* rstd, int64_t N, int64_t F, const bool* m, int64_t count) {
+  std::vector<T> s1(F, T(0)), s2(F, T(0));
+  for (int64_t n = 0; n < N; ++n) {
+    const T* d = ds + n * F;
+    const T* sh = shat + n * F;
+#pragma omp simd
+    for (int64_t f = 0; f < F; ++f) {
+      s1[f] += d[f];
+      s2[f] += d[f] * sh[f];
+    }
+  }
+  for (int64_t f = 0; f < F; ++f) {
+    s1[f] /= count;
+    s2[f] /= count;
+  }
+  for (int64_t n = 0; n < N; ++n) {
+    T* d = ds + n * F;
+    if (m != nullptr && !m[n]) {
+      std::fill(d, d + F, T(0));
+      continue;
+    }
+    const T* sh = shat + n * F;
+#pragma omp simd
+    for (int64_t f = 0; f < F; ++f) d[f] = rstd[f] * (d[f] - s1[f] - sh[f] * s2[f]);
+  }
+}
+
+// Run f(n) for every row, in parallel when the step has enough work to pay for it.
+template <typename F>
+inline void for_rows(int64_t N, int64_t width, const F& f) {
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1));
+  at::parallel_for(0, N, grain, [&](int64_t b, int64_t e) {
+    for (int64_t n = b; n < e; ++n) f(n);
+  });
+}
+
+template <typename T>
+inline T* ptr(const at::Tensor& t) {
+  return t.numel() ? t.data_ptr<T>() : nullptr;
+}
+
+at::Tensor stats_buffer(int64_t kind, int64_t T_, int64_t F, const at::TensorOptions& o, double fill) {
+  return kind == BATCH ? at::full({T_, F}, fill, o) : at::empty({0}, o);
+}
+
+at::Tensor rstd_buffer(int64_t kind, int64_t T_, int64_t N, int64_t F, const at::TensorOptions& o) {
+  return per_row(kind) ? at::empty({T_, N, 1}, o) : at::empty({T_, 1, F}, o);
+}
+
+// The normalized term of one row: shat from s (per-row or with column statistics), z = gamma * shat.
+// Returns nothing; writes shat_row and (per-row kinds) *rstd_row.
+template <typename T>
+inline void normalize_row(const T* srow, int64_t F, int64_t kind, T eps, const T* colmean, const T* colrstd,
+                          T* shat_row, T* rstd_row) {
+  if (per_row(kind)) {
+    *rstd_row = row_norm_fwd(srow, F, kind, eps, shat_row);
+  } else {
+#pragma omp simd
+    for (int64_t f = 0; f < F; ++f) shat_row[f] = (srow[f] - colmean[f]) * colrstd[f];
+  }
+}
+
+// dS from dZ (dz = d of gamma*shat) for one row, for the kinds that need no column reduction.
+template <typename T>
+inline void denormalize_row(const T* dz, const T* gamma, const T* shat_row, T rstd_row, const T* colrstd,
+                            int64_t F, int64_t kind, T* ds) {
+#pragma omp simd
+  for (int64_t f = 0; f < F; ++f) ds[f] = dz[f] * gamma[f];
+  if (per_row(kind)) {
+    row_norm_bwd(ds, shat_row, rstd_row, F, kind, ds);
+  } else {
+#pragma omp simd
+    for (int64_t f = 0; f < F; ++f) ds[f] *= colrstd[f];
+  }
+}
+
+// =========================================================================================== LSTM
+
+template <typename T>
+std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor& h0, const at::Tensor& c0,
+                                          const at::Tensor& w_hh, const at::Tensor& bias, const at::Tensor& gamma_h,
+                                          const at::Tensor& gamma_c, const at::Tensor& beta_c,
+                                          const at::Tensor& mask, const at::Tensor& fmh, const at::Tensor& fvh,
+                                          const at::Tensor& fmc, const at::Tensor& fvc, int64_t kind_h,
+                                          int64_t kind_c, bool joint, bool carry, double eps_) {
+  const int64_t T_ = xa.size(0), N = xa.size(1), G = xa.size(2), H = G / 4;
+  const T eps = static_cast<T>(eps_);
+  const auto o = xa.options();
+  const bool has_h = gamma_h.numel() > 0, has_c = gamma_c.numel() > 0, has_beta = beta_c.numel() > 0;
+  auto h_all = at::empty({T_ + 1, N, H}, o), c_all = at::empty({T_ + 1, N, H}, o);
+  h_all[0].copy_(h0);
+  c_all[0].copy_(c0);
+  auto acts = at::empty({T_, N, G}, o), shat_all = at::empty({T_, N, G}, o);
+  auto chat_all = at::empty({T_, N, H}, o), tc_all = at::empty({T_, N, H}, o), out = at::empty({T_, N, H}, o);
+  auto rstd_h = rstd_buffer(kind_h, T_, N, G, o), rstd_c = rstd_buffer(kind_c, T_, N, H, o);
+  auto mean_h = stats_buffer(kind_h, T_, G, o, 0), var_h = stats_buffer(kind_h, T_, G, o, 1);
+  auto mean_c = stats_buffer(kind_c, T_, H, o, 0), var_c = stats_buffer(kind_c, T_, H, o, 1);
+  auto count_h = kind_h == BATCH ? at::zeros({T_}, o) : at::empty({0}, o);
+  auto count_c = kind_c == BATCH ? at::zeros({T_}, o) : at::empty({0}, o);
+  auto s = at::empty({N, G}, o), cnew = at::empty({N, H}, o);
+  const auto wt = w_hh.t();
+  std::vector<T> colmean_h(G), colmean_c(H);
+  const T *b = ptr<T>(bias), *gh = ptr<T>(gamma_h), *gc = ptr<T>(gamma_c), *bc = ptr<T>(beta_c);
+  const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
+  T* sp = s.data_ptr<T>();
+  T* cn = cnew.data_ptr<T>();
+
+  for (int64_t t = 0; t < T_; ++t) {
+    const auto ht = h_all[t];
+    if (joint) at::addmm_out(s, xa[t], ht, wt); else at::mm_out(s, ht, wt);
+    const bool* m = mk ? mk + t * N : nullptr;
+    const T* x = xa.data_ptr<T>() + t * N * G;
+    T* a_t = acts.data_ptr<T>() + t * N * G;
+    T* shat_t = shat_all.data_ptr<T>() + t * N * G;
+    T* chat_t = chat_all.data_ptr<T>() + t * N * H;
+    T* tc_t = tc_all.data_ptr<T>() + t * N * H;
+    T* rh = rstd_h.data_ptr<T>() + t * rstd_h.size(1) * rstd_h.size(2);
+    T* rc = rstd_c.data_ptr<T>() + t * rstd_c.size(1) * rstd_c.size(2);
+    const T* hp = h_all.data_ptr<T>() + t * N * H;
+    const T* cp = c_all.data_ptr<T>() + t * N * H;
+    T* hn = h_all.data_ptr<T>() + (t + 1) * N * H;
+    T* cnx = c_all.data_ptr<T>() + (t + 1) * N * H;
+    T* o_t = out.data_ptr<T>() + t * N * H;
+    if (has_h && per_col(kind_h)) {
+      const int64_t cnt = col_stats<T>(sp, N, G, m, ptr<T>(fmh) + t * G, ptr<T>(fvh) + t * G, eps, kind_h,
+                                       colmean_h.data(), rh, kind_h == BATCH ? ptr<T>(mean_h) + t * G : nullptr,
+                                       kind_h == BATCH ? ptr<T>(var_h) + t * G : nullptr);
+      if (kind_h == BATCH) count_h.data_ptr<T>()[t] = static_cast<T>(cnt);
+    }
+    auto gates = [&](int64_t n) {
+      const T* srow = sp + n * G;
+      T* a = a_t + n * G;
+      const T* xr = x + n * G;
+      if (has_h) {
+        T* sh = shat_t + n * G;
+        normalize_row(srow, G, kind_h, eps, colmean_h.data(), rh, sh, rh + n);
+#pragma omp simd
+        for (int64_t f = 0; f < G; ++f) a[f] = gh[f] * sh[f] + b[f] + (joint ? T(0) : xr[f]);
+      } else {
+#pragma omp simd
+        for (int64_t f = 0; f < G; ++f) a[f] = srow[f] + b[f] + (joint ? T(0) : xr[f]);
+      }
+      T* cr = cn + n * H;
+      const T* cprev = cp + n * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const T i = sigm(a[j]), f = sigm(a[H + j]), g = tanh_(a[2 * H + j]), og = sigm(a[3 * H + j]);
+        a[j] = i;
+        a[H + j] = f;
+        a[2 * H + j] = g;
+        a[3 * H + j] = og;
+        cr[j] = f * cprev[j] + i * g;
+      }
+    };
+    auto finish = [&](int64_t n) {
+      T* cr = cn + n * H;
+      T* ch = chat_t + n * H;
+      T* tc = tc_t + n * H;
+      const T* og = a_t + n * G + 3 * H;
+      const bool keep = m == nullptr || m[n];
+      if (has_c) {
+        normalize_row(cr, H, kind_c, eps, colmean_c.data(), rc, ch, rc + n);
+      }
+      T* hrow = hn + n * H;
+      T* crow = cnx + n * H;
+      T* orow = o_t + n * H;
+      const T* hprev = hp + n * H;
+      const T* cprev = cp + n * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const T cout = has_c ? gc[j] * ch[j] + (has_beta ? bc[j] : T(0)) : cr[j];
+        const T th = tanh_(cout);
+        tc[j] = th;
+        const T hv = og[j] * th;
+        hrow[j] = keep ? hv : hprev[j];
+        crow[j] = keep ? (carry ? cout : cr[j]) : cprev[j];
+        orow[j] = keep ? hv : T(0);
+      }
+    };
+    if (has_c && per_col(kind_c)) {
+      for_rows(N, G, gates);
+      const int64_t cnt = col_stats<T>(cn, N, H, m, ptr<T>(fmc) + t * H, ptr<T>(fvc) + t * H, eps, kind_c,
+                                       colmean_c.data(), rc, kind_c == BATCH ? ptr<T>(mean_c) + t * H : nullptr,
+                                       kind_c == BATCH ? ptr<T>(var_c) + t * H : nullptr);
+      if (kind_c == BATCH) count_c.data_ptr<T>()[t] = static_cast<T>(cnt);
+      for_rows(N, H, finish);
+    } else {
+      for_rows(N, G, [&](int64_t n) {
+        gates(n);
+        finish(n);
+      });
+    }
+  }
+  return {out, h_all, c_all, acts, shat_all, rstd_h, chat_all, rstd_c, tc_all, mean_h, var_h, count_h,
+          mean_c, var_c, count_c};
+}
+
+template <typename T>
+std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Tensor& dhT, const at::Tensor& dcT,
+                                           const at::Tensor& xa, const at::Tensor& w_hh, const at::Tensor& gamma_h,
+                                           const at::Tensor& gamma_c, const at::Tensor& mask,
+                                           const at::Tensor& h_all, const at::Tensor& c_all,
+                                           const at::Tensor& acts, const at::Tensor& shat_all,
+                                           const at::Tensor& rstd_h, const at::Tensor& chat_all,
+                                           const at::Tensor& rstd_c, const at::Tensor& tc_all,
+                                           const at::Tensor& count_h, const at::Tensor& count_c, int64_t kind_h,
+                                           int64_t kind_c, bool joint, bool carry) {
+  const int64_t T_ = xa.size(0), N = xa.size(1), G = xa.size(2), H = G / 4;
+  const auto o = xa.options();
+  const bool has_h = gamma_h.numel() > 0, has_c = gamma_c.numel() > 0;
+  auto dxa = at::empty_like(xa);
+  // da: d(pre-activation); ds: d(recurrent product h W_hh^T). Separate terms: dxa = da; joint: dxa = ds.
+  auto da_all = joint && has_h ? at::empty_like(xa) : dxa;
+  auto ds_all = !has_h ? da_all : (joint ? dxa : at::empty_like(xa));
+  auto dcout_all = has_c ? at::empty({T_, N, H}, o) : at::empty({0}, o);
+  auto dh = dhT.clone(), dc = dcT.clone(), dh_next = at::empty_like(dh), dc_next = at::empty_like(dc);
+  auto dcnew = at::empty({N, H}, o);
+  const T *gh = ptr<T>(gamma_h), *gc = ptr<T>(gamma_c);
+  const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
+  T* dcn = dcnew.data_ptr<T>();
+
+  for (int64_t t = T_ - 1; t >= 0; --t) {
+    const bool* m = mk ? mk + t * N : nullptr;
+    const T* a_t = acts.data_ptr<T>() + t * N * G;
+    const T* tc_t = tc_all.data_ptr<T>() + t * N * H;
+    const T* ch_t = chat_all.data_ptr<T>() + t * N * H;
+    const T* sh_t = shat_all.data_ptr<T>() + t * N * G;
+    const T* rh = rstd_h.data_ptr<T>() + t * rstd_h.size(1) * rstd_h.size(2);
+    const T* rc = rstd_c.data_ptr<T>() + t * rstd_c.size(1) * rstd_c.size(2);
+    const T* cp = c_all.data_ptr<T>() + t * N * H;
+    const T* do_t = dout.data_ptr<T>() + t * N * H;
+    T* da_t = da_all.data_ptr<T>() + t * N * G;
+    T* ds_t = ds_all.data_ptr<T>() + t * N * G;
+    T* dcout_t = has_c ? dcout_all.data_ptr<T>() + t * N * H : nullptr;
+    T* dhp = dh.data_ptr<T>();
+    T* dcp = dc.data_ptr<T>();
+    T* dcx = dc_next.data_ptr<T>();
+    const bool col_c = has_c && kind_c == BATCH && count_c.data_ptr<T>()[t] >= 2;
+    const bool col_h = has_h && kind_h == BATCH && count_h.data_ptr<T>()[t] >= 2;
+
+    // d(c_out) of one row: from the output h = o * tanh(c_out), and from the carry when it is c_out.
+    auto cell_out = [&](int64_t n) {
+      const T* og = a_t + n * G + 3 * H;
+      const T* tc = tc_t + n * H;
+      const T* dhr = dhp + n * H;
+      const T* dor = do_t + n * H;
+      const T* dcr = dcp + n * H;
+      T* dco = has_c ? dcout_t + n * H : dcn + n * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const T dhs = dhr[j] + dor[j];
+        dco[j] = dhs * og[j] * (T(1) - tc[j] * tc[j]) + (carry ? dcr[j] : T(0));
+      }
+    };
+    // From d(c_out) to dc_new, the gates' pre-activations and the recurrent term's ds.
+    auto gates = [&](int64_t n) {
+      const T* ar = a_t + n * G;
+      T* dar = da_t + n * G;
+      T* dsr = ds_t + n * G;
+      T* dcnr = dcn + n * H;
+      const T* dcr = dcp + n * H;
+      if (has_c) {
+        const T* dco = dcout_t + n * H;
+        if (col_c) {
+          // dcnr already holds the column-normalized gradient
+        } else {
+          denormalize_row(dco, gc, ch_t + n * H, per_row(kind_c) ? rc[n] : T(0), rc, H, kind_c, dcnr);
+        }
+      }
+      const T* tc = tc_t + n * H;
+      const T* dhr = dhp + n * H;
+      const T* dor = do_t + n * H;
+      const T* cprev = cp + n * H;
+      T* dcxr = dcx + n * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const T i = ar[j], f = ar[H + j], g = ar[2 * H + j], og = ar[3 * H + j];
+        const T dcn_j = dcnr[j] + (carry ? T(0) : dcr[j]);
+        const T dov = (dhr[j] + dor[j]) * tc[j];
+        dar[j] = dcn_j * g * i * (T(1) - i);
+        dar[H + j] = dcn_j * cprev[j] * f * (T(1) - f);
+        dar[2 * H + j] = dcn_j * i * (T(1) - g * g);
+        dar[3 * H + j] = dov * og * (T(1) - og);
+        dcxr[j] = dcn_j * f;
+      }
+      if (has_h && !col_h) {
+        denormalize_row(dar, gh, sh_t + n * G, per_row(kind_h) ? rh[n] : T(0), rh, G, kind_h, dsr);
+      } else if (has_h) {
+#pragma omp simd
+        for (int64_t f = 0; f < G; ++f) dsr[f] = dar[f] * gh[f];
+      }
+    };
+    // A finished sequence: nothing flows into the step, the state's gradient passes through.
+    auto finished = [&](int64_t n) {
+      std::fill(da_t + n * G, da_t + (n + 1) * G, T(0));
+      if (ds_t != da_t) std::fill(ds_t + n * G, ds_t + (n + 1) * G, T(0));
+      if (has_c) std::fill(dcout_t + n * H, dcout_t + (n + 1) * H, T(0));
+      std::copy(dcp + n * H, dcp + (n + 1) * H, dcx + n * H);
+      std::fill(dcn + n * H, dcn + (n + 1) * H, T(0));
+    };
+    auto running = [&](int64_t n) { return m == nullptr || m[n]; };
+
+    if (col_c) {
+      for_rows(N, H, [&](int64_t n) { if (running(n)) cell_out(n); else finished(n); });
+      // column-normalize d(c_out)·gamma_c into dcnew
+      for (int64_t n = 0; n < N; ++n) {
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) dcn[n * H + j] = dcout_t[n * H + j] * gc[j];
+      }
+      col_norm_bwd<T>(dcn, ch_t, rc, N, H, m, static_cast<int64_t>(count_c.data_ptr<T>()[t]));
+      for_rows(N, G, [&](int64_t n) { if (running(n)) gates(n); });
+    } else {
+      for_rows(N, G, [&](int64_t n) {
+        if (running(n)) {
+          cell_out(n);
+          gates(n);
+        } else {
+          finished(n);
+        }
+      });
+    }
+    if (col_h) col_norm_bwd<T>(ds_t, sh_t, rh, N, G, m, static_cast<int64_t>(count_h.data_ptr<T>()[t]));
+    at::mm_out(dh_next, ds_all[t], w_hh);
+    if (m != nullptr) {
+      T* dhx = dh_next.data_ptr<T>();
+      for (int64_t n = 0; n < N; ++n)
+        if (!m[n]) std::copy(dhp + n * H, dhp + (n + 1) * H, dhx + n * H);
+    }
+    std::swap(dh, dh_next);
+    std::swap(dc, dc_next);
+  }
+  auto dw = ds_all.reshape({T_ * N, G}).t().mm(h_all.narrow(0, 0, T_).reshape({T_ * N, H}));
+  auto dbias = da_all.sum({0, 1});
+  auto dgamma_h = has_h ? (da_all * shat_all).sum({0, 1}) : at::empty({0}, o);
+  auto dgamma_c = has_c ? (dcout_all * chat_all).sum({0, 1}) : at::empty({0}, o);
+  auto dbeta_c = has_c ? dcout_all.sum({0, 1}) : at::empty({0}, o);
+  return {dxa, dh, dc, dw, dbias, dgamma_h, dgamma_c, dbeta_c};
+}
+
+// =========================================================================================== GRU
+
+template <typename T>
+std::vector<at::Tensor> gru_forward_impl(const at::Tensor& xa, const at::Tensor& h0, const at::Tensor& w_hh,
+                                         const at::Tensor& bias_hh, const at::Tensor& gamma_h,
+                                         const at::Tensor& mask, const at::Tensor& fmh, const at::Tensor& fvh,
+                                         int64_t kind_h, double eps_) {
+  const int64_t T_ = xa.size(0), N = xa.size(1), G = xa.size(2), H = G / 3;
+  const T eps = static_cast<T>(eps_);
+  const auto o = xa.options();
+  const bool has_h = gamma_h.numel() > 0, has_b = bias_hh.numel() > 0;
+  auto h_all = at::empty({T_ + 1, N, H}, o);
+  h_all[0].copy_(h0);
+  auto acts = at::empty({T_, N, G}, o), shat_all = at::empty({T_, N, G}, o), rec_n_all = at::empty({T_, N, H}, o);
+  auto out = at::empty({T_, N, H}, o);
+  auto rstd_h = rstd_buffer(kind_h, T_, N, G, o);
+  auto mean_h = stats_buffer(kind_h, T_, G, o, 0), var_h = stats_buffer(kind_h, T_, G, o, 1);
+  auto count_h = kind_h == BATCH ? at::zeros({T_}, o) : at::empty({0}, o);
+  auto s = at::empty({N, G}, o);
+  const auto wt = w_hh.t();
+  std::vector<T> colmean(G);
+  const T *gh = ptr<T>(gamma_h), *bh = ptr<T>(bias_hh);
+  const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
+  T* sp = s.data_ptr<T>();
+  for (int64_t t = 0; t < T_; ++t) {
+    at::mm_out(s, h_all[t], wt);
+    const bool* m = mk ? mk + t * N : nullptr;
+    T* rh = rstd_h.data_ptr<T>() + t * rstd_h.size(1) * rstd_h.size(2);
+    if (has_h && per_col(kind_h)) {
+      const int64_t cnt = col_stats<T>(sp, N, G, m, ptr<T>(fmh) + t * G, ptr<T>(fvh) + t * G, eps, kind_h,
+                                       colmean.data(), rh, kind_h == BATCH ? ptr<T>(mean_h) + t * G : nullptr,
+                                       kind_h == BATCH ? ptr<T>(var_h) + t * G : nullptr);
+      if (kind_h == BATCH) count_h.data_ptr<T>()[t] = static_cast<T>(cnt);
+    }
+    const T* x_t = xa.data_ptr<T>() + t * N * G;
+    T* a_t = acts.data_ptr<T>() + t * N * G;
+    T* sh_t = shat_all.data_ptr<T>() + t * N * G;
+    T* rn_t = rec_n_all.data_ptr<T>() + t * N * H;
+    const T* hp = h_all.data_ptr<T>() + t * N * H;
+    T* hn = h_all.data_ptr<T>() + (t + 1) * N * H;
+    T* o_t = out.data_ptr<T>() + t * N * H;
+    for_rows(N, G, [&](int64_t n) {
+      T* rec = sp + n * G;  // the recurrent term, normalized and shifted, in place
+      if (has_h) {
+        T* sh = sh_t + n * G;
+        normalize_row(rec, G, kind_h, eps, colmean.data(), rh, sh, rh + n);
+#pragma omp simd
+        for (int64_t f = 0; f < G; ++f) rec[f] = gh[f] * sh[f];
+      }
+      if (has_b) {
+#pragma omp simd
+        for (int64_t f = 0; f < G; ++f) rec[f] += bh[f];
+      }
+      const T* x = x_t + n * G;
+      T* a = a_t + n * G;
+      const T* h = hp + n * H;
+      T* hr = hn + n * H;
+      T* orow = o_t + n * H;
+      T* rn = rn_t + n * H;
+      const bool keep = m == nullptr || m[n];
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const T r = sigm(x[j] + rec[j]), u = sigm(x[H + j] + rec[H + j]);
+        const T c = tanh_(x[2 * H + j] + r * rec[2 * H + j]);
+        a[j] = r;
+        a[H + j] = u;
+        a[2 * H + j] = c;
+        rn[j] = rec[2 * H + j];
+        const T hv = c + u * (h[j] - c);
+        hr[j] = keep ? hv : h[j];
+        orow[j] = keep ? hv : T(0);
+      }
+    });
+  }
+  return {out, h_all, acts, rec_n_all, shat_all, rstd_h, mean_h, var_h, count_h};
+}
+
+template <typename T>
+std::vector<at::Tensor> gru_backward_impl(const at::Tensor& dout, const at::Tensor& dhT, const at::Tensor& xa,
+                                          const at::Tensor& w_hh, const at::Tensor& gamma_h, const at::Tensor& mask,
+                                          const at::Tensor& h_all, const at::Tensor& acts,
+                                          const at::Tensor& rec_n_all, const at::Tensor& shat_all,
+                                          const at::Tensor& rstd_h, const at::Tensor& count_h, int64_t kind_h) {
+  const int64_t T_ = xa.size(0), N = xa.size(1), G = xa.size(2), H = G / 3;
+  const bool has_h = gamma_h.numel() > 0;
+  const auto o = xa.options();
+  auto dxa = at::empty_like(xa), drec_all = at::empty_like(xa);
+  auto ds_all = has_h ? at::empty_like(xa) : drec_all;
+  auto dh = dhT.clone(), dh_next = at::empty_like(dh), direct = at::empty_like(dh);
+  const T* gh = ptr<T>(gamma_h);
+  const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
+  for (int64_t t = T_ - 1; t >= 0; --t) {
+    const bool* m = mk ? mk + t * N : nullptr;
+    const T* a_t = acts.data_ptr<T>() + t * N * G;
+    const T* rn_t = rec_n_all.data_ptr<T>() + t * N * H;
+    const T* sh_t = shat_all.data_ptr<T>() + t * N * G;
+    const T* rh = rstd_h.data_ptr<T>() + t * rstd_h.size(1) * rstd_h.size(2);
+    const T* hp = h_all.data_ptr<T>() + t * N * H;
+    const T* do_t = dout.data_ptr<T>() + t * N * H;
+    T* dx_t = dxa.data_ptr<T>() + t * N * G;
+    T* dr_t = drec_all.data_ptr<T>() + t * N * G;
+    T* ds_t = ds_all.data_ptr<T>() + t * N * G;
+    T* dhp = dh.data_ptr<T>();
+    T* dir = direct.data_ptr<T>();
+    const bool col_h = has_h && kind_h == BATCH && count_h.data_ptr<T>()[t] >= 2;
+    for_rows(N, G, [&](int64_t n) {
+      T* dx = dx_t + n * G;
+      T* dr = dr_t + n * G;
+      T* ds = ds_t + n * G;
+      if (m != nullptr && !m[n]) {
+        std::fill(dx, dx + G, T(0));
+        std::fill(dr, dr + G, T(0));
+        if (ds != dr) std::fill(ds, ds + G, T(0));
+        std::copy(dhp + n * H, dhp + (n + 1) * H, dir + n * H);
+        return;
+      }
+      const T* a = a_t + n * G;
+      const T* rn = rn_t + n * H;
+      const T* h = hp + n * H;
+      const T* dhr = dhp + n * H;
+      const T* dor = do_t + n * H;
+      T* dd = dir + n * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const T r = a[j], u = a[H + j], c = a[2 * H + j];
+        const T dhs = dhr[j] + dor[j];
+        const T da_n = dhs * (T(1) - u) * (T(1) - c * c);
+        const T da_r = da_n * rn[j] * r * (T(1) - r);
+        const T da_u = dhs * (h[j] - c) * u * (T(1) - u);
+        dx[j] = da_r;
+        dx[H + j] = da_u;
+        dx[2 * H + j] = da_n;
+        dr[j] = da_r;
+        dr[H + j] = da_u;
+        dr[2 * H + j] = da_n * r;
+        dd[j] = dhs * u;
+      }
+      if (has_h && !col_h) {
+        denormalize_row(dr, gh, sh_t + n * G, per_row(kind_h) ? rh[n] : T(0), rh, G, kind_h, ds);
+      } else if (has_h) {
+#pragma omp simd
+        for (int64_t f = 0; f < G; ++f) ds[f] = dr[f] * gh[f];
+      }
+    });
+    if (col_h) col_norm_bwd<T>(ds_t, sh_t, rh, N, G, m, static_cast<int64_t>(count_h.data_ptr<T>()[t]));
+    at::addmm_out(dh_next, direct, ds_all[t], w_hh);
+    std::swap(dh, dh_next);
+  }
+  auto dw = ds_all.reshape({T_ * N, G}).t().mm(h_all.narrow(0, 0, T_).reshape({T_ * N, H}));
+  auto dbias = drec_all.sum({0, 1});
+  auto dgamma = has_h ? (drec_all * shat_all).sum({0, 1}) : at::empty({0}, o);
+  return {dxa, dh, dw, dbias, dgamma};
+}
+
+// =========================================================================================== Elman RNN
+
+template <typename T>
+std::vector<at::Tensor> rnn_forward_impl(const at::Tensor& xa, const at::Tensor& h0, const at::Tensor& w_hh,
+                                         const at::Tensor& bias, const at::Tensor& gamma_h, const at::Tensor& mask,
+                                         const at::Tensor& fmh, const at::Tensor& fvh, int64_t kind_h, bool joint,
+                                         bool relu, double eps_) {
+  const int64_t T_ = xa.size(0), N = xa.size(1), H = xa.size(2);
+  const T eps = static_cast<T>(eps_);
+  const auto o = xa.options();
+  const bool has_h = gamma_h.numel() > 0;
+  auto h_all = at::empty({T_ + 1, N, H}, o);
+  h_all[0].copy_(h0);
+  auto act = at::empty({T_, N, H}, o), shat_all = at::empty({T_, N, H}, o), out = at::empty({T_, N, H}, o);
+  auto rstd_h = rstd_buffer(kind_h, T_, N, H, o);
+  auto mean_h = stats_buffer(kind_h, T_, H, o, 0), var_h = stats_buffer(kind_h, T_, H, o, 1);
+  auto count_h = kind_h == BATCH ? at::zeros({T_}, o) : at::empty({0}, o);
+  auto s = at::empty({N, H}, o);
+  const auto wt = w_hh.t();
+  std::vector<T> colmean(H);
+  const T *gh = ptr<T>(gamma_h), *b = ptr<T>(bias);
+  const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
+  T* sp = s.data_ptr<T>();
+  for (int64_t t = 0; t < T_; ++t) {
+    if (joint) at::addmm_out(s, xa[t], h_all[t], wt); else at::mm_out(s, h_all[t], wt);
+    const bool* m = mk ? mk + t * N : nullptr;
+    T* rh = rstd_h.data_ptr<T>() + t * rstd_h.size(1) * rstd_h.size(2);
+    if (has_h && per_col(kind_h)) {
+      const int64_t cnt = col_stats<T>(sp, N, H, m, ptr<T>(fmh) + t * H, ptr<T>(fvh) + t * H, eps, kind_h,
+                                       colmean.data(), rh, kind_h == BATCH ? ptr<T>(mean_h) + t * H : nullptr,
+                                       kind_h == BATCH ? ptr<T>(var_h) + t * H : nullptr);
+      if (kind_h == BATCH) count_h.data_ptr<T>()[t] = static_cast<T>(cnt);
+    }
+    const T* x_t = xa.data_ptr<T>() + t * N * H;
+    T* y_t = act.data_ptr<T>() + t * N * H;
+    T* sh_t = shat_all.data_ptr<T>() + t * N * H;
+    const T* hp = h_all.data_ptr<T>() + t * N * H;
+    T* hn = h_all.data_ptr<T>() + (t + 1) * N * H;
+    T* o_t = out.data_ptr<T>() + t * N * H;
+    for_rows(N, H, [&](int64_t n) {
+      T* srow = sp + n * H;
+      if (has_h) {
+        T* sh = sh_t + n * H;
+        normalize_row(srow, H, kind_h, eps, colmean.data(), rh, sh, rh + n);
+#pragma omp simd
+        for (int64_t f = 0; f < H; ++f) srow[f] = gh[f] * sh[f];
+      }
+      const T* x = x_t + n * H;
+      T* y = y_t + n * H;
+      const T* h = hp + n * H;
+      T* hr = hn + n * H;
+      T* orow = o_t + n * H;
+      const bool keep = m == nullptr || m[n];
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const T a = srow[j] + b[j] + (joint ? T(0) : x[j]);
+        const T v = relu ? (a > T(0) ? a : T(0)) : tanh_(a);
+        y[j] = v;
+        hr[j] = keep ? v : h[j];
+        orow[j] = keep ? v : T(0);
+      }
+    });
+  }
+  return {out, h_all, act, shat_all, rstd_h, mean_h, var_h, count_h};
+}
+
+template <typename T>
+std::vector<at::Tensor> rnn_backward_impl(const at::Tensor& dout, const at::Tensor& dhT, const at::Tensor& xa,
+                                          const at::Tensor& w_hh, const at::Tensor& gamma_h, const at::Tensor& mask,
+                                          const at::Tensor& h_all, const at::Tensor& act,
+                                          const at::Tensor& shat_all, const at::Tensor& rstd_h,
+                                          const at::Tensor& count_h, int64_t kind_h, bool joint, bool relu) {
+  const int64_t T_ = xa.size(0), N = xa.size(1), H = xa.size(2);
+  const bool has_h = gamma_h.numel() > 0;
+  const auto o = xa.options();
+  auto dxa = at::empty_like(xa);
+  auto da_all = joint && has_h ? at::empty_like(xa) : dxa;
+  auto ds_all = !has_h ? da_all : (joint ? dxa : at::empty_like(xa));
+  auto dh = dhT.clone(), dh_next = at::empty_like(dh);
+  const T* gh = ptr<T>(gamma_h);
+  const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
+  for (int64_t t = T_ - 1; t >= 0; --t) {
+    const bool* m = mk ? mk + t * N : nullptr;
+    const T* y_t = act.data_ptr<T>() + t * N * H;
+    const T* sh_t = shat_all.data_ptr<T>() + t * N * H;
+    const T* rh = rstd_h.data_ptr<T>() + t * rstd_h.size(1) * rstd_h.size(2);
+    const T* do_t = dout.data_ptr<T>() + t * N * H;
+    T* da_t = da_all.data_ptr<T>() + t * N * H;
+    T* ds_t = ds_all.data_ptr<T>() + t * N * H;
+    T* dhp = dh.data_ptr<T>();
+    const bool col_h = has_h && kind_h == BATCH && count_h.data_ptr<T>()[t] >= 2;
+    for_rows(N, H, [&](int64_t n) {
+      T* da = da_t + n * H;
+      T* ds = ds_t + n * H;
+      if (m != nullptr && !m[n]) {
+        std::fill(da, da + H, T(0));
+        if (ds != da) std::fill(ds, ds + H, T(0));
+        return;
+      }
+      const T* y = y_t + n * H;
+      const T* dhr = dhp + n * H;
+      const T* dor = do_t + n * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const T dhs = dhr[j] + dor[j];
+        da[j] = relu ? (y[j] > T(0) ? dhs : T(0)) : dhs * (T(1) - y[j] * y[j]);
+      }
+      if (has_h && !col_h) {
+        denormalize_row(da, gh, sh_t + n * H, per_row(kind_h) ? rh[n] : T(0), rh, H, kind_h, ds);
+      } else if (has_h) {
+#pragma omp simd
+        for (int64_t f = 0; f < H; ++f) ds[f] = da[f] * gh[f];
+      }
+    });
+    if (col_h) col_norm_bwd<T>(ds_t, sh_t, rh, N, H, m, static_cast<int64_t>(count_h.data_ptr<T>()[t]));
+    at::mm_out(dh_next, ds_all[t], w_hh);
+    if (m != nullptr) {
+      T* dhx = dh_next.data_ptr<T>();
+      for (int64_t n = 0; n < N; ++n)
+        if (!m[n]) std::copy(dhp + n * H, dhp + (n + 1) * H, dhx + n * H);
+    }
+    std::swap(dh, dh_next);
+  }
+  auto dw = ds_all.reshape({T_ * N, H}).t().mm(h_all.narrow(0, 0, T_).reshape({T_ * N, H}));
+  auto dbias = da_all.sum({0, 1});
+  auto dgamma = has_h ? (da_all * shat_all).sum({0, 1}) : at::empty({0}, o);
+  return {dxa, dh, dw, dbias, dgamma};
+}
+
+}  // namespace
+
+// =========================================================================================== bindings
+
+#define NORMRNN_DISPATCH(x, name, call) \
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), name, [&] { return call; })
+
+std::vector<at::Tensor> lstm_forward(at::Tensor xa, at::Tensor h0, at::Tensor c0, at::Tensor w_hh, at::Tensor bias,
+                                     at::Tensor gamma_h, at::Tensor gamma_c, at::Tensor beta_c, at::Tensor mask,
+                                     at::Tensor fmh, at::Tensor fvh, at::Tensor fmc, at::Tensor fvc, int64_t kind_h,
+                                     int64_t kind_c, bool joint, bool carry, double eps) {
+  return NORMRNN_DISPATCH(xa, "lstm_forward",
+      lstm_forward_impl<scalar_t>(xa, h0, c0, w_hh, bias, gamma_h, gamma_c, beta_c, mask, fmh, fvh, fmc, fvc,
+                                  kind_h, kind_c, joint, carry, eps));
+}
+
+std::vector<at::Tensor> lstm_backward(at::Tensor dout, at::Tensor dhT, at::Tensor dcT, at::Tensor xa,
+                                      at::Tensor w_hh, at::Tensor gamma_h, at::Tensor gamma_c, at::Tensor mask,
+                                      at::Tensor h_all, at::Tensor c_all, at::Tensor acts, at::Tensor shat_all,
+                                      at::Tensor rstd_h, at::Tensor chat_all, at::Tensor rstd_c, at::Tensor tc_all,
+                                      at::Tensor count_h, at::Tensor count_c, int64_t kind_h, int64_t kind_c,
+                                      bool joint, bool carry) {
+  return NORMRNN_DISPATCH(xa, "lstm_backward",
+      lstm_backward_impl<scalar_t>(dout, dhT, dcT, xa, w_hh, gamma_h, gamma_c, mask, h_all, c_all, acts, shat_all,
+                                   rstd_h, chat_all, rstd_c, tc_all, count_h, count_c, kind_h, kind_c, joint,
+                                   carry));
+}
+
+std::vector<at::Tensor> gru_forward(at::Tensor xa, at::Tensor h0, at::Tensor w_hh, at::Tensor bias_hh,
+                                    at::Tensor gamma_h, at::Tensor mask, at::Tensor fmh, at::Tensor fvh,
+                                    int64_t kind_h, double eps) {
+  return NORMRNN_DISPATCH(xa, "gru_forward",
+      gru_forward_impl<scalar_t>(xa, h0, w_hh, bias_hh, gamma_h, mask, fmh, fvh, kind_h, eps));
+}
+
+std::vector<at::Tensor> gru_backward(at::Tensor dout, at::Tensor dhT, at::Tensor xa, at::Tensor w_hh,
+                                     at::Tensor gamma_h, at::Tensor mask, at::Tensor h_all, at::Tensor acts,
+                                     at::Tensor rec_n_all, at::Tensor shat_all, at::Tensor rstd_h,
+                                     at::Tensor count_h, int64_t kind_h) {
+  return NORMRNN_DISPATCH(xa, "gru_backward",
+      gru_backward_impl<scalar_t>(dout, dhT, xa, w_hh, gamma_h, mask, h_all, acts, rec_n_all, shat_all, rstd_h,
+                                  count_h, kind_h));
+}
+
+std::vector<at::Tensor> rnn_forward(at::Tensor xa, at::Tensor h0, at::Tensor w_hh, at::Tensor bias,
+                                    at::Tensor gamma_h, at::Tensor mask, at::Tensor fmh, at::Tensor fvh,
+                                    int64_t kind_h, bool joint, bool relu, double eps) {
+  return NORMRNN_DISPATCH(xa, "rnn_forward",
+      rnn_forward_impl<scalar_t>(xa, h0, w_hh, bias, gamma_h, mask, fmh, fvh, kind_h, joint, relu, eps));
+}
+
+std::vector<at::Tensor> rnn_backward(at::Tensor dout, at::Tensor dhT, at::Tensor xa, at::Tensor w_hh,
+                                     at::Tensor gamma_h, at::Tensor mask, at::Tensor h_all, at::Tensor act,
+                                     at::Tensor shat_all, at::Tensor rstd_h, at::Tensor count_h, int64_t kind_h,
+                                     bool joint, bool relu) {
+  return NORMRNN_DISPATCH(xa, "rnn_backward",
+      rnn_backward_impl<scalar_t>(dout, dhT, xa, w_hh, gamma_h, mask, h_all, act, shat_all, rstd_h, count_h,
+                                  kind_h, joint, relu));
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("lstm_forward", &lstm_forward);
+  m.def("lstm_backward", &lstm_backward);
+  m.def("gru_forward", &gru_forward);
+  m.def("gru_backward", &gru_backward);
+  m.def("rnn_forward", &rnn_forward);
+  m.def("rnn_backward", &rnn_backward);
+}
