@@ -1,0 +1,13 @@
+"""The README's example must run as written."""
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_readme_example_runs():
+    code = re.search(r"## Example\n\n```python\n(.*?)```", README.read_text(), re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, str(README), "exec"), namespace)
+    assert namespace["out"].shape == (8, 20, 64)
+    assert (namespace["out"][7, 1:] == 0).all()  # past the last sequence's single step
