@@ -31,7 +31,8 @@ inline bool per_col(int64_t k) { return k == BATCH || k == BATCH_FIXED; }
 
 inline float fast_exp(float x) {
   x = std::min(88.0f, std::max(-87.0f, x));
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  // round to nearest by adding 1.5 * 2^23: unlike std::floor, the compiler vectorizes this
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
   float p = 1.98756915e-4f;
   p = p * r + 1.39819994e-3f;
@@ -41,9 +42,7 @@ inline float fast_exp(float x) {
   p = p * r + 5.00000012e-1f;
   p = p * r * r + r + 1.0f;
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
+  return p * __builtin_bit_cast(float, bits);
 }
 
 inline float sigm(float x) { return 1.0f / (1.0f + fast_exp(-x)); }
@@ -73,7 +72,7 @@ inline T row_norm_fwd(const T* s, int64_t F, int64_t kind, T eps, T* shat) {
 
 // ds from dshat for one row (may alias dshat).
 template <typename T>
-inline void row_norm_bwd(const T* dshat, const T* shat, T rstd, int64_t F, int64_t kind, T* ds) {
+inline void row_norm_bwd(const T* dshat, const T* __restrict shat, T rstd, int64_t F, int64_t kind, T* ds) {
   T m1 = 0, m2 = 0;
 #pragma omp simd reduction(+ : m1, m2)
   for (int64_t i = 0; i < F; ++i) {
@@ -134,10 +133,12 @@ int64_t col_stats(const T* s, int64_t N, int64_t F, const bool* m, const T* fix_
 // running rows, 0 on finished ones. dshat is in ds already (N, F); rows of finished sequences hold 0.
 template <typename T>
 void col_norm_bwd(T* ds, const T* shat, const T* rstd, int64_t N, int64_t F, const bool* m, int64_t count) {
-  std::vector<T> s1(F, T(0)), s2(F, T(0));
+  std::vector<T> s1v(F, T(0)), s2v(F, T(0));
+  T* __restrict s1 = s1v.data();
+  T* __restrict s2 = s2v.data();
   for (int64_t n = 0; n < N; ++n) {
-    const T* d = ds + n * F;
-    const T* sh = shat + n * F;
+    const T* __restrict d = ds + n * F;
+    const T* __restrict sh = shat + n * F;
 #pragma omp simd
     for (int64_t f = 0; f < F; ++f) {
       s1[f] += d[f];
@@ -209,6 +210,158 @@ inline void denormalize_row(const T* dz, const T* gamma, const T* shat_row, T rs
   }
 }
 
+// ------------------------------------------------------------------------------------------- cell kernels
+// Each is one vectorizable loop over a row; pointers name disjoint ranges (hence __restrict).
+
+// a = gamma * z + b (+ x): a gate pre-activation row from the (normalized) recurrent term z.
+template <typename T>
+inline void pre_activation(T* __restrict a, const T* __restrict z, const T* __restrict gamma, const T* __restrict b,
+                           const T* __restrict x, int64_t F) {
+#pragma omp simd
+  for (int64_t f = 0; f < F; ++f) a[f] = (gamma ? gamma[f] * z[f] : z[f]) + (b ? b[f] : T(0)) + (x ? x[f] : T(0));
+}
+
+// LSTM gates in place (i, f, g, o activations) and the new cell c = f * c_prev + i * g.
+template <typename T>
+inline void lstm_gates_fwd(T* __restrict ai, T* __restrict af, T* __restrict ag, T* __restrict ao,
+                           const T* __restrict cprev, T* __restrict cnew, int64_t H) {
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const T i = sigm(ai[j]), f = sigm(af[j]), g = tanh_(ag[j]), o = sigm(ao[j]);
+    ai[j] = i;
+    af[j] = f;
+    ag[j] = g;
+    ao[j] = o;
+    cnew[j] = f * cprev[j] + i * g;
+  }
+}
+
+// c_out = gamma * chat + beta (the normalized cell, or c_new itself when there is no cell norm).
+template <typename T>
+inline void affine(T* __restrict out, const T* __restrict x, const T* __restrict gamma, const T* __restrict beta,
+                   int64_t F) {
+#pragma omp simd
+  for (int64_t f = 0; f < F; ++f) out[f] = (gamma ? gamma[f] * x[f] : x[f]) + (beta ? beta[f] : T(0));
+}
+
+// h = o * tanh(c_out); the output row gets h too.
+template <typename T>
+inline void lstm_h_fwd(const T* __restrict o, const T* __restrict cout, T* __restrict tc, T* __restrict h,
+                       T* __restrict out, int64_t H) {
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const T th = tanh_(cout[j]);
+    tc[j] = th;
+    h[j] = o[j] * th;
+    out[j] = o[j] * th;
+  }
+}
+
+// d(c_out) = dh * o * (1 - tanh^2) (+ dc when the carried cell is c_out).
+template <typename T>
+inline void lstm_cout_bwd(const T* __restrict dh, const T* __restrict dout, const T* __restrict o,
+                          const T* __restrict tc, const T* __restrict dc, T* __restrict dcout, int64_t H) {
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j)
+    dcout[j] = (dh[j] + dout[j]) * o[j] * (T(1) - tc[j] * tc[j]) + (dc ? dc[j] : T(0));
+}
+
+// The gates' pre-activation gradients from dc_new (+ dc when the raw cell is carried) and dh; dc_prev.
+template <typename T>
+inline void lstm_gates_bwd(const T* __restrict act, const T* __restrict dcnew, const T* __restrict dc,
+                           const T* __restrict dh, const T* __restrict dout, const T* __restrict tc,
+                           const T* __restrict cprev, T* __restrict da, T* __restrict dcprev, int64_t H) {
+  const T* __restrict ai = act;
+  const T* __restrict af = act + H;
+  const T* __restrict ag = act + 2 * H;
+  const T* __restrict ao = act + 3 * H;
+  T* __restrict di = da;
+  T* __restrict df = da + H;
+  T* __restrict dg = da + 2 * H;
+  T* __restrict dov = da + 3 * H;
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const T i = ai[j], f = af[j], g = ag[j], o = ao[j];
+    const T dcn = dcnew[j] + (dc ? dc[j] : T(0));
+    di[j] = dcn * g * i * (T(1) - i);
+    df[j] = dcn * cprev[j] * f * (T(1) - f);
+    dg[j] = dcn * i * (T(1) - g * g);
+    dov[j] = (dh[j] + dout[j]) * tc[j] * o * (T(1) - o);
+    dcprev[j] = dcn * f;
+  }
+}
+
+// GRU: r, u, candidate from x (T·(3H), with b_ih) and rec (normalized recurrent term + b_hh); the new h.
+template <typename T>
+inline void gru_fwd(const T* __restrict x, const T* __restrict rec, const T* __restrict h, T* __restrict act,
+                    T* __restrict rec_n, T* __restrict hn, T* __restrict out, int64_t H) {
+  T* __restrict ar = act;
+  T* __restrict au = act + H;
+  T* __restrict an = act + 2 * H;
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const T r = sigm(x[j] + rec[j]), u = sigm(x[H + j] + rec[H + j]);
+    const T c = tanh_(x[2 * H + j] + r * rec[2 * H + j]);
+    ar[j] = r;
+    au[j] = u;
+    an[j] = c;
+    rec_n[j] = rec[2 * H + j];
+    const T hv = c + u * (h[j] - c);
+    hn[j] = hv;
+    out[j] = hv;
+  }
+}
+
+template <typename T>
+inline void gru_bwd(const T* __restrict act, const T* __restrict rec_n, const T* __restrict h,
+                    const T* __restrict dh, const T* __restrict dout, T* __restrict dx, T* __restrict drec,
+                    T* __restrict direct, int64_t H) {
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const T r = act[j], u = act[H + j], c = act[2 * H + j];
+    const T dhs = dh[j] + dout[j];
+    const T da_n = dhs * (T(1) - u) * (T(1) - c * c);
+    const T da_r = da_n * rec_n[j] * r * (T(1) - r);
+    const T da_u = dhs * (h[j] - c) * u * (T(1) - u);
+    dx[j] = da_r;
+    dx[H + j] = da_u;
+    dx[2 * H + j] = da_n;
+    drec[j] = da_r;
+    drec[H + j] = da_u;
+    drec[2 * H + j] = da_n * r;
+    direct[j] = dhs * u;
+  }
+}
+
+template <typename T>
+inline void rnn_fwd(const T* __restrict a, T* __restrict y, T* __restrict hn, T* __restrict out, bool relu,
+                    int64_t H) {
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const T v = relu ? (a[j] > T(0) ? a[j] : T(0)) : tanh_(a[j]);
+    y[j] = v;
+    hn[j] = v;
+    out[j] = v;
+  }
+}
+
+template <typename T>
+inline void rnn_bwd(const T* __restrict y, const T* __restrict dh, const T* __restrict dout, T* __restrict da,
+                    bool relu, int64_t H) {
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const T dhs = dh[j] + dout[j];
+    da[j] = relu ? (y[j] > T(0) ? dhs : T(0)) : dhs * (T(1) - y[j] * y[j]);
+  }
+}
+
+// A finished sequence keeps its state and outputs zero.
+template <typename T>
+inline void hold_row(const T* __restrict prev, T* __restrict next, T* __restrict out, int64_t H) {
+  std::copy(prev, prev + H, next);
+  if (out) std::fill(out, out + H, T(0));
+}
+
 // =========================================================================================== LSTM
 
 template <typename T>
@@ -232,9 +385,10 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
   auto mean_c = stats_buffer(kind_c, T_, H, o, 0), var_c = stats_buffer(kind_c, T_, H, o, 1);
   auto count_h = kind_h == BATCH ? at::zeros({T_}, o) : at::empty({0}, o);
   auto count_c = kind_c == BATCH ? at::zeros({T_}, o) : at::empty({0}, o);
-  auto s = at::empty({N, G}, o), cnew = at::empty({N, H}, o);
+  auto s = at::empty({N, G}, o), cnew = at::empty({N, H}, o), cout_buf = at::empty({N, H}, o);
   const auto wt = w_hh.t();
   std::vector<T> colmean_h(G), colmean_c(H);
+  T* cob = cout_buf.data_ptr<T>();
   const T *b = ptr<T>(bias), *gh = ptr<T>(gamma_h), *gc = ptr<T>(gamma_c), *bc = ptr<T>(beta_c);
   const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   T* sp = s.data_ptr<T>();
@@ -269,23 +423,11 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
       if (has_h) {
         T* sh = shat_t + n * G;
         normalize_row(srow, G, kind_h, eps, colmean_h.data(), rh, sh, rh + n);
-#pragma omp simd
-        for (int64_t f = 0; f < G; ++f) a[f] = gh[f] * sh[f] + b[f] + (joint ? T(0) : xr[f]);
+        pre_activation<T>(a, sh, gh, b, joint ? nullptr : xr, G);
       } else {
-#pragma omp simd
-        for (int64_t f = 0; f < G; ++f) a[f] = srow[f] + b[f] + (joint ? T(0) : xr[f]);
+        pre_activation<T>(a, srow, nullptr, b, joint ? nullptr : xr, G);
       }
-      T* cr = cn + n * H;
-      const T* cprev = cp + n * H;
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) {
-        const T i = sigm(a[j]), f = sigm(a[H + j]), g = tanh_(a[2 * H + j]), og = sigm(a[3 * H + j]);
-        a[j] = i;
-        a[H + j] = f;
-        a[2 * H + j] = g;
-        a[3 * H + j] = og;
-        cr[j] = f * cprev[j] + i * g;
-      }
+      lstm_gates_fwd<T>(a, a + H, a + 2 * H, a + 3 * H, cp + n * H, cn + n * H, H);
     };
     auto finish = [&](int64_t n) {
       T* cr = cn + n * H;
@@ -299,17 +441,14 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
       T* hrow = hn + n * H;
       T* crow = cnx + n * H;
       T* orow = o_t + n * H;
-      const T* hprev = hp + n * H;
-      const T* cprev = cp + n * H;
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) {
-        const T cout = has_c ? gc[j] * ch[j] + (has_beta ? bc[j] : T(0)) : cr[j];
-        const T th = tanh_(cout);
-        tc[j] = th;
-        const T hv = og[j] * th;
-        hrow[j] = keep ? hv : hprev[j];
-        crow[j] = keep ? (carry ? cout : cr[j]) : cprev[j];
-        orow[j] = keep ? hv : T(0);
+      T* cout = has_c ? cob + n * H : cr;
+      if (has_c) affine<T>(cout, ch, gc, has_beta ? bc : nullptr, H);
+      lstm_h_fwd<T>(og, cout, tc, hrow, orow, H);  // tc is kept for backward even where the row has finished
+      if (keep) {
+        std::copy(carry ? cout : cr, (carry ? cout : cr) + H, crow);
+      } else {
+        hold_row<T>(hp + n * H, hrow, orow, H);
+        hold_row<T>(cp + n * H, crow, static_cast<T*>(nullptr), H);
       }
     };
     if (has_c && per_col(kind_c)) {
@@ -381,11 +520,7 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
       const T* dor = do_t + n * H;
       const T* dcr = dcp + n * H;
       T* dco = has_c ? dcout_t + n * H : dcn + n * H;
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) {
-        const T dhs = dhr[j] + dor[j];
-        dco[j] = dhs * og[j] * (T(1) - tc[j] * tc[j]) + (carry ? dcr[j] : T(0));
-      }
+      lstm_cout_bwd<T>(dhr, dor, og, tc, carry ? dcr : nullptr, dco, H);
     };
     // From d(c_out) to dc_new, the gates' pre-activations and the recurrent term's ds.
     auto gates = [&](int64_t n) {
@@ -402,22 +537,8 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
           denormalize_row(dco, gc, ch_t + n * H, per_row(kind_c) ? rc[n] : T(0), rc, H, kind_c, dcnr);
         }
       }
-      const T* tc = tc_t + n * H;
-      const T* dhr = dhp + n * H;
-      const T* dor = do_t + n * H;
-      const T* cprev = cp + n * H;
-      T* dcxr = dcx + n * H;
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) {
-        const T i = ar[j], f = ar[H + j], g = ar[2 * H + j], og = ar[3 * H + j];
-        const T dcn_j = dcnr[j] + (carry ? T(0) : dcr[j]);
-        const T dov = (dhr[j] + dor[j]) * tc[j];
-        dar[j] = dcn_j * g * i * (T(1) - i);
-        dar[H + j] = dcn_j * cprev[j] * f * (T(1) - f);
-        dar[2 * H + j] = dcn_j * i * (T(1) - g * g);
-        dar[3 * H + j] = dov * og * (T(1) - og);
-        dcxr[j] = dcn_j * f;
-      }
+      lstm_gates_bwd<T>(ar, dcnr, carry ? nullptr : dcr, dhp + n * H, do_t + n * H, tc_t + n * H, cp + n * H,
+                        dar, dcx + n * H, H);
       if (has_h && !col_h) {
         denormalize_row(dar, gh, sh_t + n * G, per_row(kind_h) ? rh[n] : T(0), rh, G, kind_h, dsr);
       } else if (has_h) {
@@ -518,32 +639,12 @@ std::vector<at::Tensor> gru_forward_impl(const at::Tensor& xa, const at::Tensor&
       if (has_h) {
         T* sh = sh_t + n * G;
         normalize_row(rec, G, kind_h, eps, colmean.data(), rh, sh, rh + n);
-#pragma omp simd
-        for (int64_t f = 0; f < G; ++f) rec[f] = gh[f] * sh[f];
+        pre_activation<T>(rec, sh, gh, has_b ? bh : nullptr, static_cast<const T*>(nullptr), G);
+      } else if (has_b) {
+        pre_activation<T>(rec, sp + n * G, static_cast<const T*>(nullptr), bh, static_cast<const T*>(nullptr), G);
       }
-      if (has_b) {
-#pragma omp simd
-        for (int64_t f = 0; f < G; ++f) rec[f] += bh[f];
-      }
-      const T* x = x_t + n * G;
-      T* a = a_t + n * G;
-      const T* h = hp + n * H;
-      T* hr = hn + n * H;
-      T* orow = o_t + n * H;
-      T* rn = rn_t + n * H;
-      const bool keep = m == nullptr || m[n];
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) {
-        const T r = sigm(x[j] + rec[j]), u = sigm(x[H + j] + rec[H + j]);
-        const T c = tanh_(x[2 * H + j] + r * rec[2 * H + j]);
-        a[j] = r;
-        a[H + j] = u;
-        a[2 * H + j] = c;
-        rn[j] = rec[2 * H + j];
-        const T hv = c + u * (h[j] - c);
-        hr[j] = keep ? hv : h[j];
-        orow[j] = keep ? hv : T(0);
-      }
+      gru_fwd<T>(x_t + n * G, rec, hp + n * H, a_t + n * G, rn_t + n * H, hn + n * H, o_t + n * H, H);
+      if (m != nullptr && !m[n]) hold_row<T>(hp + n * H, hn + n * H, o_t + n * H, H);
     });
   }
   return {out, h_all, acts, rec_n_all, shat_all, rstd_h, mean_h, var_h, count_h};
@@ -588,27 +689,7 @@ std::vector<at::Tensor> gru_backward_impl(const at::Tensor& dout, const at::Tens
         std::copy(dhp + n * H, dhp + (n + 1) * H, dir + n * H);
         return;
       }
-      const T* a = a_t + n * G;
-      const T* rn = rn_t + n * H;
-      const T* h = hp + n * H;
-      const T* dhr = dhp + n * H;
-      const T* dor = do_t + n * H;
-      T* dd = dir + n * H;
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) {
-        const T r = a[j], u = a[H + j], c = a[2 * H + j];
-        const T dhs = dhr[j] + dor[j];
-        const T da_n = dhs * (T(1) - u) * (T(1) - c * c);
-        const T da_r = da_n * rn[j] * r * (T(1) - r);
-        const T da_u = dhs * (h[j] - c) * u * (T(1) - u);
-        dx[j] = da_r;
-        dx[H + j] = da_u;
-        dx[2 * H + j] = da_n;
-        dr[j] = da_r;
-        dr[H + j] = da_u;
-        dr[2 * H + j] = da_n * r;
-        dd[j] = dhs * u;
-      }
+      gru_bwd<T>(a_t + n * G, rn_t + n * H, hp + n * H, dhp + n * H, do_t + n * H, dx, dr, dir + n * H, H);
       if (has_h && !col_h) {
         denormalize_row(dr, gh, sh_t + n * G, per_row(kind_h) ? rh[n] : T(0), rh, G, kind_h, ds);
       } else if (has_h) {
@@ -643,10 +724,11 @@ std::vector<at::Tensor> rnn_forward_impl(const at::Tensor& xa, const at::Tensor&
   auto rstd_h = rstd_buffer(kind_h, T_, N, H, o);
   auto mean_h = stats_buffer(kind_h, T_, H, o, 0), var_h = stats_buffer(kind_h, T_, H, o, 1);
   auto count_h = kind_h == BATCH ? at::zeros({T_}, o) : at::empty({0}, o);
-  auto s = at::empty({N, H}, o);
+  auto s = at::empty({N, H}, o), pre_buf = at::empty({N, H}, o);
   const auto wt = w_hh.t();
   std::vector<T> colmean(H);
   const T *gh = ptr<T>(gamma_h), *b = ptr<T>(bias);
+  T* pre = pre_buf.data_ptr<T>();
   const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   T* sp = s.data_ptr<T>();
   for (int64_t t = 0; t < T_; ++t) {
@@ -667,26 +749,16 @@ std::vector<at::Tensor> rnn_forward_impl(const at::Tensor& xa, const at::Tensor&
     T* o_t = out.data_ptr<T>() + t * N * H;
     for_rows(N, H, [&](int64_t n) {
       T* srow = sp + n * H;
+      T* a = pre + n * H;
       if (has_h) {
         T* sh = sh_t + n * H;
         normalize_row(srow, H, kind_h, eps, colmean.data(), rh, sh, rh + n);
-#pragma omp simd
-        for (int64_t f = 0; f < H; ++f) srow[f] = gh[f] * sh[f];
+        pre_activation<T>(a, sh, gh, b, joint ? nullptr : x_t + n * H, H);
+      } else {
+        pre_activation<T>(a, srow, static_cast<const T*>(nullptr), b, joint ? nullptr : x_t + n * H, H);
       }
-      const T* x = x_t + n * H;
-      T* y = y_t + n * H;
-      const T* h = hp + n * H;
-      T* hr = hn + n * H;
-      T* orow = o_t + n * H;
-      const bool keep = m == nullptr || m[n];
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) {
-        const T a = srow[j] + b[j] + (joint ? T(0) : x[j]);
-        const T v = relu ? (a > T(0) ? a : T(0)) : tanh_(a);
-        y[j] = v;
-        hr[j] = keep ? v : h[j];
-        orow[j] = keep ? v : T(0);
-      }
+      rnn_fwd<T>(a, y_t + n * H, hn + n * H, o_t + n * H, relu, H);
+      if (m != nullptr && !m[n]) hold_row<T>(hp + n * H, hn + n * H, o_t + n * H, H);
     });
   }
   return {out, h_all, act, shat_all, rstd_h, mean_h, var_h, count_h};
@@ -725,14 +797,7 @@ std::vector<at::Tensor> rnn_backward_impl(const at::Tensor& dout, const at::Tens
         if (ds != da) std::fill(ds, ds + H, T(0));
         return;
       }
-      const T* y = y_t + n * H;
-      const T* dhr = dhp + n * H;
-      const T* dor = do_t + n * H;
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) {
-        const T dhs = dhr[j] + dor[j];
-        da[j] = relu ? (y[j] > T(0) ? dhs : T(0)) : dhs * (T(1) - y[j] * y[j]);
-      }
+      rnn_bwd<T>(y_t + n * H, dhp + n * H, do_t + n * H, da, relu, H);
       if (has_h && !col_h) {
         denormalize_row(da, gh, sh_t + n * H, per_row(kind_h) ? rh[n] : T(0), rh, H, kind_h, ds);
       } else if (has_h) {
