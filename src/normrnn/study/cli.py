@@ -1,0 +1,61 @@
+"""``normrnn study``: run the claims, print the verdict table, write the report."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .core import PROFILES, StudyContext
+
+DEFAULT_SEEDS = {"smoke": 1, "quick": 2, "full": 3}
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("study", help="test the claims about batch/layer/RMS norm in RNNs, write a report",
+                              description="Train the models behind each claim and turn it into a measured "
+                                          "verdict. Runs are cached under OUT/runs: rerunning resumes.")
+    p.add_argument("--profile", choices=PROFILES, default="quick",
+                   help="smoke (seconds, CI), quick (default, ~15 min on 2 cores), full (paper-sized, hours)")
+    p.add_argument("--only", help="comma-separated claim ids, e.g. C1,C5 (default: all twelve)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--out", default="study-out", help="output directory (default study-out)")
+    p.add_argument("--seeds", type=int, help="seeds per setting (default: smoke 1, quick 2, full 3)")
+    p.add_argument("--text", help="your own UTF-8 text file for the char-LM claims")
+    p.add_argument("--labelled", help="your own TSV file (label<TAB>text per line) for the classification claims")
+    p.add_argument("--images", help="your own image set (MNIST IDX folder or CSV) for the image claims")
+    p.add_argument("--data-dir", help="dataset cache directory")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import run_study
+
+    for name in ("text", "labelled", "images"):
+        path = getattr(args, name)
+        if path and not Path(path).exists():
+            sys.exit(f"normrnn study: --{name} {path}: no such file or directory")
+    seeds = args.seeds if args.seeds is not None else DEFAULT_SEEDS[args.profile]
+    if seeds < 1:
+        sys.exit("normrnn study: --seeds must be at least 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ctx = StudyContext(profile=args.profile, seeds=seeds, device=args.device, data_dir=args.data_dir,
+                       text=args.text, labelled=args.labelled, images=args.images, progress=not args.no_progress)
+    t0 = time.perf_counter()
+    try:
+        results, paths = run_study(ctx, args.out, args.only.split(",") if args.only else None)
+    except ValueError as e:
+        sys.exit(f"normrnn study: {e}")
+    print(f"\n{'claim':5s} {'verdict':13s} effect")
+    for r in results:
+        print(f"{r.claim.id:5s} {r.verdict.label:13s} {r.verdict.effect}")
+    print(f"\nreport: {paths['html']} (and {paths['md'].name}, {paths['json'].name}); "
+          f"{time.perf_counter() - t0:.0f} s")
+    return 0

@@ -1,0 +1,114 @@
+"""What a claim is: a hypothesis, an experiment grid, a metric, and a verdict rule written in code.
+
+A claim module defines one subclass of :class:`Claim`. The study runs every :class:`Experiment` of its grid
+(cached by a hash of the experiment's full specification), then asks the claim for its verdict, table, figure and
+comparison-table cells, computed only from the measured records.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+VERDICTS = ("supported", "refuted", "depends", "inconclusive")
+PROFILES = ("smoke", "quick", "full")
+
+
+@dataclass(frozen=True)
+class StudyContext:
+    """How the study runs: the profile (sizes), seeds, device, and the user's own data where given.
+
+    smoke: seconds per claim, for CI (verdicts meaningless, the pipeline exercised); quick: minutes in all, small
+    models on data obtainable with pip alone (verdicts "indicative"); full: paper-sized runs, hours.
+    """
+
+    profile: str = "quick"
+    seeds: int = 2
+    device: str = "cpu"
+    data_dir: Optional[str] = None
+    text: Optional[str] = None  # the user's UTF-8 text file for the char-LM claims
+    labelled: Optional[str] = None  # the user's TSV "label<TAB>text" file for the classification claims
+    images: Optional[str] = None  # the user's IDX folder or CSV image set for the image claims
+    progress: bool = True
+
+    def pick(self, smoke: Any, quick: Any, full: Any) -> Any:
+        """The profile's value of a size: ``ctx.pick(smoke=20, quick=300, full=5000)``."""
+        return {"smoke": smoke, "quick": quick, "full": full}[self.profile]
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds))
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One cell of a claim's grid. ``key``: the grid coordinates shown in tables (e.g. norm, batch, seed);
+    ``spec``: everything that determines the result (key included), hashed for the run cache."""
+
+    key: dict
+    spec: dict
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.spec, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+@dataclass
+class Record:
+    """An experiment and what it measured (JSON-able numbers, curves as lists)."""
+
+    key: dict
+    result: dict
+
+
+@dataclass
+class Verdict:
+    """supported / refuted / depends / inconclusive, with the effect size and the reason in words."""
+
+    label: str
+    effect: str
+    reason: str
+    numbers: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.label not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {self.label!r}")
+
+
+class Claim:
+    """Base class of the twelve claims. Subclasses set the text attributes and implement the five methods."""
+
+    id: str = "C0"
+    title: str = ""
+    statement: str = ""  # the claim as commonly stated
+    hypothesis: str = ""  # what exactly is measured and what would support it
+    metric: str = ""
+    rule: str = ""  # the verdict rule in words; :meth:`verdict` is the same rule in code
+    setup: str = ""  # data, model, budget (may depend on the profile: see :meth:`describe_setup`)
+
+    def experiments(self, ctx: StudyContext) -> list[Experiment]:
+        raise NotImplementedError
+
+    def run(self, exp: Experiment, ctx: StudyContext, workdir: Path) -> dict:
+        """Run one experiment and return its measurements. ``workdir`` is scratch space of this run."""
+        raise NotImplementedError
+
+    def verdict(self, records: list[Record], ctx: StudyContext) -> Verdict:
+        raise NotImplementedError
+
+    def table(self, records: list[Record]) -> tuple[list[str], list[list[Any]]]:
+        """Headers and rows, typically mean ± std over seeds per setting."""
+        raise NotImplementedError
+
+    def figure(self, records: list[Record], ax) -> None:
+        """Draw the claim's plot on a matplotlib Axes."""
+        raise NotImplementedError
+
+    def summary_cells(self, records: list[Record], verdict: Verdict) -> dict[str, dict[str, str]]:
+        """Cells of the report's opening comparison table: ``{row: {"BN": text, "LN": text, "RMS": text}}``."""
+        return {}
+
+    def describe_setup(self, ctx: StudyContext) -> str:
+        return self.setup
