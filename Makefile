@@ -18,6 +18,10 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# The main job: every claim of the quick profile (about 15 minutes on 2 cores); rerunning resumes from the cache.
+study: $(STAMP)
+	$(PY) -m normrnn study --profile quick --out study-out
+
 bench: $(STAMP)
 	$(PY) benchmarks/speed.py
 
