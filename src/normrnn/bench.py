@@ -1,0 +1,912 @@
+"""``normrnn bench``: speed and memory of the normalized layers against ``nn.LSTM``/``nn.GRU``/``nn.LSTMCell``.
+
+Method (this machine drifts by ~20% within an hour, so only ratios measured side by side mean anything):
+
+* One process. Every *round* runs every configuration once, in an order that rotates from round to round;
+  warm-up rounds first (they also absorb one-time costs such as compiling a fused extension), then the timed
+  rounds. A configuration's time is the median over the timed rounds; its *ratio* is the median over rounds
+  of (its time / the baseline's time in the same round), baseline = ``nn.LSTM`` (``nn.GRU`` for GRU rows,
+  ``nn.LSTMCell`` for streaming rows) of the same shape.
+* Training = forward + backward of ``output.sum()`` through input and parameters (grads set to None each
+  time), module in train mode. Forward-only = eval mode under ``torch.no_grad()`` (batch norm uses running
+  statistics there).
+* Memory is a separate pass. On CPU each configuration runs in a fresh subprocess: model and input creation,
+  a 2-step warm-up (lazily loaded kernels and thread pools, ~35 MiB that every configuration pays), then one
+  forward+backward whose peak RSS above the RSS before it is reported (Linux: VmHWM reset through
+  /proc/self/clear_refs; elsewhere ``getrusage`` maxrss). Also the bytes of the tensors autograd saved for
+  backward (``saved_tensors_hooks``, parameters and input excluded; a second pass). On CUDA:
+  ``torch.cuda.max_memory_allocated`` above the allocation after creation, in this process.
+* Streaming: ``layer.step`` one step at a time (batch 1, eval, no_grad) against ``nn.LSTMCell`` called step by
+  step and ``nn.LSTM`` called with one-step sequences; reported per step.
+
+Writes ``speed.json`` (atomically) and ``speed.md`` to ``--out``; :func:`markdown_table` renders the JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import gc
+import importlib
+import importlib.util
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+DEFAULT_SHAPES = ((100, 32, 256), (100, 32, 512), (200, 8, 128), (50, 64, 1024))
+QUICK_SHAPES = ((20, 4, 64),)
+LSTM_NORMS = ("none", "layer", "rms", "batch")
+LAYER_BACKENDS = ("fused", "reference")
+SCHEMA = "normrnn-bench/1"
+
+# Targets: the largest ratio to the baseline that counts as a pass.
+TARGET_NORM_LSTM_TRAIN = 1.25  # layer/rms/batch LSTM fwd+bwd at H >= 256
+TARGET_NORM_LSTM_TRAIN_SMALL = 1.5  # ... at H < 256 (H = 128 in the default shapes)
+TARGET_GRU_TRAIN = 1.3  # LN-GRU fwd+bwd vs nn.GRU
+TARGET_FORWARD = 1.2  # forward-only, every normrnn row
+TARGET_STREAM = 1.0  # streaming step vs nn.LSTMCell
+TARGET_MEMORY = 1.5  # training memory, every normrnn row
+
+
+# --------------------------------------------------------------------------------------------- configurations
+
+
+@dataclass
+class Config:
+    """One row of the benchmark. ``kind``: nn.LSTM, nn.GRU, normrnn.LSTM, normrnn.GRU (sequence rows) or
+    stream:normrnn.LSTM, stream:nn.LSTMCell, stream:nn.LSTM (streaming rows)."""
+
+    name: str
+    group: str  # rows of a group share a baseline
+    kind: str
+    T: int
+    N: int
+    H: int
+    norm: Optional[str] = None
+    backend: Optional[str] = None  # requested backend, normrnn rows only
+    baseline: Optional[str] = None  # name of the row this one is compared with (None: it is a baseline)
+    label: str = ""  # the name without the shape, for tables
+    targets: dict = field(default_factory=dict)  # metric -> max ratio
+
+    @property
+    def streaming(self) -> bool:
+        return self.kind.startswith("stream:")
+
+    @property
+    def is_normrnn(self) -> bool:
+        return "normrnn" in self.kind
+
+
+def shape_name(T: int, N: int, H: int) -> str:
+    return f"{T}x{N}x{H}"
+
+
+def parse_shapes(text: str) -> list[tuple[int, int, int]]:
+    shapes = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        if not item:
+            continue
+        parts = item.split("x")
+        try:
+            T, N, H = (int(p) for p in parts)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad shape {item!r}: expected TxNxH, e.g. 100x32x256") from None
+        if min(T, N, H) < 1:
+            raise argparse.ArgumentTypeError(f"bad shape {item!r}: sizes must be positive")
+        shapes.append((T, N, H))
+    if not shapes:
+        raise argparse.ArgumentTypeError("no shapes given")
+    return shapes
+
+
+def make_configs(shapes: Sequence[tuple[int, int, int]], stream_steps: int = 1000,
+                 stream_hidden: int = 256) -> list[Config]:
+    """All rows: per shape nn.LSTM, normrnn LSTM (4 norms x 2 backends), nn.GRU, LN-GRU (2 backends); then
+    the streaming rows (if ``stream_steps > 0``)."""
+    configs: list[Config] = []
+    for T, N, H in shapes:
+        s = shape_name(T, N, H)
+        lstm_base, gru_base = f"{s} nn.LSTM", f"{s} nn.GRU"
+        configs.append(Config(lstm_base, f"{s} LSTM", "nn.LSTM", T, N, H, label="nn.LSTM"))
+        for norm in LSTM_NORMS:
+            for backend in LAYER_BACKENDS:
+                targets = {"forward": TARGET_FORWARD, "memory": TARGET_MEMORY}
+                if norm != "none":
+                    targets["train"] = TARGET_NORM_LSTM_TRAIN if H >= 256 else TARGET_NORM_LSTM_TRAIN_SMALL
+                label = f"LSTM norm={norm} {backend}"
+                configs.append(Config(f"{s} {label}", f"{s} LSTM", "normrnn.LSTM", T, N, H, norm=norm,
+                                      backend=backend, baseline=lstm_base, label=label, targets=targets))
+        configs.append(Config(gru_base, f"{s} GRU", "nn.GRU", T, N, H, label="nn.GRU"))
+        for backend in LAYER_BACKENDS:
+            label = f"GRU norm=layer {backend}"
+            configs.append(Config(f"{s} {label}", f"{s} GRU", "normrnn.GRU", T, N, H, norm="layer",
+                                  backend=backend, baseline=gru_base, label=label,
+                                  targets={"train": TARGET_GRU_TRAIN, "forward": TARGET_FORWARD,
+                                           "memory": TARGET_MEMORY}))
+    if stream_steps > 0:
+        T, N, H = stream_steps, 1, stream_hidden
+        group = f"stream {shape_name(T, N, H)}"
+        cell = f"{group} nn.LSTMCell"
+        configs.append(Config(cell, group, "stream:nn.LSTMCell", T, N, H, label="nn.LSTMCell"))
+        configs.append(Config(f"{group} nn.LSTM (1 step/call)", group, "stream:nn.LSTM", T, N, H, baseline=cell,
+                              label="nn.LSTM (1 step/call)"))
+        for norm in ("layer", "none"):
+            label = f"LSTM.step norm={norm} auto"
+            configs.append(Config(f"{group} {label}", group, "stream:normrnn.LSTM", T, N, H, norm=norm,
+                                  backend="auto", baseline=cell, label=label, targets={"step": TARGET_STREAM}))
+    return configs
+
+
+# --------------------------------------------------------------------------------------------- building
+
+
+def build(cfg: Config, device: str, seed: int = 0):
+    """The module and the input of a configuration (same seed -> same weights and data)."""
+    import torch
+    from torch import nn
+
+    import normrnn
+
+    torch.manual_seed(seed)
+    T, N, H = cfg.T, cfg.N, cfg.H
+    kind = cfg.kind.split(":", 1)[-1]
+    if kind == "nn.LSTM":
+        module = nn.LSTM(H, H)
+    elif kind == "nn.GRU":
+        module = nn.GRU(H, H)
+    elif kind == "nn.LSTMCell":
+        module = nn.LSTMCell(H, H)
+    elif kind in ("normrnn.LSTM", "normrnn.GRU"):
+        cls = normrnn.LSTM if kind == "normrnn.LSTM" else normrnn.GRU
+        options: dict[str, Any] = {"norm": cfg.norm}
+        if cfg.norm == "batch" and not cfg.streaming:
+            options["max_steps"] = max(256, T)  # recurrent batch norm keeps statistics per step
+        module = cls(H, H, **options)
+        # Set as an attribute too: a build whose constructor lacks ``backend=`` still gets a row.
+        module.backend = cfg.backend
+    else:
+        raise ValueError(f"unknown kind {cfg.kind!r}")
+    module = module.to(device)
+    x = torch.randn(T, N, H, device=device)
+    return module, x
+
+
+def _fused_module():
+    """``normrnn.fused`` if this build has it (imported lazily; None otherwise)."""
+    if "normrnn.fused" in sys.modules:
+        return sys.modules["normrnn.fused"]
+    try:
+        if importlib.util.find_spec("normrnn.fused") is None:
+            return None
+        return importlib.import_module("normrnn.fused")
+    except Exception:  # a half-written module must not stop the benchmark
+        return None
+
+
+def backend_used(module, cfg: Config) -> str:
+    """What actually ran, as far as the layer tells: ``module.active_backend()`` (or a similar attribute),
+    else ``normrnn.fused.available()``, else ``"requested: <backend>"``."""
+    if not cfg.is_normrnn:
+        return "torch"
+    for name in ("active_backend", "backend_used", "last_backend", "resolved_backend", "_active_backend"):
+        attr = getattr(module, name, None)
+        if attr is None:
+            continue
+        try:
+            value = attr() if callable(attr) else attr
+        except Exception:
+            continue
+        if value:
+            return str(value)
+    requested = cfg.backend or "auto"
+    if requested != "reference":
+        fused = _fused_module()
+        available = getattr(fused, "available", None) if fused is not None else None
+        if callable(available):
+            try:
+                ok = bool(available())
+            except Exception:
+                ok = None
+            if ok is True:
+                return f"requested: {requested} (normrnn.fused.available()=True)"
+            if ok is False:
+                return ("reference (normrnn.fused.available()=False)" if requested == "auto"
+                        else f"requested: {requested} (normrnn.fused.available()=False)")
+    return f"requested: {requested}"
+
+
+# --------------------------------------------------------------------------------------------- running
+
+
+class Runner:
+    """Holds one configuration's module and input; each ``time_*`` call runs it once and returns seconds."""
+
+    def __init__(self, cfg: Config, device: str, seed: int):
+        import torch
+
+        self.torch = torch
+        self.cfg = cfg
+        self.device = device
+        self.module, self.x = build(cfg, device, seed)
+        self.cuda = device.startswith("cuda")
+        if cfg.streaming:
+            self.module.eval()
+            self.steps = list(self.x.unbind(0))  # (1, H) each
+        else:
+            self.x_train = self.x.detach().clone().requires_grad_(True)
+
+    def _sync(self):
+        if self.cuda:
+            self.torch.cuda.synchronize()
+
+    def train_once(self, x=None) -> None:
+        m, x = self.module, self.x_train if x is None else x
+        m.train()
+        m.zero_grad(set_to_none=True)
+        x.grad = None
+        out = m(x)[0]
+        out.sum().backward()
+
+    def forward_once(self) -> None:
+        m = self.module
+        m.eval()
+        with self.torch.no_grad():
+            m(self.x)
+
+    def stream_once(self) -> None:
+        torch, kind, m = self.torch, self.cfg.kind, self.module
+        with torch.no_grad():
+            if kind == "stream:normrnn.LSTM":
+                state = None
+                for x_t in self.steps:
+                    _, state = m.step(x_t, state)
+            elif kind == "stream:nn.LSTMCell":
+                hc = None
+                for x_t in self.steps:
+                    hc = m(x_t, hc)
+            elif kind == "stream:nn.LSTM":
+                hc = None
+                for x_t in self.steps:
+                    _, hc = m(x_t.unsqueeze(0), hc)
+            else:
+                raise ValueError(kind)
+
+    def _timed(self, fn: Callable[[], None]) -> float:
+        self._sync()
+        t0 = time.perf_counter()
+        fn()
+        self._sync()
+        return time.perf_counter() - t0
+
+    def measure(self) -> dict[str, float]:
+        """One visit in a round: seconds for each metric of this configuration."""
+        if self.cfg.streaming:
+            return {"step": self._timed(self.stream_once) / self.cfg.T}
+        train = self._timed(self.train_once)
+        self.module.zero_grad(set_to_none=True)
+        self.x_train.grad = None
+        return {"train": train, "forward": self._timed(self.forward_once)}
+
+
+def _error_text(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}".strip()
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def _quantiles(values: Sequence[float]) -> tuple[float, float, float]:
+    """(q1, median, q3), linear interpolation."""
+    v = sorted(values)
+
+    def q(p: float) -> float:
+        pos = (len(v) - 1) * p
+        lo, hi = math.floor(pos), math.ceil(pos)
+        return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+    return q(0.25), q(0.5), q(0.75)
+
+
+def _summary(values: Sequence[float]) -> Optional[dict]:
+    if not values:
+        return None
+    q1, med, q3 = _quantiles(values)
+    return {"median": med, "q1": q1, "q3": q3, "iqr": q3 - q1, "n": len(values)}
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is a dependency, but a missing bar must not stop a benchmark
+        return contextlib.nullcontext(None)
+    return tqdm(total=total, desc=desc, file=sys.stderr, disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+def _setup_one(cfg: Config, device: str, seed: int, row: dict, runners: dict) -> None:
+    """Build a configuration and run it once (untimed); record its error instead of raising."""
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            runner = Runner(cfg, device, seed)
+            runner.measure()  # first call: one-time costs (extension build, oneDNN setup) land here
+        row["setup_s"] = time.perf_counter() - t0
+        row["warnings"] = sorted({f"{w.category.__name__}: {w.message}" for w in caught})[:5]
+        row["backend_used"] = backend_used(runner.module, cfg)
+        runners[cfg.name] = runner
+    except Exception as e:  # record and go on: one broken configuration must not stop the others
+        row["error"] = _error_text(e)
+        row["backend_used"] = f"requested: {cfg.backend}" if cfg.is_normrnn else "torch"
+
+
+def run_timing(configs: Sequence[Config], device: str, rounds: int, warmup: int, seed: int = 0,
+               progress: bool = True) -> dict[str, dict]:
+    """The interleaved rounds. Returns per configuration name: times (metric -> list of seconds, timed rounds
+    only), backend_used, setup_s, warnings, error."""
+    rows: dict[str, dict] = {c.name: {"times": {}, "backend_used": None, "setup_s": None, "warnings": [],
+                                      "error": None} for c in configs}
+    runners: dict[str, Runner] = {}
+    with _progress(len(configs), "bench setup", progress) as bar:
+        for cfg in configs:
+            _setup_one(cfg, device, seed, rows[cfg.name], runners)
+            if bar is not None:
+                bar.update(1)
+
+    names = [c.name for c in configs]
+    total = warmup + rounds
+    # One tick per configuration run, so a slow round still shows movement; the label says which round.
+    with _progress(total * len(runners), "bench rounds", progress) as bar:
+        for r in range(total):
+            if bar is not None:
+                bar.set_description(f"bench round {r + 1}/{total}" + (" (warm-up)" if r < warmup else ""))
+            k = r % max(1, len(names))
+            order = names[k:] + names[:k]  # rotate: no configuration always runs first or after the same one
+            for name in order:
+                runner = runners.get(name)
+                if runner is None:
+                    continue
+                try:
+                    result = runner.measure()
+                except Exception as e:
+                    rows[name]["error"] = _error_text(e)
+                    rows[name]["times"] = {}
+                    del runners[name]
+                    if bar is not None:
+                        bar.total -= total - r - 1
+                    continue
+                finally:
+                    if bar is not None:
+                        bar.update(1)
+                if r >= warmup:
+                    for metric, seconds in result.items():
+                        rows[name]["times"].setdefault(metric, []).append(seconds)
+    del runners
+    gc.collect()
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- memory
+
+_CHILD_FLAG = "--_memory-child"
+
+
+def _proc_status_bytes() -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) of this process from /proc/self/status, in bytes ({} where absent)."""
+    out = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    out[key] = int(value.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        return {}
+    return out
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (Linux: ``echo 5 > /proc/self/clear_refs``); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    status = _proc_status_bytes()
+    return "VmRSS" in status and "VmHWM" in status
+
+
+def _maxrss_bytes() -> int:
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+
+
+def _saved_tensor_bytes(runner: Runner) -> int:
+    """Bytes of the distinct storages autograd saves for backward in one forward, parameters and the input
+    excluded (the activation memory). Tensors a custom Function keeps on ``ctx`` without
+    ``save_for_backward`` are not seen."""
+    import torch
+
+    seen: dict[int, int] = {}
+    own = {p.untyped_storage().data_ptr() for p in runner.module.parameters()}
+    own.add(runner.x_train.untyped_storage().data_ptr())
+
+    def pack(t):
+        try:
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in own:
+                seen[storage.data_ptr()] = storage.nbytes()
+        except Exception:  # e.g. opaque tensors without storage
+            pass
+        return t
+
+    m = runner.module
+    m.train()
+    m.zero_grad(set_to_none=True)
+    runner.x_train.grad = None
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = m(runner.x_train)[0]
+    out.sum().backward()
+    return sum(seen.values())
+
+
+def measure_memory_here(cfg: Config, device: str, threads: int, seed: int = 0) -> dict:
+    """One forward+backward of ``cfg`` in this process; peak extra memory in bytes (see the module doc).
+    Meant for a fresh process on CPU (maxrss never goes down)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    runner = Runner(cfg, device, seed)
+    # Warm up on a 2-step, batch-2 slice: lazily loaded kernels, thread pools and workspaces (~35 MiB of RSS on
+    # CPU, the same for every configuration) land here instead of in the measured pass.
+    tiny = runner.x_train.detach()[: min(2, cfg.T), : min(2, cfg.N)].clone().requires_grad_(True)
+    runner.train_once(tiny)
+    runner.module.zero_grad(set_to_none=True)
+    del tiny
+    result: dict[str, Any] = {}
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        runner.train_once()
+        torch.cuda.synchronize()
+        result["peak_bytes"] = torch.cuda.max_memory_allocated() - base
+        result["method"] = "torch.cuda.max_memory_allocated above the allocation after creation"
+    else:
+        gc.collect()
+        if _reset_peak_rss():
+            # Linux: peak RSS reset to the current RSS, so VmHWM - VmRSS is exactly this pass's peak extra.
+            base = _proc_status_bytes()["VmRSS"]
+            runner.train_once()
+            peak = _proc_status_bytes()["VmHWM"]
+            result["method"] = "peak RSS (VmHWM, reset via clear_refs) above the RSS after creation"
+        else:
+            # Elsewhere: getrusage's maxrss never goes down; measured from the previous peak (may under-count
+            # a pass that stays below the peak of imports and creation).
+            base = _maxrss_bytes()
+            runner.train_once()
+            peak = _maxrss_bytes()
+            result["method"] = "getrusage maxrss above the previous peak"
+        result["peak_bytes"] = max(0, peak - base)
+    runner.module.zero_grad(set_to_none=True)
+    result["saved_bytes"] = _saved_tensor_bytes(runner)
+    return result
+
+
+def _memory_child_main(argv: Sequence[str]) -> int:
+    spec = json.loads(argv[0])
+    cfg = Config(**spec["config"])
+    try:
+        result = measure_memory_here(cfg, spec["device"], spec["threads"], spec["seed"])
+    except Exception as e:
+        result = {"error": _error_text(e)}
+    sys.stdout.write("\n@@MEMORY@@" + json.dumps(result) + "\n")
+    return 0
+
+
+def _child_env() -> dict:
+    """Environment for the memory subprocess: the directory this copy of normrnn is imported from goes first on
+    PYTHONPATH, so the child measures the same code even when normrnn is not installed."""
+    import normrnn
+
+    src = str(Path(normrnn.__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _memory_in_subprocess(cfg: Config, device: str, threads: int, seed: int, env: dict, timeout: float) -> dict:
+    spec = {"config": asdict(cfg), "device": device, "threads": threads, "seed": seed}
+    code = "import sys, normrnn.bench as b; sys.exit(b._memory_child_main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    marker = [ln for ln in proc.stdout.splitlines() if ln.startswith("@@MEMORY@@")]
+    if not marker:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+        raise RuntimeError(f"memory subprocess failed: {tail[0]}")
+    return json.loads(marker[-1][len("@@MEMORY@@"):])
+
+
+def run_memory(configs: Sequence[Config], device: str, threads: int, seed: int = 0, jobs: int = 2,
+               timeout: float = 900, progress: bool = True) -> dict[str, dict]:
+    """Memory of every sequence configuration. CPU: one fresh subprocess each, ``jobs`` at a time (RSS is per
+    process, so running them side by side changes their speed, not what they measure); CUDA: in this process,
+    one after the other."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    todo = [c for c in configs if not c.streaming]
+    out: dict[str, dict] = {}
+    cuda = device.startswith("cuda")
+
+    def one(cfg: Config) -> dict:
+        try:
+            if cuda:
+                import torch
+
+                result = measure_memory_here(cfg, device, threads, seed)
+                gc.collect()
+                torch.cuda.empty_cache()
+                return result
+            return _memory_in_subprocess(cfg, device, threads, seed, env, timeout)
+        except Exception as e:
+            return {"error": _error_text(e)}
+
+    env = None if cuda else _child_env()
+    with _progress(len(todo), "bench memory", progress) as bar:
+        if cuda or jobs <= 1:
+            for cfg in todo:
+                out[cfg.name] = one(cfg)
+                if bar is not None:
+                    bar.update(1)
+        else:
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                for cfg, result in zip(todo, pool.map(one, todo)):
+                    out[cfg.name] = result
+                    if bar is not None:
+                        bar.update(1)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- results
+
+
+def _ratio_summary(times: dict, base_times: dict, metric: str) -> Optional[dict]:
+    """Per-round ratio (same round, so drift cancels), summarized over rounds."""
+    a, b = times.get(metric), base_times.get(metric)
+    if not a or not b or len(a) != len(b):
+        return None
+    ratios = [x / y for x, y in zip(a, b) if y > 0]
+    return _summary(ratios)
+
+
+def _mark(ratio: Optional[float], target: Optional[float]) -> Optional[str]:
+    if ratio is None or target is None:
+        return None
+    return "pass" if ratio <= target else "miss"
+
+
+def assemble(configs: Sequence[Config], timing: dict[str, dict], memory: Optional[dict[str, dict]]) -> list[dict]:
+    """One JSON row per configuration: times, ratios to the baseline, targets and marks."""
+    by_name = {c.name: c for c in configs}
+    rows = []
+    for cfg in configs:
+        t = timing[cfg.name]
+        base = by_name.get(cfg.baseline) if cfg.baseline else None
+        base_t = timing.get(cfg.baseline) if cfg.baseline else None
+        row: dict[str, Any] = {
+            "name": cfg.name, "label": cfg.label or cfg.name, "group": cfg.group, "kind": cfg.kind,
+            "T": cfg.T, "N": cfg.N, "H": cfg.H,
+            "norm": cfg.norm, "backend_requested": cfg.backend, "backend_used": t["backend_used"],
+            "baseline": cfg.baseline, "error": t["error"], "setup_s": t["setup_s"], "warnings": t["warnings"],
+            "metrics": {}, "targets": dict(cfg.targets), "marks": {},
+        }
+        metrics = ("step",) if cfg.streaming else ("train", "forward")
+        for metric in metrics:
+            samples = t["times"].get(metric, [])
+            entry: dict[str, Any] = {"seconds": _summary(samples), "samples_s": list(samples)}
+            if base is not None:
+                ok = t["error"] is None and base_t is not None and base_t["error"] is None
+                entry["ratio"] = _ratio_summary(t["times"], base_t["times"], metric) if ok else None
+            row["metrics"][metric] = entry
+        if cfg.streaming and cfg.kind != "stream:nn.LSTM":
+            # Also against nn.LSTM called one step at a time (the other streaming baseline).
+            other = next((c for c in configs if c.group == cfg.group and c.kind == "stream:nn.LSTM"), None)
+            if other is not None:
+                ot = timing[other.name]
+                ok = t["error"] is None and ot["error"] is None
+                row["metrics"]["step"]["ratio_vs_nn_lstm_step"] = (
+                    _ratio_summary(t["times"], ot["times"], "step") if ok else None)
+        if not cfg.streaming and memory is not None:
+            mem = dict(memory.get(cfg.name) or {})
+            if mem and base is not None:
+                bmem = memory.get(base.name) or {}
+                if mem.get("peak_bytes") is not None and bmem.get("peak_bytes"):
+                    mem["ratio"] = mem["peak_bytes"] / bmem["peak_bytes"]
+                if mem.get("saved_bytes") is not None and bmem.get("saved_bytes"):
+                    mem["saved_ratio"] = mem["saved_bytes"] / bmem["saved_bytes"]
+            row["memory"] = mem or None
+        for metric, target in cfg.targets.items():
+            if metric == "memory":
+                ratio = (row.get("memory") or {}).get("ratio")
+            else:
+                ratio = ((row["metrics"].get(metric) or {}).get("ratio") or {}).get("median")
+            row["marks"][metric] = _mark(ratio, target)
+        marks = [m for m in row["marks"].values() if m is not None]
+        if t["error"]:
+            row["status"] = "error"
+        elif not cfg.targets:
+            row["status"] = "baseline" if cfg.baseline is None else "n/a"
+        elif any(m == "miss" for m in marks):
+            row["status"] = "miss"
+        elif len(marks) < len(cfg.targets):
+            row["status"] = "incomplete"  # e.g. memory not measured
+        else:
+            row["status"] = "pass"
+        rows.append(row)
+    return rows
+
+
+def _git_commit(repo: Path) -> Optional[dict]:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=10)
+        return {"commit": sha.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: str, threads: int) -> dict:
+    import torch
+
+    import normrnn
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(), "python": platform.python_version(), "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(), "threads": threads, "torch": torch.__version__,
+        "normrnn": getattr(normrnn, "__version__", None), "device": device,
+        "date": _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds"),
+        "git": _git_commit(Path(normrnn.__file__).resolve().parent),
+    }
+    try:
+        info["load_average"] = list(os.getloadavg())
+    except (OSError, AttributeError):
+        pass
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+# --------------------------------------------------------------------------------------------- markdown
+
+
+def _fmt_time(seconds: Optional[dict], unit: str = "ms") -> str:
+    if not seconds:
+        return "–"
+    scale = 1e3 if unit == "ms" else 1e6
+    med, iqr = seconds["median"] * scale, seconds["iqr"] * scale
+    digits = 1 if med >= 10 else 2
+    return f"{med:.{digits}f} ± {iqr / 2:.{digits}f}"
+
+
+def _fmt_ratio(ratio: Optional[float], target: Optional[float] = None) -> str:
+    if ratio is None:
+        return "–"
+    text = f"{ratio:.2f}x"
+    if target is not None:
+        text += " ✓" if ratio <= target else " ✗"
+    return text
+
+
+def _fmt_target(target: Optional[float]) -> str:
+    return "–" if target is None else f"≤{target:g}x"
+
+
+def _short_backend(row: dict) -> str:
+    used = row.get("backend_used") or ""
+    return used.replace("|", "/")
+
+
+def _label(row: dict) -> str:
+    return row.get("label") or row["name"]
+
+
+def markdown_table(results: dict) -> str:
+    """The Markdown report of a results dict (as written to ``speed.json``): one table for the sequence rows,
+    one for streaming. Times are median ± half the IQR over rounds; ratios are medians of per-round ratios to
+    the group's baseline; ✓/✗ compare with the target."""
+    rows = results.get("rows", [])
+    info = results.get("machine", {})
+    settings = results.get("settings", {})
+    lines = []
+    git = info.get("git") or {}
+    lines.append(f"normrnn speed benchmark — {info.get('date', '?')}, {info.get('cpu_model', '?')}, "
+                 f"{info.get('threads', '?')} threads, torch {info.get('torch', '?')}, device "
+                 f"{info.get('device', '?')}, {settings.get('rounds', '?')} rounds after "
+                 f"{settings.get('warmup', '?')} warm-up"
+                 + (f", commit {git['commit'][:10]}{' (dirty)' if git.get('dirty') else ''}" if git else "") + ".")
+    lines.append("")
+    seq = [r for r in rows if not r["kind"].startswith("stream:")]
+    if seq:
+        lines.append("| shape | configuration | backend used | fwd+bwd ms | ratio | target | fwd-only ms | ratio "
+                     "| target | train mem MiB | ratio | target | saved MiB | ratio | status |")
+        lines.append("|---|---|---|---:|---:|---|---:|---:|---|---:|---:|---|---:|---:|---|")
+        for r in seq:
+            m, tg = r["metrics"], r.get("targets", {})
+            train, fwd = m.get("train", {}), m.get("forward", {})
+            mem = r.get("memory") or {}
+            mib = f"{mem['peak_bytes'] / 2**20:.1f}" if mem.get("peak_bytes") is not None else (
+                "err" if mem.get("error") else "–")
+            saved = f"{mem['saved_bytes'] / 2**20:.2f}" if mem.get("saved_bytes") is not None else "–"
+            status = r.get("status", "")
+            if r.get("error"):
+                status = "error: " + r["error"].replace("|", "/")[:80]
+            lines.append("| " + " | ".join([
+                shape_name(r["T"], r["N"], r["H"]), _label(r), _short_backend(r),
+                _fmt_time(train.get("seconds")), _fmt_ratio((train.get("ratio") or {}).get("median"), tg.get("train")),
+                _fmt_target(tg.get("train")),
+                _fmt_time(fwd.get("seconds")), _fmt_ratio((fwd.get("ratio") or {}).get("median"), tg.get("forward")),
+                _fmt_target(tg.get("forward")),
+                mib, _fmt_ratio(mem.get("ratio"), tg.get("memory")), _fmt_target(tg.get("memory")),
+                saved, _fmt_ratio(mem.get("saved_ratio")), status,
+            ]) + " |")
+        lines.append("")
+    stream = [r for r in rows if r["kind"].startswith("stream:")]
+    if stream:
+        lines.append("| streaming (T x N x H) | configuration | backend used | µs/step | vs nn.LSTMCell | target "
+                     "| vs nn.LSTM 1-step | status |")
+        lines.append("|---|---|---|---:|---:|---|---:|---|")
+        for r in stream:
+            step, tg = r["metrics"].get("step", {}), r.get("targets", {})
+            status = r.get("status", "")
+            if r.get("error"):
+                status = "error: " + r["error"].replace("|", "/")[:80]
+            lines.append("| " + " | ".join([
+                shape_name(r["T"], r["N"], r["H"]), _label(r), _short_backend(r), _fmt_time(step.get("seconds"), "us"),
+                _fmt_ratio((step.get("ratio") or {}).get("median"), tg.get("step")), _fmt_target(tg.get("step")),
+                _fmt_ratio((step.get("ratio_vs_nn_lstm_step") or {}).get("median")), status,
+            ]) + " |")
+        lines.append("")
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.get("status", "?")] = counts.get(r.get("status", "?"), 0) + 1
+    lines.append("Rows: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ". Times: median ± half "
+                 "the IQR; ratios: median of per-round ratios to the baseline of the same shape (nn.LSTM, nn.GRU, "
+                 "nn.LSTMCell) measured in the same rounds; train mem: peak extra RSS (CUDA: allocation) over "
+                 "model+input in one fwd+bwd; saved: tensors autograd saved for backward, parameters and input "
+                 "excluded.")
+    return "\n".join(lines) + "\n"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shapes", type=parse_shapes, default=None,
+                        help="comma-separated TxNxH (sequence length x batch x input=hidden size); default "
+                             + ",".join(shape_name(*s) for s in DEFAULT_SHAPES))
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 10; 3 with --quick)")
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up rounds (default 2; 1 with --quick)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch.set_num_threads (default: os.cpu_count())")
+    parser.add_argument("--quick", action="store_true",
+                        help="CI smoke run: 3 rounds, shape " + ",".join(shape_name(*s) for s in QUICK_SHAPES)
+                             + ", 50 streaming steps (explicit options still win)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"),
+                        help="output directory for speed.json and speed.md (default benchmarks/results)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory pass")
+    parser.add_argument("--memory-jobs", type=int, default=2,
+                        help="memory subprocesses run side by side on CPU (default 2)")
+    parser.add_argument("--stream-steps", type=int, default=None,
+                        help="streaming steps (default 1000; 50 with --quick; 0 skips streaming)")
+    parser.add_argument("--stream-hidden", type=int, default=256, help="streaming hidden size (default 256)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm bars on stderr")
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the ``bench`` subcommand to the ``normrnn`` command."""
+    parser = subparsers.add_parser("bench", help="speed/memory benchmark against nn.LSTM/nn.GRU/nn.LSTMCell",
+                                   description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    parser.set_defaults(func=run_from_args)
+    return parser
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    import torch
+
+    quick = args.quick
+    shapes = args.shapes or list(QUICK_SHAPES if quick else DEFAULT_SHAPES)
+    rounds = args.rounds if args.rounds is not None else (3 if quick else 10)
+    warmup = args.warmup if args.warmup is not None else (1 if quick else 2)
+    stream_steps = args.stream_steps if args.stream_steps is not None else (50 if quick else 1000)
+    if rounds < 1 or warmup < 0 or args.threads < 1 or stream_steps < 0 or args.stream_hidden < 1:
+        print("normrnn bench: --rounds and --threads must be >= 1, --warmup and --stream-steps >= 0",
+              file=sys.stderr)
+        return 2
+    device = args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        print("normrnn bench: --device cuda but CUDA is not available", file=sys.stderr)
+        return 2
+    progress = not args.no_progress
+
+    configs = make_configs(shapes, stream_steps, args.stream_hidden)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    started = time.time()
+    try:
+        info = machine_info(device, args.threads)
+        timing = run_timing(configs, device, rounds, warmup, args.seed, progress)
+        memory = None if args.no_memory else run_memory(configs, device, args.threads, args.seed,
+                                                        jobs=max(1, args.memory_jobs), progress=progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+    results = {
+        "schema": SCHEMA,
+        "machine": info,
+        "settings": {"shapes": [shape_name(*s) for s in shapes], "rounds": rounds, "warmup": warmup,
+                     "threads": args.threads, "quick": quick, "device": device, "memory": not args.no_memory,
+                     "memory_method": ("torch.cuda.max_memory_allocated" if device == "cuda" else
+                                       "peak RSS in a fresh subprocess per configuration, above the RSS after "
+                                       "creation and a 2-step warm-up"),
+                     "stream_steps": stream_steps, "stream_hidden": args.stream_hidden, "seed": args.seed,
+                     "loss": "output.sum()", "wall_s": round(time.time() - started, 1)},
+        "rows": assemble(configs, timing, memory),
+    }
+    out = Path(args.out)
+    table = markdown_table(results)
+    _atomic_write(out / "speed.json", json.dumps(results, indent=1, sort_keys=False) + "\n")
+    _atomic_write(out / "speed.md", table)
+    print(table)
+    print(f"wrote {out / 'speed.json'} and {out / 'speed.md'} in {results['settings']['wall_s']} s", file=sys.stderr)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python benchmarks/speed.py [options]``: the same as ``normrnn bench [options]``."""
+    parser = argparse.ArgumentParser(prog="speed.py", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Smoke test of the speed benchmark: it runs, writes parseable JSON and Markdown with one row per
+configuration, and survives a configuration that raises. It asserts nothing about speed."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from normrnn import bench
+
+TINY = ["--quick", "--shapes", "5x2x8", "--rounds", "2", "--warmup", "1", "--stream-steps", "5",
+        "--stream-hidden", "8", "--threads", "1", "--no-memory", "--no-progress"]
+
+
+def _positive(x) -> bool:
+    return isinstance(x, float) and math.isfinite(x) and x > 0
+
+
+def _check_results(out, expected_names):
+    data = json.loads((out / "speed.json").read_text())
+    md = (out / "speed.md").read_text()
+    names = [r["name"] for r in data["rows"]]
+    assert names == expected_names
+    for key in ("platform", "cpu_model", "cpu_count", "threads", "torch", "date"):
+        assert key in data["machine"]
+    for row in data["rows"]:
+        assert row["label"] in md
+        assert row["backend_used"]
+        if row["error"]:
+            continue
+        for metric, entry in row["metrics"].items():
+            assert _positive(entry["seconds"]["median"]), (row["name"], metric)
+            if row["baseline"] is not None:
+                assert _positive(entry["ratio"]["median"]), (row["name"], metric)
+    return data, md
+
+
+def test_quick_run_writes_json_and_markdown(tmp_path, capsys):
+    threads = torch.get_num_threads()
+    assert bench.main(TINY + ["--out", str(tmp_path)]) == 0
+    assert torch.get_num_threads() == threads  # the benchmark restores the thread count
+    expected = [c.name for c in bench.make_configs([(5, 2, 8)], 5, 8)]
+    data, md = _check_results(tmp_path, expected)
+    assert len(expected) == 12 + 4  # per shape 1 + 4x2 LSTM + 1 + 2 GRU; 4 streaming rows
+    assert all(r["error"] is None for r in data["rows"] if not r["kind"].startswith("normrnn"))
+    assert data["settings"]["rounds"] == 2 and data["settings"]["memory"] is False
+    for row in data["rows"]:  # normrnn rows say which backend ran (or was asked for)
+        if "normrnn" in row["kind"] and row["error"] is None:
+            assert row["backend_used"] != "torch"
+    assert md == bench.markdown_table(data)
+    assert md in capsys.readouterr().out
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_cli_subcommand_and_failing_configuration(tmp_path, monkeypatch):
+    from normrnn import cli
+
+    real_build = bench.build
+
+    def build(cfg, device, seed=0):
+        if cfg.backend == "reference" and cfg.norm == "rms":
+            raise RuntimeError("boom | on purpose")
+        return real_build(cfg, device, seed)
+
+    monkeypatch.setattr(bench, "build", build)
+    assert cli.main(["bench", *TINY, "--stream-steps", "0", "--out", str(tmp_path)]) == 0
+    expected = [c.name for c in bench.make_configs([(5, 2, 8)], 0)]
+    data, md = _check_results(tmp_path, expected)
+    broken = [r for r in data["rows"] if r["error"]]
+    assert [r["name"] for r in broken] == ["5x2x8 LSTM norm=rms reference"]
+    assert "boom" in broken[0]["error"] and broken[0]["status"] == "error"
+    assert "error: RuntimeError: boom / on purpose" in md
+
+
+def test_memory_of_one_configuration_in_a_subprocess():
+    cfg = bench.Config("m", "g", "normrnn.LSTM", 20, 4, 32, norm="layer", backend="reference")
+    result = bench.run_memory([cfg], "cpu", threads=1, progress=False)["m"]
+    assert "error" not in result, result
+    assert result["peak_bytes"] >= 0 and result["saved_bytes"] > 0
+
+
+def test_parse_shapes():
+    assert bench.parse_shapes("100x32x256, 200x8x128") == [(100, 32, 256), (200, 8, 128)]
+    with pytest.raises(Exception):
+        bench.parse_shapes("100x32")
