@@ -92,3 +92,30 @@ def test_backend_selection():
         normrnn.GRU(3, 4, norm_terms="joint", backend="fused")(torch.randn(2, 2, 3))
     with pytest.raises(ValueError, match="backend"):
         normrnn.LSTM(3, 4, backend="cuda")
+
+
+@pytest.mark.parametrize("norm", ["layer", "rms", "batch", "none"])
+@pytest.mark.parametrize("extra", [{}, dict(norm_terms="joint"), dict(carry_normalized_cell=True),
+                                   dict(norm_cell=False)], ids=str)
+def test_inference_and_streaming_fast_paths(norm, extra):
+    """Without autograd the fused backend skips the graph, and LSTM streaming takes one native call per step:
+    both must still equal the reference loop."""
+    torch.manual_seed(3)
+    ref = normrnn.LSTM(4, 6, 2, norm=norm, backend="reference", dtype=torch.float64, **extra)
+    randomize_norms(ref)
+    if norm == "batch":
+        ref(torch.randn(5, 6, 4, dtype=torch.float64))
+    fast = normrnn.LSTM(4, 6, 2, norm=norm, backend="fused", dtype=torch.float64, **extra)
+    fast.load_state_dict(ref.state_dict())
+    ref.eval(), fast.eval()
+    x = torch.randn(7, 3, 4, dtype=torch.float64)
+    expected, (h, c) = ref(x)
+    with torch.no_grad():
+        out, _ = fast(x)
+        state, steps = None, []
+        for t in range(7):
+            y, state = fast.step(x[t], state)
+            steps.append(y)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(torch.stack(steps), expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(state.hx[1], c, rtol=1e-10, atol=1e-12)

@@ -54,8 +54,15 @@ def engine_name() -> str:
     return "native" if engine() is not torch_engine else "torch"
 
 
-def unsupported_reason(mode: str, norm_terms: str, zoneout: float) -> Optional[str]:
-    """Why a configuration has no fused path, or ``None`` when it has one."""
+def unsupported_reason(mode: str, norm_terms: str, zoneout: float, sync_stats: bool = False) -> Optional[str]:
+    """Why a configuration has no fused path, or ``None`` when it has one.
+
+    ``sync_stats``: the layer trains batch norm with synchronised statistics; the kernels compute batch
+    statistics inside their time loop and cannot all-reduce them, so that needs the reference loop once a
+    process group is initialised (without one, synced batch norm is plain batch norm).
+    """
+    if sync_stats and torch.distributed.is_available() and torch.distributed.is_initialized():
+        return "batch norm with sync_stats=True all-reduces per-step statistics, only in the reference loop"
     if zoneout:
         return "zoneout is only in the reference loop"
     if mode == "GRU" and norm_terms == "joint":
@@ -107,7 +114,21 @@ def _needed(ctx, *grads):
     return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad))
 
 
+def _apply(function, flags, *tensors):
+    """``function.apply`` when autograd needs the node, else ``function.infer``: the same forward without the
+    graph (inference and streaming pay for no saved state)."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return function.apply(flags, *tensors)
+    return function.infer(flags, *tensors)
+
+
 class _LSTMFunction(torch.autograd.Function):
+    @staticmethod
+    def infer(flags, xa, h0, c0, w_hh, bias, gamma_h, gamma_c, beta_c, mask, fmh, fvh, fmc, fvc):
+        r = engine().lstm_forward(xa, h0, c0, w_hh, bias, gamma_h, gamma_c, beta_c, mask, fmh, fvh, fmc, fvc,
+                                  *flags)
+        return r[0], r[1][-1], r[2][-1], *r[9:15]
+
     @staticmethod
     def forward(ctx, flags, xa, h0, c0, w_hh, bias, gamma_h, gamma_c, beta_c, mask, fmh, fvh, fmc, fvc):
         kind_h, kind_c, joint, carry, eps = flags
@@ -134,6 +155,11 @@ class _LSTMFunction(torch.autograd.Function):
 
 class _GRUFunction(torch.autograd.Function):
     @staticmethod
+    def infer(flags, xa, h0, w_hh, bias_hh, gamma_h, mask, fmh, fvh):
+        r = engine().gru_forward(xa, h0, w_hh, bias_hh, gamma_h, mask, fmh, fvh, *flags)
+        return r[0], r[1][-1], *r[6:9]
+
+    @staticmethod
     def forward(ctx, flags, xa, h0, w_hh, bias_hh, gamma_h, mask, fmh, fvh):
         kind_h, eps = flags
         eng = engine()
@@ -153,6 +179,11 @@ class _GRUFunction(torch.autograd.Function):
 
 
 class _RNNFunction(torch.autograd.Function):
+    @staticmethod
+    def infer(flags, xa, h0, w_hh, bias, gamma_h, mask, fmh, fvh):
+        r = engine().rnn_forward(xa, h0, w_hh, bias, gamma_h, mask, fmh, fvh, *flags)
+        return r[0], r[1][-1], *r[5:8]
+
     @staticmethod
     def forward(ctx, flags, xa, h0, w_hh, bias, gamma_h, mask, fmh, fvh):
         kind_h, joint, relu, eps = flags
@@ -179,9 +210,33 @@ def _sum_bias(p: CellParams, like: Tensor) -> Tensor:
     return p.bias_ih + p.bias_hh
 
 
+def _lstm_step(p: CellParams, x: Tensor, state: State, step: int, eps: float) -> Optional[State]:
+    """Streaming's fast path: one LSTM step in one native call, when nothing needs a gradient and no norm
+    computes batch statistics. ``None`` when it does not apply. x: (N, H_in); state (h, c), each (N, H)."""
+    eng = engine()
+    if eng is torch_engine or (torch.is_grad_enabled() and (x.requires_grad or p.weight_hh.requires_grad)):
+        return None
+    norms = (p.norm_ih, p.norm_gates if p.norm_gates is not None else p.norm_hh, p.norm_cell)
+    kinds = [_kind(n) for n in norms]
+    if BATCH in kinds:
+        return None
+    steps = torch.tensor([step], device=x.device)
+    stats = [t.squeeze(0) if t.numel() else t for n in norms for t in _fixed_stats(n, steps, x)]
+    gains = [_or_empty(_gain(n), x) for n in norms]
+    beta_c = _or_empty(getattr(p.norm_cell, "bias", None), x)
+    h, c = eng.lstm_step(x.contiguous(), state[0].contiguous(), state[1].contiguous(), p.weight_ih, p.weight_hh,
+                         _sum_bias(p, x), *gains, beta_c, *stats, *kinds, p.norm_gates is not None,
+                         p.carry_normalized_cell, eps)
+    return h, c
+
+
 def run_direction(p: CellParams, x: Tensor, state: State, mask: Optional[Tensor], lengths: Optional[Tensor],
                   reverse: bool = False, start: int = 0, eps: float = 1e-5) -> tuple[Tensor, State]:
     """Same contract as :func:`normrnn.reference.run_direction` (without zoneout), on the fused engine."""
+    if x.shape[0] == 1 and p.mode == "LSTM":
+        stepped = _lstm_step(p, x[0], state, start, eps)
+        if stepped is not None:
+            return stepped[0].unsqueeze(0), stepped
     if reverse:
         x = reverse_padded(x, lengths)
     T = x.shape[0]
@@ -200,20 +255,20 @@ def run_direction(p: CellParams, x: Tensor, state: State, mask: Optional[Tensor]
         gamma_c = _or_empty(_gain(p.norm_cell), x)
         beta_c = _or_empty(getattr(p.norm_cell, "bias", None), x)
         fmc, fvc = _fixed_stats(p.norm_cell, steps, x)
-        out, hT, cT, mean_h, var_h, count_h, mean_c, var_c, count_c = _LSTMFunction.apply(
-            (kind_h, kind_c, joint, p.carry_normalized_cell, eps), xp.contiguous(), h0, state[1].contiguous(),
+        out, hT, cT, mean_h, var_h, count_h, mean_c, var_c, count_c = _apply(
+            _LSTMFunction, (kind_h, kind_c, joint, p.carry_normalized_cell, eps), xp.contiguous(), h0, state[1].contiguous(),
             w_hh, _sum_bias(p, x), gamma_h, gamma_c, beta_c, m, fmh, fvh, fmc, fvc)
         _update_running(p.norm_cell, mean_c, var_c, count_c, steps)
         final: State = (hT, cT)
     elif p.mode == "GRU":
         xa = xp if p.bias_ih is None else xp + p.bias_ih
         bias_hh = _empty(x) if p.bias_hh is None else p.bias_hh
-        out, hT, mean_h, var_h, count_h = _GRUFunction.apply(
-            (kind_h, eps), xa.contiguous(), h0, w_hh, bias_hh, gamma_h, m, fmh, fvh)
+        out, hT, mean_h, var_h, count_h = _apply(
+            _GRUFunction, (kind_h, eps), xa.contiguous(), h0, w_hh, bias_hh, gamma_h, m, fmh, fvh)
         final = (hT,)
     else:
-        out, hT, mean_h, var_h, count_h = _RNNFunction.apply(
-            (kind_h, joint, p.mode == "RNN_RELU", eps), xp.contiguous(), h0, w_hh, _sum_bias(p, x), gamma_h, m,
+        out, hT, mean_h, var_h, count_h = _apply(
+            _RNNFunction, (kind_h, joint, p.mode == "RNN_RELU", eps), xp.contiguous(), h0, w_hh, _sum_bias(p, x), gamma_h, m,
             fmh, fvh)
         final = (hT,)
     _update_running(norm_h, mean_h, var_h, count_h, steps)

@@ -355,6 +355,27 @@ inline void rnn_bwd(const T* __restrict y, const T* __restrict dh, const T* __re
   }
 }
 
+// a += gamma * x (or a += x): the input term added to a pre-activation.
+template <typename T>
+inline void add_scaled(T* __restrict a, const T* __restrict x, const T* __restrict gamma, int64_t F) {
+#pragma omp simd
+  for (int64_t f = 0; f < F; ++f) a[f] += gamma ? gamma[f] * x[f] : x[f];
+}
+
+// v = gamma * v + beta, in place.
+template <typename T>
+inline void scale_shift(T* __restrict v, const T* __restrict gamma, const T* __restrict beta, int64_t F) {
+#pragma omp simd
+  for (int64_t f = 0; f < F; ++f) v[f] = gamma[f] * v[f] + (beta ? beta[f] : T(0));
+}
+
+// h = o * tanh(c_out), nothing kept.
+template <typename T>
+inline void lstm_h_only(const T* __restrict o, const T* __restrict cout, T* __restrict h, int64_t H) {
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) h[j] = o[j] * tanh_(cout[j]);
+}
+
 // A finished sequence keeps its state and outputs zero.
 template <typename T>
 inline void hold_row(const T* __restrict prev, T* __restrict next, T* __restrict out, int64_t H) {
@@ -820,6 +841,78 @@ std::vector<at::Tensor> rnn_backward_impl(const at::Tensor& dout, const at::Tens
   return {dxa, dh, dw, dbias, dgamma};
 }
 
+
+// One LSTM step for inference and streaming (no state saved for backward): both projections, their norms,
+// the gates and the cell in one call. Norm kinds: none, layer, rms, or batch with given statistics.
+template <typename T>
+std::vector<at::Tensor> lstm_step_impl(const at::Tensor& x, const at::Tensor& h, const at::Tensor& c,
+                                       const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& bias,
+                                       const at::Tensor& gamma_x, const at::Tensor& gamma_h,
+                                       const at::Tensor& gamma_c, const at::Tensor& beta_c,
+                                       const at::Tensor& fx_mean, const at::Tensor& fx_var,
+                                       const at::Tensor& fh_mean, const at::Tensor& fh_var,
+                                       const at::Tensor& fc_mean, const at::Tensor& fc_var, int64_t kind_x,
+                                       int64_t kind_h, int64_t kind_c, bool joint, bool carry, double eps_) {
+  const int64_t N = x.size(0), G = w_hh.size(0), H = G / 4;
+  const T eps = static_cast<T>(eps_);
+  const bool has_x = gamma_x.numel() > 0, has_h = gamma_h.numel() > 0, has_c = gamma_c.numel() > 0;
+  auto xa = at::mm(x, w_ih.t());
+  auto s = joint ? at::addmm(xa, h, w_hh.t()) : at::mm(h, w_hh.t());
+  auto h_new = at::empty({N, H}, x.options()), c_new = at::empty({N, H}, x.options());
+  auto scratch = at::empty({N, 3 * G + 2 * H}, x.options());
+  // per-feature statistics of the batch kinds: mean and 1/sqrt(var + eps)
+  auto col = [&](const at::Tensor& m, const at::Tensor& v, std::vector<T>& mean, std::vector<T>& rstd) {
+    if (!m.numel()) return;
+    mean.assign(m.data_ptr<T>(), m.data_ptr<T>() + m.numel());
+    rstd.resize(v.numel());
+    for (int64_t f = 0; f < v.numel(); ++f) rstd[f] = T(1) / std::sqrt(v.data_ptr<T>()[f] + eps);
+  };
+  std::vector<T> mx, rx, mh, rh, mc, rc;
+  col(fx_mean, fx_var, mx, rx);
+  col(fh_mean, fh_var, mh, rh);
+  col(fc_mean, fc_var, mc, rc);
+  const T *b = ptr<T>(bias), *gx = ptr<T>(gamma_x), *gh = ptr<T>(gamma_h), *gc = ptr<T>(gamma_c),
+          *bc = ptr<T>(beta_c);
+  const T* xp = xa.data_ptr<T>();
+  const T* sp = s.data_ptr<T>();
+  T* sc = scratch.data_ptr<T>();
+  const T* cp = c.data_ptr<T>();
+  T* hp = h_new.data_ptr<T>();
+  T* cnp = c_new.data_ptr<T>();
+  for_rows(N, G, [&](int64_t n) {
+    T* xh = sc + n * (3 * G + 2 * H);  // [x-hat (G) | s-hat (G) | gates (G) | c_new (H) | c-hat (H)]
+    T* sh = xh + G;
+    T* a = sh + G;
+    T* cn = a + G;
+    T* ch = cn + H;
+    T r = 0;
+    if (has_h) {
+      normalize_row(sp + n * G, G, kind_h, eps, mh.data(), rh.data(), sh, &r);
+      pre_activation<T>(a, sh, gh, b, static_cast<const T*>(nullptr), G);
+    } else {
+      pre_activation<T>(a, sp + n * G, static_cast<const T*>(nullptr), b, static_cast<const T*>(nullptr), G);
+    }
+    if (!joint) {
+      const T* xterm = xp + n * G;
+      if (has_x) {
+        normalize_row(xterm, G, kind_x, eps, mx.data(), rx.data(), xh, &r);
+        xterm = xh;
+      }
+      add_scaled<T>(a, xterm, has_x ? gx : nullptr, G);
+    }
+    lstm_gates_fwd<T>(a, a + H, a + 2 * H, a + 3 * H, cp + n * H, cn, H);
+    const T* cout = cn;
+    if (has_c) {
+      normalize_row(cn, H, kind_c, eps, mc.data(), rc.data(), ch, &r);
+      scale_shift<T>(ch, gc, bc, H);
+      cout = ch;
+    }
+    lstm_h_only<T>(a + 3 * H, cout, hp + n * H, H);
+    std::copy(carry ? cout : cn, (carry ? cout : cn) + H, cnp + n * H);
+  });
+  return {h_new, c_new};
+}
+
 }  // namespace
 
 // =========================================================================================== bindings
@@ -880,7 +973,18 @@ std::vector<at::Tensor> rnn_backward(at::Tensor dout, at::Tensor dhT, at::Tensor
                                   kind_h, joint, relu));
 }
 
+std::vector<at::Tensor> lstm_step(at::Tensor x, at::Tensor h, at::Tensor c, at::Tensor w_ih, at::Tensor w_hh,
+                                  at::Tensor bias, at::Tensor gamma_x, at::Tensor gamma_h, at::Tensor gamma_c,
+                                  at::Tensor beta_c, at::Tensor fx_mean, at::Tensor fx_var, at::Tensor fh_mean,
+                                  at::Tensor fh_var, at::Tensor fc_mean, at::Tensor fc_var, int64_t kind_x,
+                                  int64_t kind_h, int64_t kind_c, bool joint, bool carry, double eps) {
+  return NORMRNN_DISPATCH(x, "lstm_step",
+      lstm_step_impl<scalar_t>(x, h, c, w_ih, w_hh, bias, gamma_x, gamma_h, gamma_c, beta_c, fx_mean, fx_var,
+                               fh_mean, fh_var, fc_mean, fc_var, kind_x, kind_h, kind_c, joint, carry, eps));
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("lstm_step", &lstm_step);
   m.def("lstm_forward", &lstm_forward);
   m.def("lstm_backward", &lstm_backward);
   m.def("gru_forward", &gru_forward);
