@@ -137,18 +137,19 @@ class _LSTMFunction(torch.autograd.Function):
          count_c) = eng.lstm_forward(xa, h0, c0, w_hh, bias, gamma_h, gamma_c, beta_c, mask, fmh, fvh, fmc, fvc,
                                      kind_h, kind_c, joint, carry, eps)
         ctx.flags, ctx.eng = flags, eng
-        ctx.save_for_backward(xa, w_hh, gamma_h, gamma_c, mask, h_all, c_all, acts, shat, rstd_h, chat, rstd_c,
-                              tc, count_h, count_c)
+        # The input term xa is not kept: backward needs only its shape, which acts has too.
+        ctx.save_for_backward(w_hh, gamma_h, gamma_c, mask, h_all, c_all, acts, shat, rstd_h, chat, rstd_c, tc,
+                              count_h, count_c)
         ctx.mark_non_differentiable(mean_h, var_h, count_h, mean_c, var_c, count_c)
         return out, h_all[-1].clone(), c_all[-1].clone(), mean_h, var_h, count_h, mean_c, var_c, count_c
 
     @staticmethod
     def backward(ctx, dout, dhT, dcT, *_):
         kind_h, kind_c, joint, carry, _eps = ctx.flags
-        (xa, w_hh, gamma_h, gamma_c, mask, h_all, c_all, acts, shat, rstd_h, chat, rstd_c, tc, count_h,
+        (w_hh, gamma_h, gamma_c, mask, h_all, c_all, acts, shat, rstd_h, chat, rstd_c, tc, count_h,
          count_c) = ctx.saved_tensors
         dxa, dh0, dc0, dw, db, dgh, dgc, dbc = ctx.eng.lstm_backward(
-            dout.contiguous(), dhT.contiguous(), dcT.contiguous(), xa, w_hh, gamma_h, gamma_c, mask, h_all, c_all,
+            dout.contiguous(), dhT.contiguous(), dcT.contiguous(), acts, w_hh, gamma_h, gamma_c, mask, h_all, c_all,
             acts, shat, rstd_h, chat, rstd_c, tc, count_h, count_c, kind_h, kind_c, joint, carry)
         return _needed(ctx, None, dxa, dh0, dc0, dw, db, dgh, dgc, dbc, None, None, None, None, None)
 
@@ -166,14 +167,14 @@ class _GRUFunction(torch.autograd.Function):
         out, h_all, acts, rec_n, shat, rstd_h, mean_h, var_h, count_h = eng.gru_forward(
             xa, h0, w_hh, bias_hh, gamma_h, mask, fmh, fvh, kind_h, eps)
         ctx.flags, ctx.eng = flags, eng
-        ctx.save_for_backward(xa, w_hh, gamma_h, mask, h_all, acts, rec_n, shat, rstd_h, count_h)
+        ctx.save_for_backward(w_hh, gamma_h, mask, h_all, acts, rec_n, shat, rstd_h, count_h)
         ctx.mark_non_differentiable(mean_h, var_h, count_h)
         return out, h_all[-1].clone(), mean_h, var_h, count_h
 
     @staticmethod
     def backward(ctx, dout, dhT, *_):
-        xa, w_hh, gamma_h, mask, h_all, acts, rec_n, shat, rstd_h, count_h = ctx.saved_tensors
-        dxa, dh0, dw, db, dgh = ctx.eng.gru_backward(dout.contiguous(), dhT.contiguous(), xa, w_hh, gamma_h, mask,
+        w_hh, gamma_h, mask, h_all, acts, rec_n, shat, rstd_h, count_h = ctx.saved_tensors
+        dxa, dh0, dw, db, dgh = ctx.eng.gru_backward(dout.contiguous(), dhT.contiguous(), acts, w_hh, gamma_h, mask,
                                                      h_all, acts, rec_n, shat, rstd_h, count_h, ctx.flags[0])
         return _needed(ctx, None, dxa, dh0, dw, db, dgh, None, None, None)
 
@@ -191,15 +192,15 @@ class _RNNFunction(torch.autograd.Function):
         out, h_all, act, shat, rstd_h, mean_h, var_h, count_h = eng.rnn_forward(
             xa, h0, w_hh, bias, gamma_h, mask, fmh, fvh, kind_h, joint, relu, eps)
         ctx.flags, ctx.eng = flags, eng
-        ctx.save_for_backward(xa, w_hh, gamma_h, mask, h_all, act, shat, rstd_h, count_h)
+        ctx.save_for_backward(w_hh, gamma_h, mask, h_all, act, shat, rstd_h, count_h)
         ctx.mark_non_differentiable(mean_h, var_h, count_h)
         return out, h_all[-1].clone(), mean_h, var_h, count_h
 
     @staticmethod
     def backward(ctx, dout, dhT, *_):
         kind_h, joint, relu, _eps = ctx.flags
-        xa, w_hh, gamma_h, mask, h_all, act, shat, rstd_h, count_h = ctx.saved_tensors
-        dxa, dh0, dw, db, dgh = ctx.eng.rnn_backward(dout.contiguous(), dhT.contiguous(), xa, w_hh, gamma_h, mask,
+        w_hh, gamma_h, mask, h_all, act, shat, rstd_h, count_h = ctx.saved_tensors
+        dxa, dh0, dw, db, dgh = ctx.eng.rnn_backward(dout.contiguous(), dhT.contiguous(), act, w_hh, gamma_h, mask,
                                                      h_all, act, shat, rstd_h, count_h, kind_h, joint, relu)
         return _needed(ctx, None, dxa, dh0, dw, db, dgh, None, None, None)
 

@@ -157,16 +157,19 @@ def lstm_forward(xa: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bias: Tensor,
             mean_c, var_c, count_c]
 
 
-def lstm_backward(dout: Tensor, dhT: Tensor, dcT: Tensor, xa: Tensor, w_hh: Tensor, gamma_h: Tensor,
+def lstm_backward(dout: Tensor, dhT: Tensor, dcT: Tensor, like: Tensor, w_hh: Tensor, gamma_h: Tensor,
                   gamma_c: Tensor, mask: Tensor, h_all: Tensor, c_all: Tensor, acts: Tensor, shat_all: Tensor,
                   rstd_h: Tensor, chat_all: Tensor, rstd_c: Tensor, tc_all: Tensor, count_h: Tensor,
                   count_c: Tensor, kind_h: int, kind_c: int, joint: bool, carry: bool) -> list[Tensor]:
-    """Gradients of :func:`lstm_forward`: [dxa, dh0, dc0, dw_hh, dbias, dgamma_h, dgamma_c, dbeta_c]."""
-    T, N, G = xa.shape
+    """Gradients of :func:`lstm_forward`: [dxa, dh0, dc0, dw_hh, dbias, dgamma_h, dgamma_c, dbeta_c].
+
+    ``like``: any tensor shaped as the input term (T, N, 4H), for sizes and dtype only (the autograd node passes
+    ``acts`` rather than keep the input term alive)."""
+    T, N, G = like.shape
     H = G // 4
-    dxa = torch.empty_like(xa)
-    ds_all = torch.empty_like(xa)  # gradient wrt the recurrent product h @ W_hhᵀ, every step
-    dbias = xa.new_zeros(G)
+    dxa = torch.empty_like(like)
+    ds_all = torch.empty_like(like)  # gradient wrt the recurrent product h @ W_hhᵀ, every step
+    dbias = like.new_zeros(G)
     dgamma_h = torch.zeros_like(gamma_h)
     dgamma_c, dbeta_c = torch.zeros_like(gamma_c), torch.zeros_like(gamma_c)
     dh, dc = dhT.clone(), dcT.clone()
@@ -260,14 +263,14 @@ def gru_forward(xa: Tensor, h0: Tensor, w_hh: Tensor, bias_hh: Tensor, gamma_h: 
     return [out, h_all, acts, rec_n_all, shat_all, rstd_h, mean_h, var_h, count_h]
 
 
-def gru_backward(dout: Tensor, dhT: Tensor, xa: Tensor, w_hh: Tensor, gamma_h: Tensor, mask: Tensor, h_all: Tensor,
+def gru_backward(dout: Tensor, dhT: Tensor, like: Tensor, w_hh: Tensor, gamma_h: Tensor, mask: Tensor, h_all: Tensor,
                  acts: Tensor, rec_n_all: Tensor, shat_all: Tensor, rstd_h: Tensor, count_h: Tensor,
                  kind_h: int) -> list[Tensor]:
     """Gradients of :func:`gru_forward`: [dxa, dh0, dw_hh, dbias_hh, dgamma_h]."""
-    T, N, G = xa.shape
+    T, N, G = like.shape
     H = G // 3
-    dxa, ds_all = torch.empty_like(xa), torch.empty_like(xa)
-    dbias = xa.new_zeros(G)
+    dxa, ds_all = torch.empty_like(like), torch.empty_like(like)
+    dbias = like.new_zeros(G)
     dgamma_h = torch.zeros_like(gamma_h)
     dh = dhT.clone()
     for t in range(T - 1, -1, -1):
@@ -337,13 +340,13 @@ def rnn_forward(xa: Tensor, h0: Tensor, w_hh: Tensor, bias: Tensor, gamma_h: Ten
     return [out, h_all, act_all, shat_all, rstd_h, mean_h, var_h, count_h]
 
 
-def rnn_backward(dout: Tensor, dhT: Tensor, xa: Tensor, w_hh: Tensor, gamma_h: Tensor, mask: Tensor,
+def rnn_backward(dout: Tensor, dhT: Tensor, like: Tensor, w_hh: Tensor, gamma_h: Tensor, mask: Tensor,
                  h_all: Tensor, act_all: Tensor, shat_all: Tensor, rstd_h: Tensor, count_h: Tensor, kind_h: int,
                  joint: bool, relu: bool) -> list[Tensor]:
     """Gradients of :func:`rnn_forward`: [dxa, dh0, dw_hh, dbias, dgamma_h]."""
-    T, N, H = xa.shape
-    dxa, ds_all = torch.empty_like(xa), torch.empty_like(xa)
-    dbias = xa.new_zeros(H)
+    T, N, H = like.shape
+    dxa, ds_all = torch.empty_like(like), torch.empty_like(like)
+    dbias = like.new_zeros(H)
     dgamma_h = torch.zeros_like(gamma_h)
     dh = dhT.clone()
     for t in range(T - 1, -1, -1):

@@ -492,7 +492,7 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
 
 template <typename T>
 std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Tensor& dhT, const at::Tensor& dcT,
-                                           const at::Tensor& xa, const at::Tensor& w_hh, const at::Tensor& gamma_h,
+                                           const at::Tensor& like, const at::Tensor& w_hh, const at::Tensor& gamma_h,
                                            const at::Tensor& gamma_c, const at::Tensor& mask,
                                            const at::Tensor& h_all, const at::Tensor& c_all,
                                            const at::Tensor& acts, const at::Tensor& shat_all,
@@ -500,13 +500,13 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
                                            const at::Tensor& rstd_c, const at::Tensor& tc_all,
                                            const at::Tensor& count_h, const at::Tensor& count_c, int64_t kind_h,
                                            int64_t kind_c, bool joint, bool carry) {
-  const int64_t T_ = xa.size(0), N = xa.size(1), G = xa.size(2), H = G / 4;
-  const auto o = xa.options();
+  const int64_t T_ = like.size(0), N = like.size(1), G = like.size(2), H = G / 4;
+  const auto o = like.options();
   const bool has_h = gamma_h.numel() > 0, has_c = gamma_c.numel() > 0;
-  auto dxa = at::empty_like(xa);
+  auto dxa = at::empty_like(like);
   // da: d(pre-activation); ds: d(recurrent product h W_hh^T). Separate terms: dxa = da; joint: dxa = ds.
-  auto da_all = joint && has_h ? at::empty_like(xa) : dxa;
-  auto ds_all = !has_h ? da_all : (joint ? dxa : at::empty_like(xa));
+  auto da_all = joint && has_h ? at::empty_like(like) : dxa;
+  auto ds_all = !has_h ? da_all : (joint ? dxa : at::empty_like(like));
   auto dcout_all = has_c ? at::empty({T_, N, H}, o) : at::empty({0}, o);
   auto dh = dhT.clone(), dc = dcT.clone(), dh_next = at::empty_like(dh), dc_next = at::empty_like(dc);
   auto dcnew = at::empty({N, H}, o);
@@ -672,16 +672,16 @@ std::vector<at::Tensor> gru_forward_impl(const at::Tensor& xa, const at::Tensor&
 }
 
 template <typename T>
-std::vector<at::Tensor> gru_backward_impl(const at::Tensor& dout, const at::Tensor& dhT, const at::Tensor& xa,
+std::vector<at::Tensor> gru_backward_impl(const at::Tensor& dout, const at::Tensor& dhT, const at::Tensor& like,
                                           const at::Tensor& w_hh, const at::Tensor& gamma_h, const at::Tensor& mask,
                                           const at::Tensor& h_all, const at::Tensor& acts,
                                           const at::Tensor& rec_n_all, const at::Tensor& shat_all,
                                           const at::Tensor& rstd_h, const at::Tensor& count_h, int64_t kind_h) {
-  const int64_t T_ = xa.size(0), N = xa.size(1), G = xa.size(2), H = G / 3;
+  const int64_t T_ = like.size(0), N = like.size(1), G = like.size(2), H = G / 3;
   const bool has_h = gamma_h.numel() > 0;
-  const auto o = xa.options();
-  auto dxa = at::empty_like(xa), drec_all = at::empty_like(xa);
-  auto ds_all = has_h ? at::empty_like(xa) : drec_all;
+  const auto o = like.options();
+  auto dxa = at::empty_like(like), drec_all = at::empty_like(like);
+  auto ds_all = has_h ? at::empty_like(like) : drec_all;
   auto dh = dhT.clone(), dh_next = at::empty_like(dh), direct = at::empty_like(dh);
   const T* gh = ptr<T>(gamma_h);
   const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
@@ -786,17 +786,17 @@ std::vector<at::Tensor> rnn_forward_impl(const at::Tensor& xa, const at::Tensor&
 }
 
 template <typename T>
-std::vector<at::Tensor> rnn_backward_impl(const at::Tensor& dout, const at::Tensor& dhT, const at::Tensor& xa,
+std::vector<at::Tensor> rnn_backward_impl(const at::Tensor& dout, const at::Tensor& dhT, const at::Tensor& like,
                                           const at::Tensor& w_hh, const at::Tensor& gamma_h, const at::Tensor& mask,
                                           const at::Tensor& h_all, const at::Tensor& act,
                                           const at::Tensor& shat_all, const at::Tensor& rstd_h,
                                           const at::Tensor& count_h, int64_t kind_h, bool joint, bool relu) {
-  const int64_t T_ = xa.size(0), N = xa.size(1), H = xa.size(2);
+  const int64_t T_ = like.size(0), N = like.size(1), H = like.size(2);
   const bool has_h = gamma_h.numel() > 0;
-  const auto o = xa.options();
-  auto dxa = at::empty_like(xa);
-  auto da_all = joint && has_h ? at::empty_like(xa) : dxa;
-  auto ds_all = !has_h ? da_all : (joint ? dxa : at::empty_like(xa));
+  const auto o = like.options();
+  auto dxa = at::empty_like(like);
+  auto da_all = joint && has_h ? at::empty_like(like) : dxa;
+  auto ds_all = !has_h ? da_all : (joint ? dxa : at::empty_like(like));
   auto dh = dhT.clone(), dh_next = at::empty_like(dh);
   const T* gh = ptr<T>(gamma_h);
   const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
@@ -929,14 +929,14 @@ std::vector<at::Tensor> lstm_forward(at::Tensor xa, at::Tensor h0, at::Tensor c0
                                   kind_h, kind_c, joint, carry, eps));
 }
 
-std::vector<at::Tensor> lstm_backward(at::Tensor dout, at::Tensor dhT, at::Tensor dcT, at::Tensor xa,
+std::vector<at::Tensor> lstm_backward(at::Tensor dout, at::Tensor dhT, at::Tensor dcT, at::Tensor like,
                                       at::Tensor w_hh, at::Tensor gamma_h, at::Tensor gamma_c, at::Tensor mask,
                                       at::Tensor h_all, at::Tensor c_all, at::Tensor acts, at::Tensor shat_all,
                                       at::Tensor rstd_h, at::Tensor chat_all, at::Tensor rstd_c, at::Tensor tc_all,
                                       at::Tensor count_h, at::Tensor count_c, int64_t kind_h, int64_t kind_c,
                                       bool joint, bool carry) {
-  return NORMRNN_DISPATCH(xa, "lstm_backward",
-      lstm_backward_impl<scalar_t>(dout, dhT, dcT, xa, w_hh, gamma_h, gamma_c, mask, h_all, c_all, acts, shat_all,
+  return NORMRNN_DISPATCH(like, "lstm_backward",
+      lstm_backward_impl<scalar_t>(dout, dhT, dcT, like, w_hh, gamma_h, gamma_c, mask, h_all, c_all, acts, shat_all,
                                    rstd_h, chat_all, rstd_c, tc_all, count_h, count_c, kind_h, kind_c, joint,
                                    carry));
 }
@@ -948,12 +948,12 @@ std::vector<at::Tensor> gru_forward(at::Tensor xa, at::Tensor h0, at::Tensor w_h
       gru_forward_impl<scalar_t>(xa, h0, w_hh, bias_hh, gamma_h, mask, fmh, fvh, kind_h, eps));
 }
 
-std::vector<at::Tensor> gru_backward(at::Tensor dout, at::Tensor dhT, at::Tensor xa, at::Tensor w_hh,
+std::vector<at::Tensor> gru_backward(at::Tensor dout, at::Tensor dhT, at::Tensor like, at::Tensor w_hh,
                                      at::Tensor gamma_h, at::Tensor mask, at::Tensor h_all, at::Tensor acts,
                                      at::Tensor rec_n_all, at::Tensor shat_all, at::Tensor rstd_h,
                                      at::Tensor count_h, int64_t kind_h) {
-  return NORMRNN_DISPATCH(xa, "gru_backward",
-      gru_backward_impl<scalar_t>(dout, dhT, xa, w_hh, gamma_h, mask, h_all, acts, rec_n_all, shat_all, rstd_h,
+  return NORMRNN_DISPATCH(like, "gru_backward",
+      gru_backward_impl<scalar_t>(dout, dhT, like, w_hh, gamma_h, mask, h_all, acts, rec_n_all, shat_all, rstd_h,
                                   count_h, kind_h));
 }
 
@@ -964,12 +964,12 @@ std::vector<at::Tensor> rnn_forward(at::Tensor xa, at::Tensor h0, at::Tensor w_h
       rnn_forward_impl<scalar_t>(xa, h0, w_hh, bias, gamma_h, mask, fmh, fvh, kind_h, joint, relu, eps));
 }
 
-std::vector<at::Tensor> rnn_backward(at::Tensor dout, at::Tensor dhT, at::Tensor xa, at::Tensor w_hh,
+std::vector<at::Tensor> rnn_backward(at::Tensor dout, at::Tensor dhT, at::Tensor like, at::Tensor w_hh,
                                      at::Tensor gamma_h, at::Tensor mask, at::Tensor h_all, at::Tensor act,
                                      at::Tensor shat_all, at::Tensor rstd_h, at::Tensor count_h, int64_t kind_h,
                                      bool joint, bool relu) {
-  return NORMRNN_DISPATCH(xa, "rnn_backward",
-      rnn_backward_impl<scalar_t>(dout, dhT, xa, w_hh, gamma_h, mask, h_all, act, shat_all, rstd_h, count_h,
+  return NORMRNN_DISPATCH(like, "rnn_backward",
+      rnn_backward_impl<scalar_t>(dout, dhT, like, w_hh, gamma_h, mask, h_all, act, shat_all, rstd_h, count_h,
                                   kind_h, joint, relu));
 }
 
