@@ -1,0 +1,211 @@
+"""C4 Train/test gap: BN normalizes with batch statistics in training and running averages at inference, and the
+two disagree; LN computes the same thing in both.
+
+Experiment: character LMs (BN-LSTM at the usual running-average momentum 0.1 and at a slow 0.01, and LN-LSTM; same
+initialisation seeds, data order and number of updates). At a quarter of training and at its end, the same
+validation batches are scored twice with the same weights: in training mode (batch statistics; no gradient, and
+the running buffers restored afterwards so the measurement changes nothing) and in eval mode. Metric: the gap
+|train-mode BPC - eval-mode BPC| and the largest difference of the logits.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ...norms import RecurrentBatchNorm
+from ...train import LossRecorder, Trainer
+from ..core import Claim, Experiment, Record, StudyContext, Verdict
+from ..experiments import charlm_data, config, curve
+from ..stats import compare, fmt, group, mean, std
+
+VARIANTS = (("batch", 0.1), ("batch", 0.01), ("layer", 0.1))  # (norm, BN running-average momentum)
+MARGIN = 0.02  # bits per character
+TOLERANCE = 1e-5  # "identical": float round-off only
+LN2 = math.log(2)
+
+
+def valid_batches(ids: torch.Tensor, batch: int, seq_len: int, max_batches: int) -> list[tuple]:
+    """Independent (x, y) batches of ``batch`` validation chunks of ``seq_len`` characters (zero initial state)."""
+    n = min(len(ids) // (seq_len + 1), batch * max_batches) // batch * batch
+    if n == 0:
+        raise ValueError(f"the validation split ({len(ids)} chars) holds no batch of {batch}x{seq_len}")
+    chunks = ids[:n * (seq_len + 1)].view(n, seq_len + 1)
+    return [(c[:, :-1], c[:, 1:]) for c in chunks.split(batch)]
+
+
+def train_eval_gap(model, batches: list[tuple]) -> dict:
+    """BPC of ``batches`` in training mode (batch statistics) and in eval mode, with the same weights, and the
+    largest logit difference. The running buffers are restored after the training-mode pass; the model's mode is
+    left as it was."""
+    was_training = model.training
+    buffers = {k: v.clone() for k, v in model.state_dict().items() if not k.endswith(("weight", "bias"))}
+    device = next(model.parameters()).device
+    totals = {True: 0.0, False: 0.0}
+    max_diff, count = 0.0, 0
+    with torch.no_grad():
+        for x, y in batches:
+            x, y = x.to(device), y.to(device)
+            logits = {}
+            for training in (True, False):
+                model.train(training)
+                logits[training], _ = model(x)
+                totals[training] += float(F.cross_entropy(logits[training].flatten(0, 1), y.flatten(),
+                                                          reduction="sum"))
+            max_diff = max(max_diff, float((logits[True] - logits[False]).abs().max()))
+            count += y.numel()
+    model.load_state_dict(buffers, strict=False)
+    model.train(was_training)
+    train_bpc, eval_bpc = totals[True] / count / LN2, totals[False] / count / LN2
+    return {"train_mode_bpc": train_bpc, "eval_mode_bpc": eval_bpc, "gap": abs(train_bpc - eval_bpc),
+            "max_logit_diff": max_diff}
+
+
+def set_bn_momentum(model, momentum: float) -> None:
+    for m in model.modules():
+        if isinstance(m, RecurrentBatchNorm):
+            m.momentum = momentum
+
+
+class TrainTestGap(Claim):
+    id = "C4"
+    title = "Train/test consistency"
+    statement = ("Batch norm uses batch statistics in training and running averages at inference, and the two "
+                 "disagree; layer norm computes the same thing in both.")
+    hypothesis = ("On validation batches, BN's train-mode and eval-mode BPC differ by more than 0.02 BPC; LN's "
+                  "logits are identical in the two modes (up to 1e-5).")
+    metric = "|train-mode BPC - eval-mode BPC| on the same validation batches and weights (and the max logit difference)"
+    rule = ("refuted if LN's logits differ between the modes by more than 1e-5, or if BN's gap plus 2 standard "
+            "errors is at most 0.02 BPC at every checkpoint and momentum; supported if LN is identical and BN's gap "
+            "at the end of training with the usual momentum 0.1 exceeds 0.02 BPC by 2 standard errors; depends if "
+            "LN is identical and BN's gap is that large only earlier in training or with the slow momentum 0.01; "
+            "inconclusive otherwise.")
+
+    def sizes(self, ctx: StudyContext) -> dict:
+        return {"hidden": ctx.pick(16, 64, 512), "seq_len": ctx.pick(10, 50, 100), "batch": ctx.pick(8, 32, 64),
+                "steps": ctx.pick(8, 160, 5000), "limit": ctx.pick(20000, 300000, None),
+                "eval_limit": ctx.pick(4000, 30000, None), "eval_batches": ctx.pick(2, 8, 50)}
+
+    def describe_setup(self, ctx: StudyContext) -> str:
+        s = self.sizes(ctx)
+        return (f"Char-LSTM ({s['hidden']} units) on {charlm_data(ctx)}, BPTT {s['seq_len']}, batch {s['batch']}, "
+                f"{s['steps']} updates, Adam 2e-3, clip 1.0, seeds {ctx.seed_list}; BN with running-average momentum "
+                f"0.1 and 0.01; gap measured after {s['steps'] // 4} and {s['steps']} updates on up to "
+                f"{s['eval_batches']} validation batches of {s['batch']}x{s['seq_len']}.")
+
+    def experiments(self, ctx: StudyContext) -> list[Experiment]:
+        exps = []
+        for norm, momentum in VARIANTS:
+            for seed in ctx.seed_list:
+                key = {"norm": norm, "momentum": momentum, "seed": seed}
+                spec = {**key, "claim": self.id, "data": charlm_data(ctx), "profile": ctx.profile, **self.sizes(ctx)}
+                exps.append(Experiment(key, spec))
+        return exps
+
+    def run(self, exp: Experiment, ctx: StudyContext, workdir: Path) -> dict:
+        s = exp.spec
+        cfg = config(ctx, task="charlm", data=s["data"], norm=s["norm"], hidden=s["hidden"], seq_len=s["seq_len"],
+                     batch_size=s["batch"], max_steps=s["steps"], limit=s["limit"], eval_limit=s["eval_limit"],
+                     seed=s["seed"], lr=2e-3, clip=1.0)
+        checkpoints = sorted({max(1, s["steps"] // 4), s["steps"]})
+        measured: dict[str, dict] = {}
+        state: dict = {}
+
+        def hook(event: str, record: dict) -> None:
+            if event == "step" and record["step"] in checkpoints[:-1]:
+                measured[str(record["step"])] = train_eval_gap(state["trainer"].model, state["batches"])
+
+        rec = LossRecorder()
+        trainer = Trainer(cfg, hooks=[rec, hook])
+        set_bn_momentum(trainer.model, s["momentum"])
+        state["trainer"] = trainer
+        state["batches"] = valid_batches(trainer.task.splits["valid"], s["batch"], s["seq_len"], s["eval_batches"])
+        summary = trainer.fit()
+        measured[str(trainer.step)] = train_eval_gap(trainer.model, state["batches"])
+        final = measured[str(trainer.step)]
+        return {"checkpoints": measured, "gap": final["gap"], "max_logit_diff": final["max_logit_diff"],
+                "train_mode_bpc": final["train_mode_bpc"], "eval_mode_bpc": final["eval_mode_bpc"],
+                "valid_bpc": summary["valid_bpc"], "diverged": summary["diverged"], "steps": summary["steps"],
+                "loss_curve": curve(rec.losses)}
+
+    @staticmethod
+    def _gaps(records: list[Record]) -> dict:
+        """Gap per (norm, momentum, checkpoint step) over seeds."""
+        out: dict = {}
+        for r in records:
+            for step, m in r.result["checkpoints"].items():
+                out.setdefault((r.key["norm"], r.key["momentum"], int(step)), []).append(m["gap"])
+        return out
+
+    def verdict(self, records: list[Record], ctx: StudyContext) -> Verdict:
+        gaps = self._gaps(records)
+        ln_diff = max((m["max_logit_diff"] for r in records if r.key["norm"] == "layer"
+                       for m in r.result["checkpoints"].values()), default=float("nan"))
+        bn = {k: compare(v, [0.0] * len(v)) for k, v in gaps.items() if k[0] == "batch"}
+        final_step = max(k[2] for k in gaps)
+        main = bn.get(("batch", 0.1, final_step))
+        large = lambda c: c["diff"] > MARGIN and c["z"] > 2  # noqa: E731
+        small = lambda c: math.isfinite(c["se"]) and c["diff"] + 2 * c["se"] <= MARGIN  # noqa: E731
+        numbers = {"ln_max_logit_diff": ln_diff, "final_step": final_step,
+                   "bn_gap": {f"momentum {k[1]} step {k[2]}": c["diff"] for k, c in bn.items()},
+                   "ln_gap": mean([g for k, v in gaps.items() if k[0] == "layer" for g in v]),
+                   "bn_final_gap": main["diff"] if main else float("nan")}
+        effect = (f"BN gap {numbers['bn_final_gap']:.3f} ± {main['se'] if main else float('nan'):.3f} BPC after "
+                  f"{final_step} updates (momentum 0.1); LN gap {numbers['ln_gap']:.1e} BPC, max logit difference "
+                  f"{ln_diff:.1e}")
+        if not ln_diff <= TOLERANCE:
+            return Verdict("refuted", effect, f"LN's train-mode and eval-mode logits differ by {ln_diff:.1e}.", numbers)
+        if main is not None and large(main):
+            return Verdict("supported", effect, "LN is identical in both modes; BN's batch statistics and running "
+                                                "averages give losses that differ by more than the margin.", numbers)
+        if bn and all(small(c) for c in bn.values()):
+            return Verdict("refuted", effect, f"BN's train/eval gap stays below {MARGIN} BPC at every checkpoint and "
+                                              f"momentum.", numbers)
+        if main is not None and small(main) and any(large(c) for c in bn.values()):
+            where = [k for k, c in bn.items() if large(c)]
+            return Verdict("depends", effect, "BN's gap is small at the end of training with momentum 0.1 but large "
+                                              "at " + ", ".join(f"momentum {m} after {st} updates"
+                                                                for _, m, st in where) + ".", numbers)
+        return Verdict("inconclusive", effect, "BN's gap is within the seed-to-seed spread of the margin.", numbers)
+
+    def table(self, records: list[Record]):
+        gaps = self._gaps(records)
+        steps = sorted({k[2] for k in gaps})
+        rows = []
+        for norm, momentum in VARIANTS:
+            recs = [r for r in records if (r.key["norm"], r.key["momentum"]) == (norm, momentum)]
+            if not recs:
+                continue
+            label = f"BN (momentum {momentum})" if norm == "batch" else "LN"
+            rows.append([label, *(fmt(gaps.get((norm, momentum, st), []), 4) for st in steps),
+                         fmt([r.result["train_mode_bpc"] for r in recs]), fmt([r.result["eval_mode_bpc"] for r in recs]),
+                         f"{max(r.result['max_logit_diff'] for r in recs):.1e}"])
+        return (["model", *(f"gap after {st} updates (BPC)" for st in steps), "train-mode BPC (end)",
+                 "eval-mode BPC (end)", "max logit diff (end)"], rows)
+
+    def figure(self, records: list[Record], ax) -> None:
+        gaps = self._gaps(records)
+        for norm, momentum in VARIANTS:
+            steps = sorted(k[2] for k in gaps if k[:2] == (norm, momentum))
+            if not steps:
+                continue
+            label = f"BN, momentum {momentum}" if norm == "batch" else "LN"
+            ax.errorbar(steps, [mean(gaps[(norm, momentum, st)]) for st in steps],
+                        yerr=[std(gaps[(norm, momentum, st)]) for st in steps], marker="o", capsize=3, label=label)
+        ax.axhline(MARGIN, color="grey", linestyle=":", label=f"margin {MARGIN} BPC")
+        ax.set_xlabel("updates")
+        ax.set_ylabel("|train-mode - eval-mode| valid BPC")
+        ax.legend()
+
+    def summary_cells(self, records: list[Record], verdict: Verdict) -> dict:
+        n = verdict.numbers
+        if not n:
+            return {}
+        return {"Train/test consistency": {
+            "BN": f"train/eval gap {n['bn_final_gap']:.3f} BPC after {n['final_step']} updates",
+            "LN": f"identical (gap {n['ln_gap']:.0e} BPC, logits within {n['ln_max_logit_diff']:.0e})"}}
+
+
+CLAIM = TrainTestGap()
