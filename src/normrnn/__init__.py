@@ -3,8 +3,9 @@ from .cells import GRUCell, LSTMCell, RNNCell
 from .convert import convert
 from .layers import GRU, LSTM, RNN, StreamState
 from .norms import LayerNorm, RecurrentBatchNorm, RMSNorm
+from .sync import sync_batch_norm
 
 __version__ = "0.1.0"
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "StreamState", "convert", "LayerNorm",
-           "RMSNorm", "RecurrentBatchNorm", "__version__"]
+           "RMSNorm", "RecurrentBatchNorm", "sync_batch_norm", "__version__"]

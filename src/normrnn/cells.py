@@ -173,7 +173,7 @@ class _NormCellBase(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
                  norm: str = "layer", norm_terms: str = "separate", eps: float = 1e-5,
                  gamma_init: Optional[float] = None, max_steps: int = 256, momentum: float = 0.1,
-                 _lstm_options: Optional[dict] = None) -> None:
+                 sync_stats: bool = False, _lstm_options: Optional[dict] = None) -> None:
         super().__init__()
         from .checks import check_size
 
@@ -181,7 +181,7 @@ class _NormCellBase(nn.Module):
         self.hidden_size = check_size("hidden_size", hidden_size)
         self.bias = bool(bias)
         self.options = NormOptions(norm, norm_terms, eps=eps, gamma_init=gamma_init, max_steps=max_steps,
-                                   momentum=momentum, **(_lstm_options or {}))
+                                   momentum=momentum, sync_stats=sync_stats, **(_lstm_options or {}))
         add_cell_parameters(self, "", self.mode, input_size, hidden_size, bias, self.options, device, dtype)
 
     @property

@@ -40,7 +40,7 @@ class _NormRNNBase(nn.Module):
                  dtype=None, *, norm: str = "layer", norm_terms: str = "separate", eps: float = 1e-5,
                  gamma_init: Optional[float] = None, max_steps: int = 256, momentum: float = 0.1,
                  residual: bool = False, zoneout: float = 0.0, dropconnect: float = 0.0, backend: str = "auto",
-                 _lstm_options: Optional[dict] = None) -> None:
+                 sync_stats: bool = False, _lstm_options: Optional[dict] = None) -> None:
         super().__init__()
         self.mode = mode
         self.input_size = check_size("input_size", input_size)
@@ -53,7 +53,7 @@ class _NormRNNBase(nn.Module):
         self.residual = bool(residual)
         self.backend = backend
         self.options = NormOptions(norm, norm_terms, eps=eps, gamma_init=gamma_init, max_steps=max_steps,
-                                   momentum=momentum, **(_lstm_options or {}))
+                                   momentum=momentum, sync_stats=sync_stats, **(_lstm_options or {}))
         directions = 2 if self.bidirectional else 1
         for k in range(self.num_layers):
             layer_input = input_size if k == 0 else hidden_size * directions
@@ -159,7 +159,9 @@ class _NormRNNBase(nn.Module):
         they do not cover is an error."""
         if self._backend == "reference":
             return False
-        reason = fused_unsupported(self.mode, self.options.norm_terms, self.zoneout)
+        # Synced batch norm all-reduces its training statistics; eval reads running stats, which fused covers.
+        sync = self.options.sync_stats and self.options.norm == "batch" and self.training
+        reason = fused_unsupported(self.mode, self.options.norm_terms, self.zoneout, sync_stats=sync)
         if reason and self._backend == "fused":
             raise ValueError(f"backend='fused' cannot run this layer: {reason}; use backend='auto' or 'reference'")
         return reason is None
@@ -213,6 +215,7 @@ class LSTM(_NormRNNBase):
     * ``norm_cell=True``: normalize c_t before the output tanh; ``carry_normalized_cell=False``.
     * ``eps=1e-5``; ``gamma_init=None`` (1.0 for layer/rms, 0.1 for batch).
     * ``max_steps=256``, ``momentum=0.1``: recurrent batch norm's per-step statistics.
+    * ``sync_stats=False``: batch norm statistics over all ranks of the process group (:mod:`normrnn.sync`).
     * ``residual=False``: pre-norm residual connections around layers 2..num_layers.
     * ``zoneout=0.0`` (on h and c), ``dropconnect=0.0`` (on ``weight_hh``).
 

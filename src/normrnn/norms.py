@@ -16,6 +16,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from . import sync
+
 NORM_KINDS = ("layer", "rms", "batch", "none")
 
 
@@ -76,12 +78,21 @@ class RecurrentBatchNorm(nn.Module):
     last trained step's statistics rather than never-updated ones.
 
     Buffers: ``running_mean``/``running_var`` ``(max_steps, F)``, ``steps_tracked`` (scalar int64).
+
+    ``sync_stats=True``: while a process group of more than one rank is initialised, the training statistics of
+    each step are those of the batches of all ranks of ``process_group`` (``None``: the default group): count,
+    sum and sum of squares are all-reduced in forward and the matching gradients in backward (:mod:`normrnn.sync`),
+    and the running statistics, updated from the global ones, stay identical on every rank. Without a process
+    group each rank uses its own batch, as without the flag.
     """
 
     def __init__(self, num_features: int, max_steps: int = 256, eps: float = 1e-5, momentum: float = 0.1,
-                 gamma_init: float = 0.1, bias: bool = True, device=None, dtype=None) -> None:
+                 gamma_init: float = 0.1, bias: bool = True, device=None, dtype=None, *,
+                 sync_stats: bool = False, process_group: Optional[object] = None) -> None:
         super().__init__()
         self.num_features, self.max_steps, self.eps, self.momentum = num_features, max_steps, eps, momentum
+        # Synchronised statistics (normrnn.sync): plain attributes, not state, so state dicts stay the same.
+        self.sync_stats, self.process_group = bool(sync_stats), process_group
         self.weight = nn.Parameter(torch.full((num_features,), float(gamma_init), device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.zeros(num_features, device=device, dtype=dtype)) if bias else None
         self.register_buffer("running_mean", torch.zeros(max_steps, num_features, device=device, dtype=dtype))
@@ -111,6 +122,21 @@ class RecurrentBatchNorm(nn.Module):
 
     def _batch_statistics(self, x: Tensor, steps: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         """Per-step masked mean and biased variance of ``x`` (T, N, F); updates the running averages."""
+        if self.sync_stats and sync.is_active(self.process_group):
+            count, mean, var = sync.global_moments(x, mask, self.process_group)  # the same on every rank
+        else:
+            count, mean, var = self._local_moments(x, mask)
+        idx = torch.clamp(steps, max=self.max_steps - 1)
+        usable = count >= 2  # (T, 1)
+        with torch.no_grad():
+            self._update_running(mean, var, count, usable, steps, idx)
+        mean = torch.where(usable, mean, self.running_mean[idx])
+        var = torch.where(usable, var, self.running_var[idx])
+        return mean, var
+
+    @staticmethod
+    def _local_moments(x: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """This process's per-step count (T, 1), masked mean (T, F) and biased variance (T, F) of x (T, N, F)."""
         if mask is None:
             count = torch.full((x.shape[0], 1), x.shape[1], dtype=x.dtype, device=x.device)
             mean = x.mean(1)
@@ -120,13 +146,7 @@ class RecurrentBatchNorm(nn.Module):
             count = w.sum(1)  # (T, 1)
             mean = (x * w).sum(1) / count.clamp(min=1)
             var = ((x - mean.unsqueeze(1)).pow(2) * w).sum(1) / count.clamp(min=1)
-        idx = torch.clamp(steps, max=self.max_steps - 1)
-        usable = count >= 2  # (T, 1)
-        with torch.no_grad():
-            self._update_running(mean, var, count, usable, steps, idx)
-        mean = torch.where(usable, mean, self.running_mean[idx])
-        var = torch.where(usable, var, self.running_var[idx])
-        return mean, var
+        return count, mean, var
 
     def _update_running(self, mean: Tensor, var: Tensor, count: Tensor, usable: Tensor, steps: Tensor,
                         idx: Tensor) -> None:
@@ -144,7 +164,8 @@ class RecurrentBatchNorm(nn.Module):
             self.steps_tracked.fill_(longest)
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, max_steps={self.max_steps}, eps={self.eps}, momentum={self.momentum}"
+        s = f"{self.num_features}, max_steps={self.max_steps}, eps={self.eps}, momentum={self.momentum}"
+        return s + (", sync_stats=True" if self.sync_stats else "")
 
 
 def make_norm(kind: str, num_features: int, *, eps: float, gamma_init: Optional[float], bias: bool,

@@ -6,7 +6,7 @@ from typing import Optional
 
 from torch import nn
 
-from .norms import NORM_KINDS, make_norm
+from .norms import NORM_KINDS, RecurrentBatchNorm, make_norm
 
 NORM_TERMS = ("separate", "joint")
 
@@ -24,6 +24,8 @@ class NormOptions:
     gamma_init: initial gain; ``None`` means 1.0 for layer/rms and 0.1 for batch (Cooijmans et al.'s best).
     max_steps: batch norm only: how many per-step statistics are kept; later steps reuse the last.
     momentum: batch norm only: running-average momentum, as in ``nn.BatchNorm1d``.
+    sync_stats: batch norm only: per-step statistics over every rank of the initialised process group
+        (:mod:`normrnn.sync`); per-sample norms ignore it.
     """
 
     norm: str = "layer"
@@ -34,6 +36,7 @@ class NormOptions:
     gamma_init: Optional[float] = None
     max_steps: int = 256
     momentum: float = 0.1
+    sync_stats: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.norm, str) or self.norm not in NORM_KINDS:
@@ -53,9 +56,12 @@ class NormOptions:
 
     def build(self, num_features: int, *, bias: bool, device=None, dtype=None) -> nn.Module:
         """A norm of this kind over ``num_features`` features (RMSNorm never gets a bias)."""
-        return make_norm(self.norm, num_features, eps=self.eps, gamma_init=self.gamma_init,
+        norm = make_norm(self.norm, num_features, eps=self.eps, gamma_init=self.gamma_init,
                          bias=bias and self.norm != "rms", max_steps=self.max_steps, momentum=self.momentum,
                          device=device, dtype=dtype)
+        if self.sync_stats and isinstance(norm, RecurrentBatchNorm):
+            norm.sync_stats = True
+        return norm
 
 
 def check_probability(name: str, p: float) -> float:

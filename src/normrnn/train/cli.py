@@ -2,11 +2,16 @@
 
 Every option defaults to ``None`` on the parser so that ``--resume RUN_DIR`` can tell the options a user typed
 (which must agree with the run's config.json, apart from the resume-safe ones) from those left alone.
+
+Several processes: under torchrun (``torchrun --nproc_per_node N -m normrnn train ...``) the rank and world
+size come from the environment; ``--nproc N`` starts that same command through ``torch.distributed.run``.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import subprocess
 import sys
 import time
 from typing import Any, Optional
@@ -15,6 +20,9 @@ from .config import IMAGE_MODES, OPTIMIZERS, SCHEDULES, TASKS, TrainConfig
 
 # CLI flag -> TrainConfig field, where the names differ.
 _RENAMED = {"no_progress": "progress"}
+# Flags of the launching process, not of a run (never passed on to the workers).
+_LAUNCH_ONLY = ("nproc",)
+_PARSER: Optional[argparse.ArgumentParser] = None  # the `train` parser, to rebuild a worker's command line
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -71,7 +79,17 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--eval-every", type=int, help="also evaluate every N updates")
     g.add_argument("--log-every", type=int, help="log the training loss every N updates")
     g.add_argument("--no-progress", action="store_const", const=True, help="no progress bars")
+    g = p.add_argument_group("several processes")
+    g.add_argument("--nproc", type=int, help="train in N processes on this machine (DDP; gloo on CPU, NCCL on "
+                                             "CUDA), launched through torch.distributed.run; --batch-size is per "
+                                             "process")
+    g.add_argument("--sync-stats", action="store_const", const=True,
+                   help="batch norm: per-step statistics over all processes, not each one's own batch")
+    g.add_argument("--dist-timeout", type=float,
+                   help=f"seconds a process waits for the others before the job fails (default {d.dist_timeout:g})")
     p.set_defaults(func=main)
+    global _PARSER
+    _PARSER = p
     return p
 
 
@@ -80,7 +98,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     out = {}
     for key, value in vars(args).items():
-        if value is None or key in ("func", "command", "resume", "threads"):
+        if value is None or key in ("func", "command", "resume", "threads", *_LAUNCH_ONLY):
             continue
         name = _RENAMED.get(key, key)
         if name == "progress":
@@ -93,6 +111,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The run's TrainConfig: the saved one plus typed options for ``--resume``, else defaults plus options."""
     typed = _overrides(args)
+    rank, world = _env_rank_world()
+    if world > 1:  # started by torchrun: who this process is comes from the launcher, not the options
+        typed.update(rank=rank, world_size=world)
     if args.resume:
         from .trainer import load_run_config
 
@@ -109,6 +130,10 @@ def main(args: argparse.Namespace) -> int:
     from ..data import DataUnavailableError
     from .trainer import Trainer
 
+    if args.nproc is not None and args.nproc < 1:
+        raise SystemExit(f"normrnn train: error: --nproc must be a positive int, got {args.nproc}")
+    if args.nproc and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        return launch(args)
     try:
         if args.threads:
             import torch
@@ -119,9 +144,13 @@ def main(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, DataUnavailableError) as e:
         raise SystemExit(f"normrnn train: error: {e}") from None
     c = config
+    if not c.is_main_process:  # rank 0 speaks for the job
+        trainer.fit()
+        return 0
     action = f"resuming at step {trainer.step}" if args.resume else "training"
     print(f"{action}: {c.task} on {trainer.task.info.get('dataset')} | {c.cell} norm={c.norm} layers={c.layers} "
-          f"hidden={c.hidden} | {trainer.steps_per_epoch} steps/epoch | run dir {c.out}", file=sys.stderr)
+          f"hidden={c.hidden} | {trainer.steps_per_epoch} steps/epoch | run dir {c.out}"
+          + (f" | {c.world_size} processes" if c.world_size > 1 else ""), file=sys.stderr)
     summary = trainer.fit()
     _report(summary)
     return 0
@@ -140,3 +169,46 @@ def _report(summary: dict[str, Any], stream: Optional[Any] = None) -> None:
     print(f"valid {metric} {valid:.4f}" if valid is not None else f"valid {metric} n/a", file=stream)
     if test is not None:
         print(f"test {metric} {test:.4f}", file=stream)
+
+
+def _env_rank_world() -> tuple[int, int]:
+    from .distributed import env_rank_world
+
+    return env_rank_world()
+
+
+def worker_argv(args: argparse.Namespace) -> list[str]:
+    """The ``normrnn train`` options typed in ``args``, as a command line, without the launch-only ones.
+
+    Rebuilt from the parser rather than taken from ``sys.argv``, so it also works when ``main`` is called from
+    Python. A fresh run gets its run directory fixed here, so every worker writes to (and reads) the same one.
+    """
+    assert _PARSER is not None, "register() builds the parser first"
+    argv: list[str] = []
+    values = vars(args)
+    for action in _PARSER._actions:
+        if not action.option_strings or action.dest in _LAUNCH_ONLY:
+            continue
+        value = values.get(action.dest)
+        if value is None:
+            continue
+        flag = action.option_strings[-1]
+        argv += [flag] if action.nargs == 0 else [flag, str(value)]
+    if not args.resume and args.out is None:
+        argv += ["--out", f"runs/{args.task or 'charlm'}-{args.norm or 'layer'}-{time.strftime('%Y%m%d-%H%M%S')}"]
+    return argv
+
+
+def launch(args: argparse.Namespace) -> int:
+    """Run ``python -m normrnn train ...`` in ``args.nproc`` processes through ``torch.distributed.run`` on this
+    machine (a free local port; one CPU thread per process unless --threads says otherwise).
+
+    Returns the launcher's exit status: non-zero, with the failing rank's error, when any worker fails (the
+    launcher stops the others; the process-group timeout covers a worker that hangs instead of dying).
+    """
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+           "--max_restarts=0", "-m", "normrnn", "train", *worker_argv(args)]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")  # N processes share the cores; torch's default would oversubscribe
+    print(f"normrnn train: launching {args.nproc} processes: {' '.join(cmd[1:])}", file=sys.stderr)
+    return subprocess.run(cmd, env=env).returncode

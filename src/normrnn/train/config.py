@@ -24,8 +24,9 @@ SYNTHETIC_NAMES = {"adding": ("synthetic", "adding"), "copy": ("synthetic", "cop
 
 # Options a resumed run may change: they decide how long and where it runs and what it reports, not what it
 # computes at each step. (Changing max_steps/epochs changes a cosine schedule's horizon; that is the user's call.)
+# `rank` is who runs, not what is computed: every rank resumes from the config.json rank 0 wrote.
 RESUME_SAFE = frozenset({"epochs", "max_steps", "device", "progress", "checkpoint_every", "eval_every", "out",
-                         "tensorboard", "eval_limit", "log_every"})
+                         "tensorboard", "eval_limit", "log_every", "rank", "dist_timeout"})
 
 
 @dataclass
@@ -78,9 +79,11 @@ class TrainConfig:
     log_every: int = 10  # write the training loss to metrics.jsonl every N updates (hooks see every one)
     progress: bool = True
     tensorboard: bool = True  # only used when the tensorboard package is importable
-    # distributed seams (a later issue adds DDP; now only rank 0 of 1)
+    # multi-process training (torchrun / `normrnn train --nproc N` set rank and world_size from the environment)
     rank: int = 0
-    world_size: int = 1
+    world_size: int = 1  # batch_size is per rank: the global batch is world_size·batch_size
+    sync_stats: bool = False  # batch norm: per-step statistics over all ranks (normrnn.sync)
+    dist_timeout: float = 600.0  # seconds any collective may wait for a peer before the job fails
     # task-specific knobs: adding {"min_len"}, copy {"copy_len", "symbols", "min_delay"} (variable lengths)
     extra: dict = field(default_factory=dict)
 
@@ -95,6 +98,11 @@ class TrainConfig:
     def is_main_process(self) -> bool:
         """Only rank 0 logs, evaluates and checkpoints."""
         return self.rank == 0
+
+    @property
+    def syncs_batch_norm(self) -> bool:
+        """Whether batch-norm statistics are all-reduced across ranks (one collective per norm and step)."""
+        return self.sync_stats and self.norm == "batch" and self.world_size > 1
 
     def rnn_config(self, max_steps: int = 256) -> RNNConfig:
         """The model's recurrent options; ``max_steps``: batch-norm statistics to keep (the task's length)."""
@@ -149,6 +157,10 @@ def validate(c: TrainConfig) -> None:
     for name in ("checkpoint_every", "eval_every", "warmup", "seed", "rank"):
         _positive(name, getattr(c, name), allow_zero=True)
     _positive("world_size", c.world_size)
+    if not isinstance(c.sync_stats, bool):
+        raise ValueError(f"sync_stats must be a bool, got {c.sync_stats!r}")
+    if isinstance(c.dist_timeout, bool) or not isinstance(c.dist_timeout, (int, float)) or not c.dist_timeout > 0:
+        raise ValueError(f"dist_timeout must be a positive number of seconds, got {c.dist_timeout!r}")
     if c.rank >= c.world_size:
         raise ValueError(f"rank {c.rank} is not below world_size {c.world_size}")
     for name in ("dropout", "zoneout", "dropconnect"):

@@ -7,6 +7,11 @@ Exact resume rests on three things: the batches of an epoch are a pure function 
 :mod:`.batches`); a checkpoint holds everything a step reads (weights, optimizer and schedule state, the carried
 BPTT state, the data position and every RNG state); and evaluation runs with forked RNG so it never shifts the
 random numbers training draws.
+
+Several processes (``world_size > 1``, launched by torchrun): each rank trains on its share of every step's
+batches in DDP (:mod:`.distributed`), all ranks log the same all-reduced loss, rank 0 evaluates (the result is
+broadcast) and writes checkpoints, which hold every rank's RNG and BPTT state, so a restart with the same world
+size resumes exactly.
 """
 from __future__ import annotations
 
@@ -21,11 +26,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..models import count_parameters
-from .batches import shard
 from .checkpoint import (atomic_save, atomic_write_text, checkpoint_path, load_checkpoint, rng_state,
                          seed_everything, set_rng_state)
 from .config import TrainConfig, check_resume_compatible
-from .distributed import unwrap_model, wrap_model
+from .distributed import (all_reduce_mean, broadcast_object, gather_objects, init_distributed, local_device,
+                          pad_to_common_length, rank_plan, shutdown, unwrap_model, wrap_model)
 from .runlog import Hook, RunLog
 from .tasks import Task, make_task, to_device
 
@@ -90,6 +95,13 @@ class Trainer:
     def __init__(self, config: TrainConfig, hooks: Sequence[Hook] = (), resume: bool = False) -> None:
         self.config, self.hooks = config, list(hooks)
         self.device = resolve_device(config.device)
+        self.distributed = config.world_size > 1
+        if self.distributed:
+            self.device = local_device(self.device)
+        self._owns_group = init_distributed(config, self.device)
+        if self.distributed:
+            # A default run dir is stamped with the time, which may differ between ranks: rank 0's wins.
+            config.out = broadcast_object(config.out, config)
         self.main = config.is_main_process
         self.run_dir = Path(config.out) if config.out else None
         checkpoint = self._prepare_run_dir(resume)
@@ -98,10 +110,13 @@ class Trainer:
         seed_everything(config.seed)
         self.task: Task = make_task(config)
         self.model = self.task.build_model().to(self.device)
-        self.module = wrap_model(self.model, config)  # what the loop calls (DDP later)
+        self.module = wrap_model(self.model, config, self.device)  # what the loop calls (DDP with world > 1)
+        if self.distributed and config.rank > 0:
+            # Same init everywhere (DDP also broadcasts rank 0's weights), but each rank its own dropout masks.
+            seed_everything(config.seed + 7919 * config.rank)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.params, config)
-        self.steps_per_epoch = len(shard(self.task.train_plan(0), config.rank, config.world_size))
+        self.steps_per_epoch = len(rank_plan(self.task, 0, config))
         if self.steps_per_epoch == 0:
             raise ValueError(f"the training split gives no batch of size {config.batch_size}; "
                              f"lower --batch-size or raise --limit")
@@ -161,10 +176,12 @@ class Trainer:
         self.scheduler.load_state_dict(ck["scheduler"])
         self.step, self.epoch, self.batch_index = ck["step"], ck["epoch"], ck["batch_index"]
         self.best, self.last_valid, self.diverged = ck["best"], ck["last_valid"], ck.get("diverged", False)
+        # Several ranks: each continues with its own RNG and BPTT state (world_size cannot change on resume).
+        mine = ck["ranks"][self.config.rank] if "ranks" in ck else ck
         if self.batch_index > 0:  # mid-epoch: the truncated-BPTT state continues where it stopped
             self.task.start_epoch(self.epoch)
-            self.task.load_carry_state(ck["carry"], self.device)
-        set_rng_state(ck["rng"])  # last: nothing above may draw random numbers after this
+            self.task.load_carry_state(mine["carry"], self.device)
+        set_rng_state(mine["rng"])  # last: nothing above may draw random numbers after this
 
     def state_dict(self) -> dict[str, Any]:
         return {"version": CHECKPOINT_VERSION, "config": self.config.to_dict(),
@@ -173,10 +190,25 @@ class Trainer:
                 "batch_index": self.batch_index, "carry": self.task.carry_state(), "best": self.best,
                 "last_valid": self.last_valid, "diverged": self.diverged, "rng": rng_state()}
 
+    def _rank_states(self) -> Optional[list[dict[str, Any]]]:
+        """Every rank's RNG and carried BPTT state (on CPU), gathered on all ranks; None for one process."""
+        if not self.distributed:
+            return None
+        carry = self.task.carry_state()
+        if carry is not None:
+            carry = carry.cpu() if torch.is_tensor(carry) else tuple(s.cpu() for s in carry)
+        return gather_objects({"rng": rng_state(), "carry": carry}, self.config)
+
     def save_checkpoint(self) -> None:
-        if self.run_dir is None or not self.main:
+        if self.run_dir is None:
             return
-        atomic_save(self.state_dict(), checkpoint_path(self.run_dir))
+        ranks = self._rank_states()  # a collective: every rank takes part, rank 0 writes
+        if not self.main:
+            return
+        state = self.state_dict()
+        if ranks is not None:
+            state["ranks"] = ranks
+        atomic_save(state, checkpoint_path(self.run_dir))
         self._emit("checkpoint", {"step": self.step, "epoch": self.epoch, "batch_index": self.batch_index})
 
     # ------------------------------------------------------------------------------------------ hooks & logs
@@ -195,7 +227,7 @@ class Trainer:
         stopped = False
         # max_steps, when given, wins over epochs: exactly max_steps updates, over as many epochs as that takes.
         while (limit is not None or self.epoch < c.epochs) and not stopped:
-            plan = shard(self.task.train_plan(self.epoch), c.rank, c.world_size)
+            plan = rank_plan(self.task, self.epoch, c)
             if self.batch_index == 0:
                 self.task.start_epoch(self.epoch)
             bar = tqdm(total=len(plan), initial=self.batch_index,
@@ -232,18 +264,21 @@ class Trainer:
             atomic_write_text(json.dumps(summary, indent=2), self.run_dir / "summary.json")
         self._emit("end", summary)
         self.log.close()
+        shutdown(self._owns_group)
         return summary
 
     def _train_step(self, batch: dict) -> tuple[float, int]:
         """One update on ``batch``; returns (loss, items). Sets ``diverged`` on a non-finite loss."""
         c = self.config
         self.module.train()
-        loss, n = self.task.loss(self.module, to_device(batch, self.device))
+        batch = pad_to_common_length(to_device(batch, self.device), c)
+        loss, n = self.task.loss(self.module, batch)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # DDP averages the gradients over ranks here
         # The norm is computed (and reported) even without clipping: inf max_norm leaves gradients unchanged.
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, c.clip if c.clip > 0 else math.inf))
-        value = float(loss.detach())
+        # The mean over ranks: what every rank logs, and a divergence all ranks agree on (else they'd part ways).
+        value = all_reduce_mean(float(loss.detach()), c, self.device)
         if not math.isfinite(value):
             # A diverged run is a result, not a crash: stop training and report it.
             self.diverged = True
@@ -264,17 +299,10 @@ class Trainer:
     def evaluate(self, split: str) -> dict[str, float]:
         """Metrics of the current weights on ``split``; logged, and for ``valid`` tracked as best/last.
 
-        RNG is forked so evaluation never changes what training draws next (exact resume)."""
-        if not self.main:
-            return {}
-        model = unwrap_model(self.module)
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            model.eval()
-            try:
-                metrics = self.task.evaluate(model, split)
-            finally:
-                model.train()
+        RNG is forked so evaluation never changes what training draws next (exact resume). Several ranks: rank 0
+        evaluates and broadcasts the metrics, so every rank tracks the same best and returns the same summary."""
+        metrics = self._compute_metrics(split) if self.main else {}
+        metrics = broadcast_object(metrics, self.config)
         record = {"kind": "eval", "split": split, "step": self.step, "epoch": self.epoch, **metrics}
         if split == "valid":
             self.last_valid = dict(record)
@@ -286,6 +314,16 @@ class Trainer:
         self._emit("eval", record)
         return metrics
 
+    def _compute_metrics(self, split: str) -> dict[str, float]:
+        model = unwrap_model(self.module)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            model.eval()
+            try:
+                return self.task.evaluate(model, split)
+            finally:
+                model.train()
+
     def _summary(self, test: dict[str, float], items: int, train_time: float) -> dict[str, Any]:
         valid = {k: v for k, v in self.last_valid.items() if k not in ("kind", "split", "step", "epoch")}
         return {
@@ -296,7 +334,7 @@ class Trainer:
             "best_valid": None if self.best is None else self.best["value"],
             "best_step": None if self.best is None else self.best["step"],
             "steps": self.step, "epochs_completed": self.epoch, "diverged": self.diverged,
-            "params": count_parameters(self.model), "unit": self.task.unit,
+            "params": count_parameters(self.model), "unit": self.task.unit, "world_size": self.config.world_size,
             # Throughput of this process's training steps only (evaluation and checkpoints excluded).
             "train_time_s": train_time, "items_per_s": items / train_time if train_time > 0 else None,
             "data": self.task.info, "run_dir": None if self.run_dir is None else str(self.run_dir),

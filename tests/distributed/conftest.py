@@ -1,0 +1,34 @@
+"""Shared by the distributed tests: run a worker of ``workers.py`` on 2 local gloo ranks, bounded in time."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))  # the reference computations import workers.py in this process too
+
+if not torch.distributed.is_available():  # pragma: no cover - every CPU build has gloo
+    pytest.skip("torch.distributed is not available", allow_module_level=True)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def run2():
+    """``run2("fn", **kwargs)``: ``workers.fn`` on ranks 0 and 1; returns their results."""
+    from normrnn.multiproc import run_local
+
+    def run(name: str, timeout: float = 60.0, **kwargs: Any) -> list[Any]:
+        return run_local(f"workers:{name}", 2, kwargs, path=str(HERE), timeout=timeout)
+
+    return run
