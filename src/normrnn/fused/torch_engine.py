@@ -31,10 +31,8 @@ def norm_forward(s: Tensor, kind: int, mask: Optional[Tensor], fix_mean: Tensor,
     for the running averages; ``count`` < 2 means the step used ``fix_mean``/``fix_var`` instead).
     """
     if kind == LAYER:
-        mean = s.mean(1, keepdim=True)
-        var = (s - mean).pow(2).mean(1, keepdim=True)
-        rstd = torch.rsqrt(var + eps)
-        return (s - mean) * rstd, rstd, None, None, None
+        shat, _, rstd = torch.native_layer_norm(s, (s.shape[1],), None, None, eps)
+        return shat, rstd, None, None, None
     if kind == RMS:
         rstd = torch.rsqrt(s.pow(2).mean(1, keepdim=True) + eps)
         return s * rstd, rstd, None, None, None
@@ -83,6 +81,11 @@ def _stats(T: int, F: int, like: Tensor, kind: int):
     return like.new_zeros(T, F), like.new_ones(T, F), like.new_zeros(T)
 
 
+def o_masked(h_all: Tensor, mask: Tensor) -> Tensor:
+    """The outputs: every step's state, zero where the sequence has ended. h_all (T+1, N, H), mask (T, N)."""
+    return h_all[1:] * mask.unsqueeze(-1).to(h_all.dtype)
+
+
 def _row(t: Tensor, i: int) -> Tensor:
     return t[i] if t.numel() else t
 
@@ -115,44 +118,45 @@ def lstm_forward(xa: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bias: Tensor,
     rstd_c = xa.new_empty(T, *((N, 1) if kind_c in (LAYER, RMS) else (1, H)))
     mean_h, var_h, count_h = _stats(T, G, xa, kind_h)
     mean_c, var_c, count_c = _stats(T, H, xa, kind_c)
-    out = xa.new_empty(T, N, H)
     wt = w_hh.t()
+    # The bias (and, for separate terms, the input term) added to the gates, for all steps at once.
+    base = (xa + bias) if not joint else bias.expand(T, N, G)
     for t in range(T):
         h, c = h_all[t], c_all[t]
         m = _mask_at(mask, t)
-        s = xa[t] + h @ wt if joint else h @ wt
+        s = torch.addmm(xa[t], h, wt) if joint else torch.mm(h, wt)
+        a = acts[t]  # the gates are computed in place in the saved buffer
         if gamma_h.numel():
             shat, r, mu, var, cnt = norm_forward(s, kind_h, m, _row(fix_mean_h, t), _row(fix_var_h, t), eps)
             shat_all[t], rstd_h[t] = shat, r
             if kind_h == BATCH:
                 mean_h[t], var_h[t], count_h[t] = mu, var, cnt
-            z = shat * gamma_h
+            torch.addcmul(base[t], shat, gamma_h, out=a)
         else:
-            z = s
-        a = z + bias if joint else xa[t] + z + bias
+            torch.add(base[t], s, out=a)
+        a[:, :2 * H].sigmoid_()
+        a[:, 3 * H:].sigmoid_()
+        a[:, 2 * H:3 * H].tanh_()
         i, f, g, o = a.chunk(4, 1)
-        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-        acts[t] = torch.cat([i, f, g, o], 1)
-        c_new = f * c + i * g
+        c_new = torch.addcmul(f * c, i, g)
         if gamma_c.numel():
             chat, r, mu, var, cnt = norm_forward(c_new, kind_c, m, _row(fix_mean_c, t), _row(fix_var_c, t), eps)
             chat_all[t], rstd_c[t] = chat, r
             if kind_c == BATCH:
                 mean_c[t], var_c[t], count_c[t] = mu, var, cnt
-            c_out = chat * gamma_c + beta_c if beta_c.numel() else chat * gamma_c
+            c_out = torch.addcmul(beta_c, chat, gamma_c) if beta_c.numel() else chat * gamma_c
         else:
             c_out = c_new
-        tc = torch.tanh(c_out)
-        tc_all[t] = tc
-        h_new = o * tc
+        tc = torch.tanh(c_out, out=tc_all[t])
         c_keep = c_out if carry else c_new
         if m is None:
-            h_all[t + 1], c_all[t + 1], out[t] = h_new, c_keep, h_new
+            torch.mul(o, tc, out=h_all[t + 1])
+            c_all[t + 1] = c_keep
         else:
             keep = m.unsqueeze(1)
-            h_all[t + 1] = torch.where(keep, h_new, h)
+            h_all[t + 1] = torch.where(keep, o * tc, h)
             c_all[t + 1] = torch.where(keep, c_keep, c)
-            out[t] = h_new * keep
+    out = h_all[1:].clone() if mask.numel() == 0 else o_masked(h_all, mask)
     return [out, h_all, c_all, acts, shat_all, rstd_h, chat_all, rstd_c, tc_all, mean_h, var_h, count_h,
             mean_c, var_c, count_c]
 
@@ -168,10 +172,10 @@ def lstm_backward(dout: Tensor, dhT: Tensor, dcT: Tensor, like: Tensor, w_hh: Te
     T, N, G = like.shape
     H = G // 4
     dxa = torch.empty_like(like)
-    ds_all = torch.empty_like(like)  # gradient wrt the recurrent product h @ W_hhᵀ, every step
-    dbias = like.new_zeros(G)
-    dgamma_h = torch.zeros_like(gamma_h)
-    dgamma_c, dbeta_c = torch.zeros_like(gamma_c), torch.zeros_like(gamma_c)
+    # d(pre-activation) and d(recurrent product h W_hhᵀ) of every step; separate terms: dxa = da, joint: dxa = ds
+    da_all = torch.empty_like(like) if joint and gamma_h.numel() else dxa
+    ds_all = da_all if not gamma_h.numel() else (dxa if joint else torch.empty_like(like))
+    dcout_all = torch.empty_like(chat_all) if gamma_c.numel() else None
     dh, dc = dhT.clone(), dcT.clone()
     for t in range(T - 1, -1, -1):
         m = _mask_at(mask, t)
@@ -185,36 +189,38 @@ def lstm_backward(dout: Tensor, dhT: Tensor, dcT: Tensor, like: Tensor, w_hh: Te
             dc_step = dc
         i, f, g, o = acts[t].chunk(4, 1)
         tc = tc_all[t]
-        do = dh_step * tc
         dcout = dh_step * o * (1 - tc * tc)
         if carry:
-            dcout = dcout + dc_step
+            dcout += dc_step
         if gamma_c.numel():
-            chat = chat_all[t]
-            dgamma_c += (dcout * chat).sum(0)
-            dbeta_c += dcout.sum(0)
-            dc_new = norm_backward(dcout * gamma_c, chat, rstd_c[t], kind_c, m, int(count_c[t]) if count_c.numel()
-                                   else 0)
+            dcout_all[t] = dcout
+            dc_new = norm_backward(dcout * gamma_c, chat_all[t], rstd_c[t], kind_c, m,
+                                   int(count_c[t]) if count_c.numel() else 0)
         else:
             dc_new = dcout
         if not carry:
             dc_new = dc_new + dc_step
-        da = torch.cat([dc_new * g * i * (1 - i), dc_new * c_all[t] * f * (1 - f), dc_new * i * (1 - g * g),
-                        do * o * (1 - o)], 1)
-        dbias += da.sum(0)
+        di, df, dg, do = da_all[t].chunk(4, 1)
+        torch.mul(dc_new * g, i * (1 - i), out=di)
+        torch.mul(dc_new * c_all[t], f * (1 - f), out=df)
+        torch.mul(dc_new * i, 1 - g * g, out=dg)
+        torch.mul(dh_step * tc, o * (1 - o), out=do)
         if gamma_h.numel():
-            shat = shat_all[t]
-            dgamma_h += (da * shat).sum(0)
-            ds = norm_backward(da * gamma_h, shat, rstd_h[t], kind_h, m, int(count_h[t]) if count_h.numel() else 0)
-        else:
-            ds = da
-        dxa[t] = ds if joint else da
-        ds_all[t] = ds
-        dh = ds @ w_hh
+            ds_all[t] = norm_backward(da_all[t] * gamma_h, shat_all[t], rstd_h[t], kind_h, m,
+                                      int(count_h[t]) if count_h.numel() else 0)
+        dh = ds_all[t] @ w_hh
         dc = dc_new * f
         if m is not None:
             dh, dc = dh + dh_pass, dc + dc_pass
-    dw_hh = ds_all.reshape(T * N, G).t() @ h_all[:-1].reshape(T * N, H)
+    rows = T * N
+    dw_hh = ds_all.reshape(rows, G).t() @ h_all[:-1].reshape(rows, H)
+    dbias = da_all.reshape(rows, G).sum(0)
+    dgamma_h = (da_all * shat_all).reshape(rows, G).sum(0) if gamma_h.numel() else torch.zeros_like(gamma_h)
+    if gamma_c.numel():
+        dgamma_c = (dcout_all * chat_all).reshape(rows, H).sum(0)
+        dbeta_c = dcout_all.reshape(rows, H).sum(0)
+    else:
+        dgamma_c = dbeta_c = torch.zeros_like(gamma_c)
     return [dxa, dh, dc, dw_hh, dbias, dgamma_h, dgamma_c, dbeta_c]
 
 
