@@ -58,7 +58,13 @@ def build_blocks(results: list[ClaimResult], ctx: StudyContext, env: dict, figur
     # the usual comparison table, measured
     rows: dict[str, dict[str, str]] = {}
     for r in results:
-        for row, cells in r.claim.summary_cells(r.records, r.verdict).items():
+        ok = [rec for rec in r.records if "error" not in rec.result]
+        try:
+            summary = r.claim.summary_cells(ok, r.verdict) if ok else {}
+        except Exception as e:  # noqa: BLE001 - one claim's summary bug must not lose the report
+            summary = {}
+            print(f"normrnn study: no summary cells for {r.claim.id}: {type(e).__name__}: {e}")
+        for row, cells in summary.items():
             for col, text in cells.items():
                 rows.setdefault(row, {})[col] = (rows.get(row, {}).get(col, "") + " " if rows.get(row, {}).get(col)
                                                  else "") + f"{text} [{r.claim.id}](#{anchor(r.claim.id)})"
