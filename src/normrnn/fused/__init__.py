@@ -126,7 +126,7 @@ class _LSTMFunction(torch.autograd.Function):
     @staticmethod
     def infer(flags, xa, h0, c0, w_hh, bias, gamma_h, gamma_c, beta_c, mask, fmh, fvh, fmc, fvc):
         r = engine().lstm_forward(xa, h0, c0, w_hh, bias, gamma_h, gamma_c, beta_c, mask, fmh, fvh, fmc, fvc,
-                                  *flags)
+                                  *flags, False)
         return r[0], r[1][-1], r[2][-1], *r[9:15]
 
     @staticmethod
@@ -135,7 +135,7 @@ class _LSTMFunction(torch.autograd.Function):
         eng = engine()
         (out, h_all, c_all, acts, shat, rstd_h, chat, rstd_c, tc, mean_h, var_h, count_h, mean_c, var_c,
          count_c) = eng.lstm_forward(xa, h0, c0, w_hh, bias, gamma_h, gamma_c, beta_c, mask, fmh, fvh, fmc, fvc,
-                                     kind_h, kind_c, joint, carry, eps)
+                                     kind_h, kind_c, joint, carry, eps, True)
         ctx.flags, ctx.eng = flags, eng
         # The input term xa is not kept: backward needs only its shape, which acts has too.
         ctx.save_for_backward(w_hh, gamma_h, gamma_c, mask, h_all, c_all, acts, shat, rstd_h, chat, rstd_c, tc,
@@ -157,7 +157,7 @@ class _LSTMFunction(torch.autograd.Function):
 class _GRUFunction(torch.autograd.Function):
     @staticmethod
     def infer(flags, xa, h0, w_hh, bias_hh, gamma_h, mask, fmh, fvh):
-        r = engine().gru_forward(xa, h0, w_hh, bias_hh, gamma_h, mask, fmh, fvh, *flags)
+        r = engine().gru_forward(xa, h0, w_hh, bias_hh, gamma_h, mask, fmh, fvh, *flags, False)
         return r[0], r[1][-1], *r[6:9]
 
     @staticmethod
@@ -165,7 +165,7 @@ class _GRUFunction(torch.autograd.Function):
         kind_h, eps = flags
         eng = engine()
         out, h_all, acts, rec_n, shat, rstd_h, mean_h, var_h, count_h = eng.gru_forward(
-            xa, h0, w_hh, bias_hh, gamma_h, mask, fmh, fvh, kind_h, eps)
+            xa, h0, w_hh, bias_hh, gamma_h, mask, fmh, fvh, kind_h, eps, True)
         ctx.flags, ctx.eng = flags, eng
         ctx.save_for_backward(w_hh, gamma_h, mask, h_all, acts, rec_n, shat, rstd_h, count_h)
         ctx.mark_non_differentiable(mean_h, var_h, count_h)
@@ -182,7 +182,7 @@ class _GRUFunction(torch.autograd.Function):
 class _RNNFunction(torch.autograd.Function):
     @staticmethod
     def infer(flags, xa, h0, w_hh, bias, gamma_h, mask, fmh, fvh):
-        r = engine().rnn_forward(xa, h0, w_hh, bias, gamma_h, mask, fmh, fvh, *flags)
+        r = engine().rnn_forward(xa, h0, w_hh, bias, gamma_h, mask, fmh, fvh, *flags, False)
         return r[0], r[1][-1], *r[5:8]
 
     @staticmethod
@@ -190,7 +190,7 @@ class _RNNFunction(torch.autograd.Function):
         kind_h, joint, relu, eps = flags
         eng = engine()
         out, h_all, act, shat, rstd_h, mean_h, var_h, count_h = eng.rnn_forward(
-            xa, h0, w_hh, bias, gamma_h, mask, fmh, fvh, kind_h, joint, relu, eps)
+            xa, h0, w_hh, bias, gamma_h, mask, fmh, fvh, kind_h, joint, relu, eps, True)
         ctx.flags, ctx.eng = flags, eng
         ctx.save_for_backward(w_hh, gamma_h, mask, h_all, act, shat, rstd_h, count_h)
         ctx.mark_non_differentiable(mean_h, var_h, count_h)

@@ -1,7 +1,8 @@
 """The fused time loop in plain PyTorch, with hand-written backpropagation through time.
 
 This is the fallback when the C++ kernels cannot be built, and the executable specification they follow: the
-native engine (``csrc/engine.cpp``) has the same functions, arguments and results, step for step.
+native engine (``csrc/engine.cpp``) has the same functions, arguments and results, step for step. (``keep=False``
+lets the native forward reuse one step's buffers when nothing will run backward; here it changes nothing.)
 
 Why it is faster than the reference loop: autograd records nothing per step. Forward keeps only what backward
 needs; backward runs one pass per step and computes the recurrent weight gradient as a single GEMM over all
@@ -99,7 +100,8 @@ def _mask_at(mask: Tensor, t: int) -> Optional[Tensor]:
 
 def lstm_forward(xa: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bias: Tensor, gamma_h: Tensor, gamma_c: Tensor,
                  beta_c: Tensor, mask: Tensor, fix_mean_h: Tensor, fix_var_h: Tensor, fix_mean_c: Tensor,
-                 fix_var_c: Tensor, kind_h: int, kind_c: int, joint: bool, carry: bool, eps: float) -> list[Tensor]:
+                 fix_var_c: Tensor, kind_h: int, kind_c: int, joint: bool, carry: bool, eps: float,
+                 keep: bool = True) -> list[Tensor]:
     """LSTM over T steps.
 
     xa (T, N, 4H): the input term (normalized when the terms are separate); bias (4H,) is added after the norm;
@@ -228,7 +230,7 @@ def lstm_backward(dout: Tensor, dhT: Tensor, dcT: Tensor, like: Tensor, w_hh: Te
 
 
 def gru_forward(xa: Tensor, h0: Tensor, w_hh: Tensor, bias_hh: Tensor, gamma_h: Tensor, mask: Tensor,
-                fix_mean_h: Tensor, fix_var_h: Tensor, kind_h: int, eps: float) -> list[Tensor]:
+                fix_mean_h: Tensor, fix_var_h: Tensor, kind_h: int, eps: float, keep: bool = True) -> list[Tensor]:
     """GRU over T steps (separate terms). xa (T, N, 3H): the input term plus bias_ih; bias_hh (3H,) is added to
     the normalized recurrent term before the reset gate multiplies its candidate part.
     Returns [out, h_all (T+1,N,H), acts (T,N,3H) = (r, u, n), rec_n (T,N,H), shat (T,N,3H), rstd_h, mean_h,
@@ -313,7 +315,7 @@ def gru_backward(dout: Tensor, dhT: Tensor, like: Tensor, w_hh: Tensor, gamma_h:
 
 def rnn_forward(xa: Tensor, h0: Tensor, w_hh: Tensor, bias: Tensor, gamma_h: Tensor, mask: Tensor,
                 fix_mean_h: Tensor, fix_var_h: Tensor, kind_h: int, joint: bool, relu: bool,
-                eps: float) -> list[Tensor]:
+                eps: float, keep: bool = True) -> list[Tensor]:
     """Elman RNN over T steps. xa (T, N, H); bias (H,) after the norm. Returns [out, h_all, shat, rstd_h,
     mean_h, var_h, count_h]; h_all[t+1] holds the new state (the activation's output)."""
     T, N, H = xa.shape

@@ -391,17 +391,19 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
                                           const at::Tensor& gamma_c, const at::Tensor& beta_c,
                                           const at::Tensor& mask, const at::Tensor& fmh, const at::Tensor& fvh,
                                           const at::Tensor& fmc, const at::Tensor& fvc, int64_t kind_h,
-                                          int64_t kind_c, bool joint, bool carry, double eps_) {
+                                          int64_t kind_c, bool joint, bool carry, double eps_, bool keep) {
   const int64_t T_ = xa.size(0), N = xa.size(1), G = xa.size(2), H = G / 4;
   const T eps = static_cast<T>(eps_);
+  // Without backward to feed (inference), the per-step buffers hold one step and are reused.
+  const int64_t Tk = keep ? T_ : 1;
   const auto o = xa.options();
   const bool has_h = gamma_h.numel() > 0, has_c = gamma_c.numel() > 0, has_beta = beta_c.numel() > 0;
   auto h_all = at::empty({T_ + 1, N, H}, o), c_all = at::empty({T_ + 1, N, H}, o);
   h_all[0].copy_(h0);
   c_all[0].copy_(c0);
-  auto acts = at::empty({T_, N, G}, o), shat_all = at::empty({T_, N, G}, o);
-  auto chat_all = at::empty({T_, N, H}, o), tc_all = at::empty({T_, N, H}, o), out = at::empty({T_, N, H}, o);
-  auto rstd_h = rstd_buffer(kind_h, T_, N, G, o), rstd_c = rstd_buffer(kind_c, T_, N, H, o);
+  auto acts = at::empty({Tk, N, G}, o), shat_all = at::empty({Tk, N, G}, o);
+  auto chat_all = at::empty({Tk, N, H}, o), tc_all = at::empty({Tk, N, H}, o), out = at::empty({T_, N, H}, o);
+  auto rstd_h = rstd_buffer(kind_h, Tk, N, G, o), rstd_c = rstd_buffer(kind_c, Tk, N, H, o);
   auto mean_h = stats_buffer(kind_h, T_, G, o, 0), var_h = stats_buffer(kind_h, T_, G, o, 1);
   auto mean_c = stats_buffer(kind_c, T_, H, o, 0), var_c = stats_buffer(kind_c, T_, H, o, 1);
   auto count_h = kind_h == BATCH ? at::zeros({T_}, o) : at::empty({0}, o);
@@ -416,16 +418,17 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
   T* cn = cnew.data_ptr<T>();
 
   for (int64_t t = 0; t < T_; ++t) {
+    const int64_t tk = keep ? t : 0;
     const auto ht = h_all[t];
     if (joint) at::addmm_out(s, xa[t], ht, wt); else at::mm_out(s, ht, wt);
     const bool* m = mk ? mk + t * N : nullptr;
     const T* x = xa.data_ptr<T>() + t * N * G;
-    T* a_t = acts.data_ptr<T>() + t * N * G;
-    T* shat_t = shat_all.data_ptr<T>() + t * N * G;
-    T* chat_t = chat_all.data_ptr<T>() + t * N * H;
-    T* tc_t = tc_all.data_ptr<T>() + t * N * H;
-    T* rh = rstd_h.data_ptr<T>() + t * rstd_h.size(1) * rstd_h.size(2);
-    T* rc = rstd_c.data_ptr<T>() + t * rstd_c.size(1) * rstd_c.size(2);
+    T* a_t = acts.data_ptr<T>() + tk * N * G;
+    T* shat_t = shat_all.data_ptr<T>() + tk * N * G;
+    T* chat_t = chat_all.data_ptr<T>() + tk * N * H;
+    T* tc_t = tc_all.data_ptr<T>() + tk * N * H;
+    T* rh = rstd_h.data_ptr<T>() + tk * rstd_h.size(1) * rstd_h.size(2);
+    T* rc = rstd_c.data_ptr<T>() + tk * rstd_c.size(1) * rstd_c.size(2);
     const T* hp = h_all.data_ptr<T>() + t * N * H;
     const T* cp = c_all.data_ptr<T>() + t * N * H;
     T* hn = h_all.data_ptr<T>() + (t + 1) * N * H;
@@ -620,16 +623,18 @@ template <typename T>
 std::vector<at::Tensor> gru_forward_impl(const at::Tensor& xa, const at::Tensor& h0, const at::Tensor& w_hh,
                                          const at::Tensor& bias_hh, const at::Tensor& gamma_h,
                                          const at::Tensor& mask, const at::Tensor& fmh, const at::Tensor& fvh,
-                                         int64_t kind_h, double eps_) {
+                                         int64_t kind_h, double eps_, bool keep) {
   const int64_t T_ = xa.size(0), N = xa.size(1), G = xa.size(2), H = G / 3;
   const T eps = static_cast<T>(eps_);
+  // Without backward to feed (inference), the per-step buffers hold one step and are reused.
+  const int64_t Tk = keep ? T_ : 1;
   const auto o = xa.options();
   const bool has_h = gamma_h.numel() > 0, has_b = bias_hh.numel() > 0;
   auto h_all = at::empty({T_ + 1, N, H}, o);
   h_all[0].copy_(h0);
-  auto acts = at::empty({T_, N, G}, o), shat_all = at::empty({T_, N, G}, o), rec_n_all = at::empty({T_, N, H}, o);
+  auto acts = at::empty({Tk, N, G}, o), shat_all = at::empty({Tk, N, G}, o), rec_n_all = at::empty({Tk, N, H}, o);
   auto out = at::empty({T_, N, H}, o);
-  auto rstd_h = rstd_buffer(kind_h, T_, N, G, o);
+  auto rstd_h = rstd_buffer(kind_h, Tk, N, G, o);
   auto mean_h = stats_buffer(kind_h, T_, G, o, 0), var_h = stats_buffer(kind_h, T_, G, o, 1);
   auto count_h = kind_h == BATCH ? at::zeros({T_}, o) : at::empty({0}, o);
   auto s = at::empty({N, G}, o);
@@ -639,9 +644,10 @@ std::vector<at::Tensor> gru_forward_impl(const at::Tensor& xa, const at::Tensor&
   const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   T* sp = s.data_ptr<T>();
   for (int64_t t = 0; t < T_; ++t) {
+    const int64_t tk = keep ? t : 0;
     at::mm_out(s, h_all[t], wt);
     const bool* m = mk ? mk + t * N : nullptr;
-    T* rh = rstd_h.data_ptr<T>() + t * rstd_h.size(1) * rstd_h.size(2);
+    T* rh = rstd_h.data_ptr<T>() + tk * rstd_h.size(1) * rstd_h.size(2);
     if (has_h && per_col(kind_h)) {
       const int64_t cnt = col_stats<T>(sp, N, G, m, ptr<T>(fmh) + t * G, ptr<T>(fvh) + t * G, eps, kind_h,
                                        colmean.data(), rh, kind_h == BATCH ? ptr<T>(mean_h) + t * G : nullptr,
@@ -649,9 +655,9 @@ std::vector<at::Tensor> gru_forward_impl(const at::Tensor& xa, const at::Tensor&
       if (kind_h == BATCH) count_h.data_ptr<T>()[t] = static_cast<T>(cnt);
     }
     const T* x_t = xa.data_ptr<T>() + t * N * G;
-    T* a_t = acts.data_ptr<T>() + t * N * G;
-    T* sh_t = shat_all.data_ptr<T>() + t * N * G;
-    T* rn_t = rec_n_all.data_ptr<T>() + t * N * H;
+    T* a_t = acts.data_ptr<T>() + tk * N * G;
+    T* sh_t = shat_all.data_ptr<T>() + tk * N * G;
+    T* rn_t = rec_n_all.data_ptr<T>() + tk * N * H;
     const T* hp = h_all.data_ptr<T>() + t * N * H;
     T* hn = h_all.data_ptr<T>() + (t + 1) * N * H;
     T* o_t = out.data_ptr<T>() + t * N * H;
@@ -734,15 +740,17 @@ template <typename T>
 std::vector<at::Tensor> rnn_forward_impl(const at::Tensor& xa, const at::Tensor& h0, const at::Tensor& w_hh,
                                          const at::Tensor& bias, const at::Tensor& gamma_h, const at::Tensor& mask,
                                          const at::Tensor& fmh, const at::Tensor& fvh, int64_t kind_h, bool joint,
-                                         bool relu, double eps_) {
+                                         bool relu, double eps_, bool keep) {
   const int64_t T_ = xa.size(0), N = xa.size(1), H = xa.size(2);
   const T eps = static_cast<T>(eps_);
+  // Without backward to feed (inference), the per-step buffers hold one step and are reused.
+  const int64_t Tk = keep ? T_ : 1;
   const auto o = xa.options();
   const bool has_h = gamma_h.numel() > 0;
   auto h_all = at::empty({T_ + 1, N, H}, o);
   h_all[0].copy_(h0);
-  auto act = at::empty({T_, N, H}, o), shat_all = at::empty({T_, N, H}, o), out = at::empty({T_, N, H}, o);
-  auto rstd_h = rstd_buffer(kind_h, T_, N, H, o);
+  auto act = at::empty({Tk, N, H}, o), shat_all = at::empty({Tk, N, H}, o), out = at::empty({T_, N, H}, o);
+  auto rstd_h = rstd_buffer(kind_h, Tk, N, H, o);
   auto mean_h = stats_buffer(kind_h, T_, H, o, 0), var_h = stats_buffer(kind_h, T_, H, o, 1);
   auto count_h = kind_h == BATCH ? at::zeros({T_}, o) : at::empty({0}, o);
   auto s = at::empty({N, H}, o), pre_buf = at::empty({N, H}, o);
@@ -753,9 +761,10 @@ std::vector<at::Tensor> rnn_forward_impl(const at::Tensor& xa, const at::Tensor&
   const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   T* sp = s.data_ptr<T>();
   for (int64_t t = 0; t < T_; ++t) {
+    const int64_t tk = keep ? t : 0;
     if (joint) at::addmm_out(s, xa[t], h_all[t], wt); else at::mm_out(s, h_all[t], wt);
     const bool* m = mk ? mk + t * N : nullptr;
-    T* rh = rstd_h.data_ptr<T>() + t * rstd_h.size(1) * rstd_h.size(2);
+    T* rh = rstd_h.data_ptr<T>() + tk * rstd_h.size(1) * rstd_h.size(2);
     if (has_h && per_col(kind_h)) {
       const int64_t cnt = col_stats<T>(sp, N, H, m, ptr<T>(fmh) + t * H, ptr<T>(fvh) + t * H, eps, kind_h,
                                        colmean.data(), rh, kind_h == BATCH ? ptr<T>(mean_h) + t * H : nullptr,
@@ -763,8 +772,8 @@ std::vector<at::Tensor> rnn_forward_impl(const at::Tensor& xa, const at::Tensor&
       if (kind_h == BATCH) count_h.data_ptr<T>()[t] = static_cast<T>(cnt);
     }
     const T* x_t = xa.data_ptr<T>() + t * N * H;
-    T* y_t = act.data_ptr<T>() + t * N * H;
-    T* sh_t = shat_all.data_ptr<T>() + t * N * H;
+    T* y_t = act.data_ptr<T>() + tk * N * H;
+    T* sh_t = shat_all.data_ptr<T>() + tk * N * H;
     const T* hp = h_all.data_ptr<T>() + t * N * H;
     T* hn = h_all.data_ptr<T>() + (t + 1) * N * H;
     T* o_t = out.data_ptr<T>() + t * N * H;
@@ -923,10 +932,10 @@ std::vector<at::Tensor> lstm_step_impl(const at::Tensor& x, const at::Tensor& h,
 std::vector<at::Tensor> lstm_forward(at::Tensor xa, at::Tensor h0, at::Tensor c0, at::Tensor w_hh, at::Tensor bias,
                                      at::Tensor gamma_h, at::Tensor gamma_c, at::Tensor beta_c, at::Tensor mask,
                                      at::Tensor fmh, at::Tensor fvh, at::Tensor fmc, at::Tensor fvc, int64_t kind_h,
-                                     int64_t kind_c, bool joint, bool carry, double eps) {
+                                     int64_t kind_c, bool joint, bool carry, double eps, bool keep) {
   return NORMRNN_DISPATCH(xa, "lstm_forward",
       lstm_forward_impl<scalar_t>(xa, h0, c0, w_hh, bias, gamma_h, gamma_c, beta_c, mask, fmh, fvh, fmc, fvc,
-                                  kind_h, kind_c, joint, carry, eps));
+                                  kind_h, kind_c, joint, carry, eps, keep));
 }
 
 std::vector<at::Tensor> lstm_backward(at::Tensor dout, at::Tensor dhT, at::Tensor dcT, at::Tensor like,
@@ -943,9 +952,9 @@ std::vector<at::Tensor> lstm_backward(at::Tensor dout, at::Tensor dhT, at::Tenso
 
 std::vector<at::Tensor> gru_forward(at::Tensor xa, at::Tensor h0, at::Tensor w_hh, at::Tensor bias_hh,
                                     at::Tensor gamma_h, at::Tensor mask, at::Tensor fmh, at::Tensor fvh,
-                                    int64_t kind_h, double eps) {
+                                    int64_t kind_h, double eps, bool keep) {
   return NORMRNN_DISPATCH(xa, "gru_forward",
-      gru_forward_impl<scalar_t>(xa, h0, w_hh, bias_hh, gamma_h, mask, fmh, fvh, kind_h, eps));
+      gru_forward_impl<scalar_t>(xa, h0, w_hh, bias_hh, gamma_h, mask, fmh, fvh, kind_h, eps, keep));
 }
 
 std::vector<at::Tensor> gru_backward(at::Tensor dout, at::Tensor dhT, at::Tensor like, at::Tensor w_hh,
@@ -959,9 +968,9 @@ std::vector<at::Tensor> gru_backward(at::Tensor dout, at::Tensor dhT, at::Tensor
 
 std::vector<at::Tensor> rnn_forward(at::Tensor xa, at::Tensor h0, at::Tensor w_hh, at::Tensor bias,
                                     at::Tensor gamma_h, at::Tensor mask, at::Tensor fmh, at::Tensor fvh,
-                                    int64_t kind_h, bool joint, bool relu, double eps) {
+                                    int64_t kind_h, bool joint, bool relu, double eps, bool keep) {
   return NORMRNN_DISPATCH(xa, "rnn_forward",
-      rnn_forward_impl<scalar_t>(xa, h0, w_hh, bias, gamma_h, mask, fmh, fvh, kind_h, joint, relu, eps));
+      rnn_forward_impl<scalar_t>(xa, h0, w_hh, bias, gamma_h, mask, fmh, fvh, kind_h, joint, relu, eps, keep));
 }
 
 std::vector<at::Tensor> rnn_backward(at::Tensor dout, at::Tensor dhT, at::Tensor like, at::Tensor w_hh,
