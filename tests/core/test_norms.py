@@ -164,3 +164,18 @@ def test_carry_normalized_cell():
     torch.testing.assert_close(c.var(-1, unbiased=False), torch.ones(1, 2), atol=1e-3, rtol=0)
     m2 = normrnn.LSTM(3, 4, norm="layer", norm_cell=False)
     assert not hasattr(m2, "norm_cell_l0")
+
+
+def test_rms_norm_module_gradcheck():
+    """RMSNorm's fused kernel (used for the input term of every step at once) against autograd's finite
+    differences, through the input and the gain."""
+    from torch.autograd import gradcheck
+    from torch.func import functional_call
+
+    torch.manual_seed(9)
+    n = normrnn.RMSNorm(6).double()
+    x = torch.randn(4, 3, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.empty(6, dtype=torch.float64).uniform_(0.5, 1.5).requires_grad_()
+    assert gradcheck(lambda x, w: functional_call(n, {"weight": w}, (x,)), (x, w))
+    expected = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * w
+    torch.testing.assert_close(functional_call(n, {"weight": w}, (x,)), expected)
