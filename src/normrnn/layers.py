@@ -168,7 +168,7 @@ class _NormRNNBase(nn.Module):
 
     def active_backend(self) -> str:
         """What runs: ``"reference"``, ``"fused-native"`` (C++ kernels) or ``"fused-torch"`` (their PyTorch twin)."""
-        return f"fused-{fused_engine_name()}" if self.uses_fused() else "reference"
+        return f"fused-{fused_engine_name(self.weight_ih_l0.device)}" if self.uses_fused() else "reference"
 
     def _initial_state(self, batch: PaddedBatch, index: int) -> State:
         if batch.hx is not None:

@@ -118,3 +118,9 @@ def test_inference_and_streaming_fast_paths(norm, extra):
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(torch.stack(steps), expected, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(state.hx[1], c, rtol=1e-10, atol=1e-12)
+
+
+def test_native_kernels_only_for_cpu_tensors():
+    """The C++ kernels read CPU memory: tensors elsewhere (CUDA) must get the PyTorch engine."""
+    assert fused.engine(torch.device("meta")) is fused.torch_engine
+    assert fused.engine_name(torch.device("meta")) == "torch"

@@ -26,9 +26,10 @@ from .torch_engine import BATCH, BATCH_FIXED, LAYER, NONE, RMS
 _forced: Optional[str] = None
 
 
-def engine():
-    """The native engine if it is (or can be) built, else the PyTorch one (see :func:`force_engine`)."""
-    if _forced == "torch":
+def engine(device: Optional[torch.device] = None):
+    """The native engine if it is (or can be) built, else the PyTorch one (see :func:`force_engine`). The native
+    kernels are CPU code: tensors on another device (CUDA) always run the PyTorch engine."""
+    if _forced == "torch" or (device is not None and device.type != "cpu"):
         return torch_engine
     loaded = native.load()
     if _forced == "native" and loaded is None:
@@ -49,9 +50,9 @@ def force_engine(name: Optional[str]):
         _forced = previous
 
 
-def engine_name() -> str:
-    """``"native"`` or ``"torch"``: which engine the fused backend runs on this machine."""
-    return "native" if engine() is not torch_engine else "torch"
+def engine_name(device: Optional[torch.device] = None) -> str:
+    """``"native"`` or ``"torch"``: which engine the fused backend runs for tensors on ``device``."""
+    return "native" if engine(device) is not torch_engine else "torch"
 
 
 def unsupported_reason(mode: str, norm_terms: str, zoneout: float, sync_stats: bool = False) -> Optional[str]:
@@ -125,14 +126,14 @@ def _apply(function, flags, *tensors):
 class _LSTMFunction(torch.autograd.Function):
     @staticmethod
     def infer(flags, xa, h0, c0, w_hh, bias, gamma_h, gamma_c, beta_c, mask, fmh, fvh, fmc, fvc):
-        r = engine().lstm_forward(xa, h0, c0, w_hh, bias, gamma_h, gamma_c, beta_c, mask, fmh, fvh, fmc, fvc,
+        r = engine(xa.device).lstm_forward(xa, h0, c0, w_hh, bias, gamma_h, gamma_c, beta_c, mask, fmh, fvh, fmc, fvc,
                                   *flags, False)
         return r[0], r[1][-1], r[2][-1], *r[9:15]
 
     @staticmethod
     def forward(ctx, flags, xa, h0, c0, w_hh, bias, gamma_h, gamma_c, beta_c, mask, fmh, fvh, fmc, fvc):
         kind_h, kind_c, joint, carry, eps = flags
-        eng = engine()
+        eng = engine(xa.device)
         (out, h_all, c_all, acts, shat, rstd_h, chat, rstd_c, tc, mean_h, var_h, count_h, mean_c, var_c,
          count_c) = eng.lstm_forward(xa, h0, c0, w_hh, bias, gamma_h, gamma_c, beta_c, mask, fmh, fvh, fmc, fvc,
                                      kind_h, kind_c, joint, carry, eps, True)
@@ -157,13 +158,13 @@ class _LSTMFunction(torch.autograd.Function):
 class _GRUFunction(torch.autograd.Function):
     @staticmethod
     def infer(flags, xa, h0, w_hh, bias_hh, gamma_h, mask, fmh, fvh):
-        r = engine().gru_forward(xa, h0, w_hh, bias_hh, gamma_h, mask, fmh, fvh, *flags, False)
+        r = engine(xa.device).gru_forward(xa, h0, w_hh, bias_hh, gamma_h, mask, fmh, fvh, *flags, False)
         return r[0], r[1][-1], *r[6:9]
 
     @staticmethod
     def forward(ctx, flags, xa, h0, w_hh, bias_hh, gamma_h, mask, fmh, fvh):
         kind_h, eps = flags
-        eng = engine()
+        eng = engine(xa.device)
         out, h_all, acts, rec_n, shat, rstd_h, mean_h, var_h, count_h = eng.gru_forward(
             xa, h0, w_hh, bias_hh, gamma_h, mask, fmh, fvh, kind_h, eps, True)
         ctx.flags, ctx.eng = flags, eng
@@ -182,13 +183,13 @@ class _GRUFunction(torch.autograd.Function):
 class _RNNFunction(torch.autograd.Function):
     @staticmethod
     def infer(flags, xa, h0, w_hh, bias, gamma_h, mask, fmh, fvh):
-        r = engine().rnn_forward(xa, h0, w_hh, bias, gamma_h, mask, fmh, fvh, *flags, False)
+        r = engine(xa.device).rnn_forward(xa, h0, w_hh, bias, gamma_h, mask, fmh, fvh, *flags, False)
         return r[0], r[1][-1], *r[5:8]
 
     @staticmethod
     def forward(ctx, flags, xa, h0, w_hh, bias, gamma_h, mask, fmh, fvh):
         kind_h, joint, relu, eps = flags
-        eng = engine()
+        eng = engine(xa.device)
         out, h_all, act, shat, rstd_h, mean_h, var_h, count_h = eng.rnn_forward(
             xa, h0, w_hh, bias, gamma_h, mask, fmh, fvh, kind_h, joint, relu, eps, True)
         ctx.flags, ctx.eng = flags, eng
@@ -214,7 +215,7 @@ def _sum_bias(p: CellParams, like: Tensor) -> Tensor:
 def _lstm_step(p: CellParams, x: Tensor, state: State, step: int, eps: float) -> Optional[State]:
     """Streaming's fast path: one LSTM step in one native call, when nothing needs a gradient and no norm
     computes batch statistics. ``None`` when it does not apply. x: (N, H_in); state (h, c), each (N, H)."""
-    eng = engine()
+    eng = engine(x.device)
     if eng is torch_engine or (torch.is_grad_enabled() and (x.requires_grad or p.weight_hh.requires_grad)):
         return None
     norms = (p.norm_ih, p.norm_gates if p.norm_gates is not None else p.norm_hh, p.norm_cell)
