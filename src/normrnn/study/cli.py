@@ -9,7 +9,7 @@ from typing import Any
 
 from .core import PROFILES, StudyContext
 
-DEFAULT_SEEDS = {"smoke": 1, "quick": 2, "full": 3}
+DEFAULT_SEEDS = {"smoke": 1, "quick": 3, "full": 3}
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -21,7 +21,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--only", help="comma-separated claim ids, e.g. C1,C5 (default: all twelve)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", default="study-out", help="output directory (default study-out)")
-    p.add_argument("--seeds", type=int, help="seeds per setting (default: smoke 1, quick 2, full 3)")
+    p.add_argument("--seeds", type=int, help="seeds per setting (default: smoke 1, quick 3, full 3)")
     p.add_argument("--text", help="your own UTF-8 text file for the char-LM claims")
     p.add_argument("--labelled", help="your own TSV file (label<TAB>text per line) for the classification claims")
     p.add_argument("--images", help="your own image set (MNIST IDX folder or CSV) for the image claims")

@@ -25,7 +25,7 @@ class StudyContext:
     """
 
     profile: str = "quick"
-    seeds: int = 2
+    seeds: int = 3
     device: str = "cpu"
     data_dir: Optional[str] = None
     text: Optional[str] = None  # the user's UTF-8 text file for the char-LM claims

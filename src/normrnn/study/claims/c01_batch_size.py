@@ -34,7 +34,7 @@ class BatchSize(Claim):
 
     def describe_setup(self, ctx: StudyContext) -> str:
         return (f"LSTM classifier ({ctx.pick(16, 64, 100)} units) over the rows of {image_data(ctx)} images "
-                f"(28 steps of 28 pixels), {ctx.pick(64, 3000, 55000)} training examples per run at every batch size "
+                f"(28 steps of 28 pixels), {ctx.pick(64, 6000, 55000)} training examples per run at every batch size "
                 f"{self.batches(ctx)}, Adam 2e-3, clip 1.0, seeds {ctx.seed_list}.")
 
     def experiments(self, ctx: StudyContext) -> list[Experiment]:
@@ -44,7 +44,7 @@ class BatchSize(Claim):
                 for seed in ctx.seed_list:
                     key = {"norm": norm, "batch": batch, "seed": seed}
                     spec = {**key, "claim": self.id, "data": image_data(ctx), "profile": ctx.profile,
-                            "hidden": ctx.pick(16, 64, 100), "examples": ctx.pick(64, 3000, 55000),
+                            "hidden": ctx.pick(16, 64, 100), "examples": ctx.pick(64, 6000, 55000),
                             "limit": ctx.pick(200, 4000, None), "eval_limit": ctx.pick(100, 500, None)}
                     exps.append(Experiment(key, spec))
         return exps

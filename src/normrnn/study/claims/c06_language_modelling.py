@@ -39,8 +39,8 @@ class LanguageModelling(Claim):
 
     def sizes(self, ctx: StudyContext) -> dict:
         return {"hidden": ctx.pick(16, 96, 1000), "seq_len": ctx.pick(10, 50, 100), "batch": ctx.pick(8, 32, 64),
-                "steps": ctx.pick(6, 150, 20000), "limit": ctx.pick(20000, 300000, None),
-                "eval_limit": ctx.pick(3000, 15000, None), "eval_every": ctx.pick(3, 30, 1000)}
+                "steps": ctx.pick(6, 400, 20000), "limit": ctx.pick(20000, 300000, None),
+                "eval_limit": ctx.pick(3000, 15000, None), "eval_every": ctx.pick(3, 50, 1000)}
 
     def lrs(self, ctx: StudyContext) -> list[float]:
         return ctx.pick([2e-3], [2e-3], [1e-3, 2e-3, 4e-3])
