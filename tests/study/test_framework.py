@@ -125,3 +125,43 @@ def test_report_files(tmp_path):
 def test_unknown_claim_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown claim.*C99"):
         load_claims(["C1", "C99"])
+
+
+def test_full_profile_tunes_the_learning_rate_per_norm():
+    """config() in the full profile picks the rate from the grid on a short run, once per setting."""
+    from normrnn.study import experiments
+
+    ctx = StudyContext(profile="full", seeds=2, progress=False)
+    experiments.take_tuning()
+    opts = dict(task="adding", data="synthetic", hidden=8, seq_len=10, batch_size=8, max_steps=10, limit=64,
+                eval_limit=32, lr=2e-3)
+    first = experiments.config(ctx, seed=0, **opts)
+    assert first.lr in {1e-3, 2e-3, 4e-3}
+    again = experiments.config(ctx, seed=1, **opts)  # another seed of the same setting: no new search
+    assert again.lr == first.lr and again.seed == 1
+    tuned = experiments.take_tuning()
+    assert tuned[0]["grid"] == [1e-3, 2e-3, 4e-3] and tuned[0]["chosen"] == first.lr and tuned[1]["cached"]
+    assert experiments.config(ctx, tune_lr=False, **opts).lr == 2e-3 and not experiments.take_tuning()
+    quick = experiments.config(StudyContext(profile="quick", progress=False), **opts)
+    assert quick.lr == 2e-3 and not experiments.take_tuning()  # quick runs take the claim's rate as given
+
+
+class TunedClaim(CountingClaim):
+    """A claim whose single run builds its config through the study's config() with tuning on."""
+
+    def experiments(self, ctx):
+        return [Experiment({"seed": 0}, {"seed": 0})]
+
+    def run(self, exp, ctx, workdir):
+        from normrnn.study.experiments import config
+
+        cfg = config(ctx, tune_lr=True, task="adding", data="synthetic", hidden=8, seq_len=10, batch_size=8,
+                     max_steps=5, limit=64, eval_limit=32, lr=1e-3, norm="layer")
+        return {"y": cfg.lr}
+
+
+def test_tuned_learning_rates_reach_the_report(tmp_path):
+    results = run_claims([TunedClaim()], CTX, tmp_path)
+    assert results[0].records[0].result["tuned_lr"][0]["norm"] == "layer"
+    paths = write_report(results, CTX, tmp_path)
+    assert "**Tuned.** Learning rate per norm" in paths["md"].read_text()

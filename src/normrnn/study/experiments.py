@@ -5,6 +5,9 @@ user's own files replace them when given (``--text``, ``--labelled``, ``--images
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 from typing import Any, Optional
 
 from ..train import LossRecorder, TrainConfig, Trainer
@@ -25,12 +28,54 @@ def text_data(ctx: StudyContext) -> Optional[str]:
     return ctx.labelled or ("wordnet" if ctx.profile == "full" else None)
 
 
-def config(ctx: StudyContext, **options: Any) -> TrainConfig:
-    """A TrainConfig for a study run: no run directory, the study's device and data cache, quiet unless asked."""
+LR_GRID = (0.5, 1.0, 2.0)  # full profile: multiples of a claim's learning rate tried for every norm
+_tuned: dict[str, float] = {}  # tuning key -> chosen lr (one search per setting, shared by its seeds)
+_chosen: list[dict] = []  # what config() tuned since the last take_tuning() (the runner stores it per run)
+
+
+def config(ctx: StudyContext, tune_lr: Optional[bool] = None, **options: Any) -> TrainConfig:
+    """A TrainConfig for a study run: no run directory, the study's device and data cache, quiet unless asked.
+
+    In the full profile (or with ``tune_lr=True``) the learning rate is not taken as given: :func:`choose_lr`
+    picks it per norm from ``LR_GRID`` × the claim's rate on a short run, so no single rate favours one method.
+    """
     base = dict(device=ctx.device, data_dir=ctx.data_dir, progress=ctx.progress, out=None, tensorboard=False,
                 log_every=10 ** 9)
     base.update(options)
-    return TrainConfig(**base)
+    cfg = TrainConfig(**base)
+    if tune_lr if tune_lr is not None else ctx.profile == "full":
+        cfg = dataclasses.replace(cfg, lr=choose_lr(cfg))
+    return cfg
+
+
+def choose_lr(cfg: TrainConfig, grid: tuple[float, ...] = LR_GRID, fraction: float = 0.2) -> float:
+    """The learning rate among ``grid`` × ``cfg.lr`` with the best valid metric after ``fraction`` of the run's
+    updates (seed 0, the same data order for every rate). A diverged trial ranks last. Cached per setting."""
+    key = json.dumps({k: v for k, v in cfg.to_dict().items() if k not in ("seed", "progress", "out")},
+                     sort_keys=True, default=str)
+    if key not in _tuned:
+        budget = max(1, int((cfg.max_steps or 200) * fraction))
+        scores = {}
+        for factor in grid:
+            trial = dataclasses.replace(cfg, lr=cfg.lr * factor, max_steps=budget, seed=0, progress=False, out=None,
+                                        eval_every=0)
+            summary = Trainer(trial).fit()
+            value = summary["best_valid"]
+            ok = not summary["diverged"] and value is not None and math.isfinite(value)
+            scores[trial.lr] = (value if summary["higher_is_better"] else -value) if ok else -math.inf
+        _tuned[key] = max(scores, key=scores.get)
+        _chosen.append({"norm": cfg.norm, "base_lr": cfg.lr, "grid": sorted(scores), "chosen": _tuned[key],
+                        "budget_steps": budget})
+    else:
+        _chosen.append({"norm": cfg.norm, "base_lr": cfg.lr, "chosen": _tuned[key], "cached": True})
+    return _tuned[key]
+
+
+def take_tuning() -> list[dict]:
+    """What :func:`config` tuned since the last call (and forget it)."""
+    out = list(_chosen)
+    _chosen.clear()
+    return out
 
 
 def train_run(cfg: TrainConfig, keep_curve: int = 200) -> tuple[dict, LossRecorder, Trainer]:

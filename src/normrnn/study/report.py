@@ -83,6 +83,11 @@ def build_blocks(results: list[ClaimResult], ctx: StudyContext, env: dict, figur
         blocks.append(("p", f"**Claim.** {c.statement}"))
         blocks.append(("p", f"**Hypothesis.** {c.hypothesis}"))
         blocks.append(("p", f"**Setup.** {c.describe_setup(ctx)} Metric: {c.metric}."))
+        tuned = sorted({(t["norm"], t["base_lr"], t["chosen"]) for rec in r.records
+                        for t in rec.result.get("tuned_lr", [])})
+        if tuned:
+            blocks.append(("p", "**Tuned.** Learning rate per norm, chosen from 0.5×/1×/2× the base rate on 20% of "
+                                "the updates: " + "; ".join(f"{n}: {b:g} → {c:g}" for n, b, c in tuned) + "."))
         if c.id in figures:
             blocks.append(("img", figures[c.id], f"{c.id}: {c.title}"))
         ok = [rec for rec in r.records if "error" not in rec.result]

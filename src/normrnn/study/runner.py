@@ -109,8 +109,15 @@ def judge(claim: Claim, records: list[Record], ctx: StudyContext) -> Verdict:
 def _run_one(claim: Claim, exp: Experiment, ctx: StudyContext, work: Path) -> dict:
     workdir = work / claim.id / exp.digest
     workdir.mkdir(parents=True, exist_ok=True)
+    from .experiments import take_tuning
+
+    take_tuning()
     try:
-        return claim.run(exp, ctx, workdir)
+        result = claim.run(exp, ctx, workdir)
+        tuned = take_tuning()
+        if tuned:  # the full profile's per-norm learning-rate choice, reported with the run
+            result.setdefault("tuned_lr", tuned)
+        return result
     except Exception as e:  # noqa: BLE001 - a failed run is recorded, the study goes on
         return {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=5)}
     finally:

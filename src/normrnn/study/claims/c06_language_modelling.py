@@ -67,7 +67,8 @@ class LanguageModelling(Claim):
 
     def run(self, exp: Experiment, ctx: StudyContext, workdir: Path) -> dict:
         s = exp.spec
-        cfg = config(ctx, task="charlm", data=s["data"], norm=s["norm"], hidden=s["hidden"], seq_len=s["seq_len"],
+        # The full profile's learning-rate grid is this claim's own experiment axis (see lrs()): no second search.
+        cfg = config(ctx, tune_lr=False, task="charlm", data=s["data"], norm=s["norm"], hidden=s["hidden"], seq_len=s["seq_len"],
                      batch_size=s["batch"], max_steps=s["steps"], limit=s["limit"], eval_limit=s["eval_limit"],
                      eval_every=s["eval_every"], seed=s["seed"], lr=s["lr"], clip=1.0,
                      gamma_init=0.1 if s["norm"] == "batch" else None)
