@@ -183,7 +183,8 @@ class _NormRNNBase(nn.Module):
         fused = self.uses_fused()
         finals: list[State] = []
         for k in range(self.num_layers):
-            layer_in = getattr(self, f"norm_input_l{k}")(x) if hasattr(self, f"norm_input_l{k}") else x
+            pre_norm = self._modules.get(f"norm_input_l{k}")  # (hasattr would raise and catch, per call)
+            layer_in = pre_norm(x) if pre_norm is not None else x
             outs = []
             for d in range(self.num_directions):
                 cell, h0 = self._cell(k, d), self._initial_state(batch, k * self.num_directions + d)

@@ -253,7 +253,9 @@ def _sum_bias(p: CellParams, like: Tensor) -> Tensor:
 
 def _lstm_step(p: CellParams, x: Tensor, state: State, step: int, eps: float) -> Optional[State]:
     """Streaming's fast path: one LSTM step in one native call, when nothing needs a gradient and no norm
-    computes batch statistics. ``None`` when it does not apply. x: (N, H_in); state (h, c), each (N, H)."""
+    computes batch statistics. ``None`` when it does not apply. x: (N, H_in); state (h, c), each (N, H).
+
+    Streaming at batch 1 is dominated by per-call overhead, so this keeps the Python side to a minimum."""
     eng = engine(x.device)
     if eng is torch_engine or (torch.is_grad_enabled() and (x.requires_grad or p.weight_hh.requires_grad)):
         return None
@@ -261,12 +263,16 @@ def _lstm_step(p: CellParams, x: Tensor, state: State, step: int, eps: float) ->
     kinds = [_kind(n) for n in norms]
     if BATCH in kinds:
         return None
-    steps = torch.tensor([step], device=x.device)
-    stats = [t.squeeze(0) if t.numel() else t for n in norms for t in _fixed_stats(n, steps, x)]
-    gains = [_or_empty(_gain(n), x) for n in norms]
-    beta_c = _or_empty(getattr(p.norm_cell, "bias", None), x)
+    empty = x.new_empty(0)
+    stats: list[Tensor] = []
+    steps = torch.tensor([step], device=x.device) if BATCH_FIXED in kinds else None
+    for n, kind in zip(norms, kinds):
+        stats += ([t.squeeze(0) for t in _fixed_stats(n, steps, x)] if kind == BATCH_FIXED else [empty, empty])
+    gains = [empty if g is None else g for g in map(_gain, norms)]
+    beta = getattr(p.norm_cell, "bias", None)
+    bias = empty.new_zeros(p.weight_hh.shape[0]) if p.bias_ih is None else p.bias_ih + p.bias_hh
     h, c = eng.lstm_step(x.contiguous(), state[0].contiguous(), state[1].contiguous(), p.weight_ih, p.weight_hh,
-                         _sum_bias(p, x), *gains, beta_c, *stats, *kinds, p.norm_gates is not None,
+                         bias, *gains, empty if beta is None else beta, *stats, *kinds, p.norm_gates is not None,
                          p.carry_normalized_cell, eps)
     return h, c
 
