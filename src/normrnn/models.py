@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 
-import torch
 from torch import Tensor, nn
 
 from .layers import GRU, LSTM, RNN

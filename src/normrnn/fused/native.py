@@ -44,7 +44,7 @@ def build_dir() -> Path:
 
 def load() -> Optional[ModuleType]:
     """The compiled kernels, building them the first time; ``None`` (after one warning) if that fails."""
-    global _module, _failed
+    global _module
     if _module is not None or _failed is not None or os.environ.get("NORMRNN_NATIVE", "1") == "0":
         return _module
     with _lock:

@@ -48,6 +48,16 @@ def config(ctx: StudyContext, tune_lr: Optional[bool] = None, **options: Any) ->
     return cfg
 
 
+def charlm_config(ctx: StudyContext, spec: dict, **options: Any) -> TrainConfig:
+    """The char-LM run a claim's spec describes (keys data, norm, hidden, seq_len, batch, steps, limit,
+    eval_limit, seed) with Cooijmans et al.'s Adam 2e-3 and clipping at 1.0; ``options`` override or add."""
+    base = dict(task="charlm", data=spec["data"], norm=spec["norm"], hidden=spec["hidden"], seq_len=spec["seq_len"],
+                batch_size=spec["batch"], max_steps=spec["steps"], limit=spec["limit"], eval_limit=spec["eval_limit"],
+                seed=spec["seed"], lr=2e-3, clip=1.0)
+    base.update(options)
+    return config(ctx, **base)
+
+
 def choose_lr(cfg: TrainConfig, grid: tuple[float, ...] = LR_GRID, fraction: float = 0.2) -> float:
     """The learning rate among ``grid`` × ``cfg.lr`` with the best valid metric after ``fraction`` of the run's
     updates (seed 0, the same data order for every rate). A diverged trial ranks last. Cached per setting."""

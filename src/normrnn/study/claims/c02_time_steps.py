@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ...norms import RecurrentBatchNorm
 from ..core import Claim, Experiment, Record, StudyContext, Verdict
-from ..experiments import charlm_data, config, smooth, train_run
+from ..experiments import charlm_config, charlm_data, smooth, train_run
 from ..stats import compare, fmt, group, mean
 
 NORMS = ("batch", "layer")
@@ -94,9 +94,7 @@ class TimeSteps(Claim):
 
     def run(self, exp: Experiment, ctx: StudyContext, workdir: Path) -> dict:
         s = exp.spec
-        cfg = config(ctx, task="charlm", data=s["data"], norm=s["norm"], hidden=s["hidden"], seq_len=s["seq_len"],
-                     batch_size=s["batch"], max_steps=s["steps"], limit=s["limit"], eval_limit=s["eval_limit"],
-                     seed=s["seed"], lr=2e-3, clip=1.0)
+        cfg = charlm_config(ctx, s)
         summary, _, trainer = train_run(cfg)
         model = trainer.model.eval()
         t, length = s["seq_len"], s["seq_len"] * max(s["factors"])

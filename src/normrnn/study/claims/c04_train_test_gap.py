@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from ...norms import RecurrentBatchNorm
 from ...train import LossRecorder, Trainer
 from ..core import Claim, Experiment, Record, StudyContext, Verdict
-from ..experiments import charlm_data, config, curve
-from ..stats import compare, fmt, group, mean, std
+from ..experiments import charlm_config, charlm_data, curve
+from ..stats import compare, fmt, mean, std
 
 VARIANTS = (("batch", 0.1), ("batch", 0.01), ("layer", 0.1))  # (norm, BN running-average momentum)
 MARGIN = 0.02  # bits per character
@@ -106,9 +106,7 @@ class TrainTestGap(Claim):
 
     def run(self, exp: Experiment, ctx: StudyContext, workdir: Path) -> dict:
         s = exp.spec
-        cfg = config(ctx, task="charlm", data=s["data"], norm=s["norm"], hidden=s["hidden"], seq_len=s["seq_len"],
-                     batch_size=s["batch"], max_steps=s["steps"], limit=s["limit"], eval_limit=s["eval_limit"],
-                     seed=s["seed"], lr=2e-3, clip=1.0)
+        cfg = charlm_config(ctx, s)
         checkpoints = sorted({max(1, s["steps"] // 4), s["steps"]})
         measured: dict[str, dict] = {}
         state: dict = {}

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 from ..core import Claim, Experiment, Record, StudyContext, Verdict
-from ..experiments import charlm_data, config, curve, train_run
+from ..experiments import charlm_config, charlm_data, curve, train_run
 from ..stats import compare, fmt, mean
 
 NORMS = ("none", "batch", "layer")
@@ -68,10 +68,8 @@ class LanguageModelling(Claim):
     def run(self, exp: Experiment, ctx: StudyContext, workdir: Path) -> dict:
         s = exp.spec
         # The full profile's learning-rate grid is this claim's own experiment axis (see lrs()): no second search.
-        cfg = config(ctx, tune_lr=False, task="charlm", data=s["data"], norm=s["norm"], hidden=s["hidden"], seq_len=s["seq_len"],
-                     batch_size=s["batch"], max_steps=s["steps"], limit=s["limit"], eval_limit=s["eval_limit"],
-                     eval_every=s["eval_every"], seed=s["seed"], lr=s["lr"], clip=1.0,
-                     gamma_init=0.1 if s["norm"] == "batch" else None)
+        cfg = charlm_config(ctx, s, tune_lr=False, eval_every=s["eval_every"], lr=s["lr"],
+                            gamma_init=0.1 if s["norm"] == "batch" else None)
         summary, rec, _ = train_run(cfg)
         evals = [e for e in rec.evals if e.get("split") == "valid"]
         return {"test_bpc": summary["test_bpc"], "valid_bpc": summary["valid_bpc"], "diverged": summary["diverged"],

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ...norms import RecurrentBatchNorm
 from ...train import LossRecorder, Trainer
 from ..core import Claim, Experiment, Record, StudyContext, Verdict
-from ..experiments import charlm_data, config, curve
+from ..experiments import charlm_config, charlm_data, curve
 from ..stats import compare, fmt, group, mean
 
 NORMS = ("batch", "layer")
@@ -100,9 +100,7 @@ class OnlineInference(Claim):
 
     def run(self, exp: Experiment, ctx: StudyContext, workdir: Path) -> dict:
         s = exp.spec
-        cfg = config(ctx, task="charlm", data=s["data"], norm=s["norm"], hidden=s["hidden"], seq_len=s["seq_len"],
-                     batch_size=s["batch"], max_steps=s["steps"], limit=s["limit"], eval_limit=s["eval_limit"],
-                     seed=s["seed"], lr=2e-3, clip=1.0)
+        cfg = charlm_config(ctx, s)
         holder: dict = {}
 
         def hook(event: str, record: dict) -> None:
