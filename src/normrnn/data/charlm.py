@@ -255,9 +255,7 @@ def load_charlm(
     """
     key = os.fspath(name_or_path)
     if key in registry.DATASETS:
-        ds = registry.get_dataset(key)
-        if ds.kind != "charlm":
-            raise ValueError(f"{key!r} is a {ds.kind} dataset, not a character-LM corpus")
+        registry.get_dataset_of_kind(key, "charlm", "a character-LM corpus")
         if key == "shakespeare":
             text = _shakespeare_text(registry.ensure_artifact(key, data_dir))
         elif key == "brown":
@@ -270,10 +268,7 @@ def load_charlm(
             _, splits = _from_local(local, max_chars)
             return _make(key, splits)
         return _make(key, split_90_5_5(_cap(text, max_chars)))
-    path = Path(key).expanduser()
-    if not path.exists() and os.sep not in key and "." not in key:
-        registry.get_dataset(key)  # raises ValueError listing known names
-    name, splits = _from_local(path, max_chars)
+    name, splits = _from_local(registry.local_path(key), max_chars)
     return _make(name, splits)
 
 

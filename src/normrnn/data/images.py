@@ -180,9 +180,7 @@ def load_image_sequences(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     key = os.fspath(name_or_path)
     if key in registry.DATASETS:
-        ds = registry.get_dataset(key)
-        if ds.kind != "image":
-            raise ValueError(f"{key!r} is a {ds.kind} dataset, not an image dataset")
+        registry.get_dataset_of_kind(key, "image", "an image dataset")
         if key == "fashion-mnist":
             members = [f"{_FASHION}/{v}.gz" for v in _IDX_NAMES.values()]
             root = registry.ensure_extracted(key, members, data_dir)
@@ -193,11 +191,7 @@ def load_image_sequences(
             arrays = _idx_splits(_find_idx(registry.fetch(key, data_dir)), n_valid)
         name = key
     else:
-        path = Path(key).expanduser()
-        if not path.exists():
-            if os.sep not in key and "." not in key:
-                registry.get_dataset(key)  # ValueError listing the known names
-            raise FileNotFoundError(f"no such file or directory: {path}")
+        path = registry.local_path(key)
         name = path.name
         if path.suffix in (".whl", ".zip") or path.name.startswith("mnist_5k.csv"):
             arrays = _mnist5k_splits(path)

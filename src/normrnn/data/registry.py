@@ -224,6 +224,25 @@ def get_dataset(name: str) -> Dataset:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {known}") from None
 
 
+def get_dataset_of_kind(name: str, kind: str, what: str) -> Dataset:
+    """:func:`get_dataset`, and a ValueError when the dataset is of another kind (``what``: the kind in words)."""
+    ds = get_dataset(name)
+    if ds.kind != kind:
+        raise ValueError(f"{name!r} is a {ds.kind} dataset, not {what}")
+    return ds
+
+
+def local_path(key: str) -> Path:
+    """A user's own file or folder. A bare word that names nothing on disk is taken as a mistyped dataset name
+    (ValueError listing the known ones); any other missing path is a FileNotFoundError."""
+    path = Path(key).expanduser()
+    if not path.exists():
+        if os.sep not in key and "." not in key:
+            get_dataset(key)  # ValueError listing the known names
+        raise FileNotFoundError(f"no such file or directory: {path}")
+    return path
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

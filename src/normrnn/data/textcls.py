@@ -293,9 +293,7 @@ def load_text_classification(
     """
     key = os.fspath(name_or_path)
     if key in registry.DATASETS:
-        ds = registry.get_dataset(key)
-        if ds.kind != "textcls":
-            raise ValueError(f"{key!r} is a {ds.kind} dataset, not a text-classification dataset")
+        registry.get_dataset_of_kind(key, "textcls", "a text-classification dataset")
         if label is not None and key != "wordnet":
             raise ValueError(f"label= only applies to wordnet, not {key!r}")
         if key == "wordnet":
@@ -307,11 +305,7 @@ def load_text_classification(
             splits = stratified_split(_spam_examples(registry.ensure_artifact(key, data_dir), keep_headers), seed)
         name = key if key != "wordnet" else f"wordnet-{label or 'lexname'}"
     else:
-        path = Path(key).expanduser()
-        if not path.exists():
-            if os.sep not in key and "." not in key:
-                registry.get_dataset(key)  # ValueError listing the known names
-            raise FileNotFoundError(f"no such file or directory: {path}")
+        path = registry.local_path(key)
         name = path.stem
         if path.suffix in (".tsv", ".txt") or (path.is_dir() and (path / "train.tsv").is_file()):
             splits = _tsv_splits(path, seed)
