@@ -58,10 +58,19 @@ def failure() -> Optional[str]:
     return _failed
 
 
-def _build() -> Optional[ModuleType]:
-    global _failed
+def _import_cpp_extension() -> ModuleType:
+    # setuptools' distutils shim insists on loading before any distutils; when something in this process already
+    # imported the standard library's distutils, the shim raises on import. Ask setuptools to use that one.
+    loaded = sys.modules.get("distutils")
+    if loaded is not None and "_distutils" not in (getattr(loaded, "__file__", None) or ""):
+        os.environ.setdefault("SETUPTOOLS_USE_DISTUTILS", "stdlib")
     from torch.utils import cpp_extension
 
+    return cpp_extension
+
+
+def _build() -> Optional[ModuleType]:
+    global _failed
     where = build_dir()
     where.mkdir(parents=True, exist_ok=True)
     fresh = not any(where.glob("*.so"))
@@ -69,7 +78,7 @@ def _build() -> Optional[ModuleType]:
         print(f"normrnn: building the fused C++ kernels once into {where} (about a minute)...", file=sys.stderr,
               flush=True)
     try:
-        return cpp_extension.load(name="normrnn_engine", sources=[str(SOURCE)], extra_cflags=FLAGS,
+        return _import_cpp_extension().load(name="normrnn_engine", sources=[str(SOURCE)], extra_cflags=FLAGS,
                                   build_directory=str(where), verbose=False)
     except Exception as e:  # no compiler, no ninja, a failed build: the PyTorch engine does the same work
         _failed = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
