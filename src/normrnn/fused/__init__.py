@@ -270,9 +270,8 @@ def _lstm_step(p: CellParams, x: Tensor, state: State, step: int, eps: float) ->
         stats += ([t.squeeze(0) for t in _fixed_stats(n, steps, x)] if kind == BATCH_FIXED else [empty, empty])
     gains = [empty if g is None else g for g in map(_gain, norms)]
     beta = getattr(p.norm_cell, "bias", None)
-    bias = empty.new_zeros(p.weight_hh.shape[0]) if p.bias_ih is None else p.bias_ih + p.bias_hh
     h, c = eng.lstm_step(x.contiguous(), state[0].contiguous(), state[1].contiguous(), p.weight_ih, p.weight_hh,
-                         bias, *gains, empty if beta is None else beta, *stats, *kinds, p.norm_gates is not None,
+                         _sum_bias(p, x), *gains, empty if beta is None else beta, *stats, *kinds, p.norm_gates is not None,
                          p.carry_normalized_cell, eps)
     return h, c
 
