@@ -19,6 +19,8 @@ from .options import NormOptions, check_probability
 from .fused import engine_name as fused_engine_name
 from .fused import run_direction as fused_run
 from .fused import unsupported_reason as fused_unsupported
+from .fused.stream import invalidate as invalidate_stream_plans
+from .fused.stream import stream_step as fused_stream_step
 from .reference import run_direction
 
 BACKENDS = ("auto", "fused", "reference")
@@ -98,6 +100,11 @@ class _NormRNNBase(nn.Module):
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
+    def _apply(self, fn, *args, **kwargs):
+        # Moving or casting replaces buffers without registration hooks: drop cached streaming plans.
+        invalidate_stream_plans()
+        return super()._apply(fn, *args, **kwargs)
+
     def flatten_parameters(self) -> None:
         """No-op, for code written against ``nn.LSTM`` (which compacts cuDNN weights here)."""
 
@@ -149,6 +156,9 @@ class _NormRNNBase(nn.Module):
         if state is not None and not isinstance(state, StreamState):
             raise TypeError("state must be the StreamState returned by the previous step() call, or None")
         hx, start = (None, 0) if state is None else state
+        fast = fused_stream_step(self, input, hx, start) if self.mode == "LSTM" else None
+        if fast is not None:
+            return fast[0], StreamState(fast[1], start + 1)
         batch = prepare_input(self, input.unsqueeze(1) if self.batch_first else input.unsqueeze(0), hx)
         out, states = self._run(batch, start=start)
         hx_new = states if self.mode == "LSTM" else states[0]

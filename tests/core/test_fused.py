@@ -124,3 +124,115 @@ def test_native_kernels_only_for_cpu_tensors():
     """The C++ kernels read CPU memory: tensors elsewhere (CUDA) must get the PyTorch engine."""
     assert fused.engine(torch.device("meta")) is fused.torch_engine
     assert fused.engine_name(torch.device("meta")) == "torch"
+
+
+# ---------------------------------------------------------------------------------------------- streaming plan
+needs_native = pytest.mark.skipif(fused.native.load() is None, reason="native kernels not built here")
+
+
+@pytest.fixture
+def stream_calls(monkeypatch):
+    """Count the one-call-per-step native streaming kernel (the cached-plan fast path of LSTM.step)."""
+    eng = fused.native.load()
+    calls = []
+    original = eng.lstm_stream
+
+    def spy(*args):
+        calls.append(args[5])
+        return original(*args)
+
+    monkeypatch.setattr(eng, "lstm_stream", spy)
+    return calls
+
+
+def _stream(m, x, state=None):
+    outs = []
+    for t in range(x.shape[0]):
+        y, state = m.step(x[t], state)
+        outs.append(y)
+    return torch.stack(outs), state
+
+
+@needs_native
+@pytest.mark.parametrize("norm", ["layer", "rms", "batch", "none"])
+def test_streaming_plan_is_used_and_follows_parameter_changes(norm, stream_calls):
+    """The plan holds the module's own tensors: in-place updates (optimizer steps, load_state_dict, batch norm's
+    running statistics growing to more steps), replaced parameters and casts must all be seen."""
+    torch.manual_seed(5)
+    m = normrnn.LSTM(3, 5, 2, norm=norm)
+    randomize_norms(m)
+    if norm == "batch":
+        m(torch.randn(3, 4, 3))  # running statistics for 3 steps
+    m.eval()
+    x = torch.randn(6, 2, 3)
+    with torch.no_grad():
+        def check():
+            got, state = _stream(m, x)
+            out, (h, c) = m(x)
+            torch.testing.assert_close(got, out)
+            torch.testing.assert_close(state.hx[1], c)
+            assert state.step == x.shape[0]
+
+        check()
+        assert stream_calls == list(range(6))  # every step took the fast path, with its step index
+        for p in m.parameters():  # in place, as an optimizer does
+            p.add_(0.1 * torch.randn_like(p))
+        check()
+        m.bias_hh_l1 = torch.nn.Parameter(torch.randn(20))  # a replaced parameter
+        check()
+        if norm == "batch":
+            with torch.enable_grad():
+                m.train()
+                m(torch.randn(6, 4, 3))  # now 6 trained steps: later steps read their own rows
+                m.eval()
+            check()
+        m.double()
+        x = x.double()
+        check()
+    assert len(stream_calls) == 6 * (5 if norm == "batch" else 4)
+
+
+@needs_native
+def test_streaming_plan_steps_aside_when_it_cannot_apply(stream_calls):
+    """Gradients, training-mode batch norm, dropout and residual stacks take the general path, which still
+    agrees with forward; and gradients reach the parameters."""
+    torch.manual_seed(6)
+    m = normrnn.LSTM(3, 4, norm="layer")
+    x = torch.randn(4, 2, 3)
+    got, _ = _stream(m, x)  # grad enabled and parameters require it: the general path records a graph
+    got.sum().backward()
+    assert m.weight_hh_l0.grad is not None and not stream_calls
+    with torch.no_grad():
+        m.weight_hh_l0.requires_grad_(False)
+        for p in m.parameters():
+            p.requires_grad_(False)
+    _stream(m, x)  # nothing needs a gradient now: fast path even with grad mode on
+    assert len(stream_calls) == 4
+    stream_calls.clear()
+    bn = normrnn.LSTM(3, 4, norm="batch").train()
+    with torch.no_grad():
+        _stream(bn, torch.randn(3, 2, 3))  # training batch norm: statistics of the step's batch
+    drop = normrnn.LSTM(3, 4, 2, dropout=0.5).train()
+    res = normrnn.LSTM(3, 4, 2, residual=True).eval()
+    with torch.no_grad():
+        _stream(drop, x)
+        got, _ = _stream(res, x)
+        torch.testing.assert_close(got, res(x)[0])
+    assert not stream_calls
+    with torch.no_grad():
+        _stream(drop.eval(), x)  # eval: dropout is off, the plan applies
+    assert len(stream_calls) == 4
+
+
+@needs_native
+def test_streaming_plan_errors_come_from_the_layer(stream_calls):
+    """Bad input skips the fast path and gets the layer's own error."""
+    m = normrnn.LSTM(3, 4).eval()
+    with torch.no_grad():
+        with pytest.raises(ValueError):
+            m.step(torch.randn(2, 5))
+        with pytest.raises(ValueError):
+            m.step(torch.randn(2, 3), normrnn.StreamState((torch.zeros(1, 3, 4), torch.zeros(1, 3, 4)), 0))
+        with pytest.raises((TypeError, ValueError)):
+            m.step(torch.randn(2, 3, dtype=torch.float64))
+    assert not stream_calls

@@ -852,42 +852,42 @@ std::vector<at::Tensor> rnn_backward_impl(const at::Tensor& dout, const at::Tens
 
 
 // One LSTM step for inference and streaming (no state saved for backward): both projections, their norms,
-// the gates and the cell in one call. Norm kinds: none, layer, rms, or batch with given statistics.
+// the gates and the cell in one pass, written into h_out and c_out (N, H). Norm kinds: none, layer, rms, or
+// batch with given statistics: row `row` of a (steps, F) running-statistics buffer (or a (F,) row, row 0).
 template <typename T>
-std::vector<at::Tensor> lstm_step_impl(const at::Tensor& x, const at::Tensor& h, const at::Tensor& c,
-                                       const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& bias,
-                                       const at::Tensor& gamma_x, const at::Tensor& gamma_h,
-                                       const at::Tensor& gamma_c, const at::Tensor& beta_c,
-                                       const at::Tensor& fx_mean, const at::Tensor& fx_var,
-                                       const at::Tensor& fh_mean, const at::Tensor& fh_var,
-                                       const at::Tensor& fc_mean, const at::Tensor& fc_var, int64_t kind_x,
-                                       int64_t kind_h, int64_t kind_c, bool joint, bool carry, double eps_) {
+void lstm_step_into(const at::Tensor& x, const at::Tensor& h, const at::Tensor& c, const at::Tensor& w_ih,
+                    const at::Tensor& w_hh, const at::Tensor& b_ih, const at::Tensor& b_hh,
+                    const at::Tensor& gamma_x, const at::Tensor& gamma_h, const at::Tensor& gamma_c,
+                    const at::Tensor& beta_c, const at::Tensor& fx_mean, const at::Tensor& fx_var,
+                    const at::Tensor& fh_mean, const at::Tensor& fh_var, const at::Tensor& fc_mean,
+                    const at::Tensor& fc_var, int64_t row_x, int64_t row_h, int64_t row_c, int64_t kind_x, int64_t kind_h, int64_t kind_c,
+                    bool joint, bool carry, double eps_, at::Tensor& h_out, at::Tensor& c_out) {
   const int64_t N = x.size(0), G = w_hh.size(0), H = G / 4;
   const T eps = static_cast<T>(eps_);
   const bool has_x = gamma_x.numel() > 0, has_h = gamma_h.numel() > 0, has_c = gamma_c.numel() > 0;
   auto xa = at::mm(x, w_ih.t());
   auto s = joint ? at::addmm(xa, h, w_hh.t()) : at::mm(h, w_hh.t());
-  auto h_new = at::empty({N, H}, x.options()), c_new = at::empty({N, H}, x.options());
-  auto scratch = at::empty({N, 3 * G + 2 * H}, x.options());
   // per-feature statistics of the batch kinds: mean and 1/sqrt(var + eps)
-  auto col = [&](const at::Tensor& m, const at::Tensor& v, std::vector<T>& mean, std::vector<T>& rstd) {
+  auto col = [&](const at::Tensor& m, const at::Tensor& v, int64_t row, std::vector<T>& mean, std::vector<T>& rstd) {
     if (!m.numel()) return;
-    mean.assign(m.data_ptr<T>(), m.data_ptr<T>() + m.numel());
-    rstd.resize(v.numel());
-    for (int64_t f = 0; f < v.numel(); ++f) rstd[f] = T(1) / std::sqrt(v.data_ptr<T>()[f] + eps);
+    const int64_t F = m.size(-1);
+    const T *mp = m.data_ptr<T>() + row * F, *vp = v.data_ptr<T>() + row * F;
+    mean.assign(mp, mp + F);
+    rstd.resize(F);
+    for (int64_t f = 0; f < F; ++f) rstd[f] = T(1) / std::sqrt(vp[f] + eps);
   };
-  std::vector<T> mx, rx, mh, rh, mc, rc;
-  col(fx_mean, fx_var, mx, rx);
-  col(fh_mean, fh_var, mh, rh);
-  col(fc_mean, fc_var, mc, rc);
-  const T *b = ptr<T>(bias), *gx = ptr<T>(gamma_x), *gh = ptr<T>(gamma_h), *gc = ptr<T>(gamma_c),
-          *bc = ptr<T>(beta_c);
+  std::vector<T> mx, rx, mh, rh, mc, rc, scratch(static_cast<size_t>(N * (3 * G + 2 * H)));
+  col(fx_mean, fx_var, row_x, mx, rx);
+  col(fh_mean, fh_var, row_h, mh, rh);
+  col(fc_mean, fc_var, row_c, mc, rc);
+  const T *b1 = ptr<T>(b_ih), *b2 = ptr<T>(b_hh), *gx = ptr<T>(gamma_x), *gh = ptr<T>(gamma_h),
+          *gc = ptr<T>(gamma_c), *bc = ptr<T>(beta_c);
   const T* xp = xa.data_ptr<T>();
   const T* sp = s.data_ptr<T>();
-  T* sc = scratch.data_ptr<T>();
+  T* sc = scratch.data();
   const T* cp = c.data_ptr<T>();
-  T* hp = h_new.data_ptr<T>();
-  T* cnp = c_new.data_ptr<T>();
+  T* hp = h_out.data_ptr<T>();
+  T* cnp = c_out.data_ptr<T>();
   for_rows(N, G, [&](int64_t n) {
     T* xh = sc + n * (3 * G + 2 * H);  // [x-hat (G) | s-hat (G) | gates (G) | c_new (H) | c-hat (H)]
     T* sh = xh + G;
@@ -897,10 +897,11 @@ std::vector<at::Tensor> lstm_step_impl(const at::Tensor& x, const at::Tensor& h,
     T r = 0;
     if (has_h) {
       normalize_row(sp + n * G, G, kind_h, eps, mh.data(), rh.data(), sh, &r);
-      pre_activation<T>(a, sh, gh, b, static_cast<const T*>(nullptr), G);
+      pre_activation<T>(a, sh, gh, b1, static_cast<const T*>(nullptr), G);
     } else {
-      pre_activation<T>(a, sp + n * G, static_cast<const T*>(nullptr), b, static_cast<const T*>(nullptr), G);
+      pre_activation<T>(a, sp + n * G, static_cast<const T*>(nullptr), b1, static_cast<const T*>(nullptr), G);
     }
+    if (b2) add_scaled<T>(a, b2, nullptr, G);
     if (!joint) {
       const T* xterm = xp + n * G;
       if (has_x) {
@@ -919,7 +920,58 @@ std::vector<at::Tensor> lstm_step_impl(const at::Tensor& x, const at::Tensor& h,
     lstm_h_only<T>(a + 3 * H, cout, hp + n * H, H);
     std::copy(carry ? cout : cn, (carry ? cout : cn) + H, cnp + n * H);
   });
+}
+
+template <typename T>
+std::vector<at::Tensor> lstm_step_impl(const at::Tensor& x, const at::Tensor& h, const at::Tensor& c,
+                                       const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& bias,
+                                       const at::Tensor& gamma_x, const at::Tensor& gamma_h,
+                                       const at::Tensor& gamma_c, const at::Tensor& beta_c,
+                                       const at::Tensor& fx_mean, const at::Tensor& fx_var,
+                                       const at::Tensor& fh_mean, const at::Tensor& fh_var,
+                                       const at::Tensor& fc_mean, const at::Tensor& fc_var, int64_t kind_x,
+                                       int64_t kind_h, int64_t kind_c, bool joint, bool carry, double eps) {
+  auto h_new = at::empty_like(h), c_new = at::empty_like(c);
+  lstm_step_into<T>(x, h, c, w_ih, w_hh, bias, at::empty({0}, x.options()), gamma_x, gamma_h, gamma_c, beta_c,
+                    fx_mean, fx_var, fh_mean, fh_var, fc_mean, fc_var, 0, 0, 0, kind_x, kind_h, kind_c, joint, carry, eps,
+                    h_new, c_new);
   return {h_new, c_new};
+}
+
+// Streaming: one step of a whole unidirectional stack in one call, for LSTM.step at small batches, where the
+// per-call cost of Python and the dispatcher is most of the time. x (N, I); h0, c0 (L, N, H) or empty for
+// zeros. `layers` holds per layer: w_ih, w_hh, b_ih, b_hh, gamma_x, gamma_h, gamma_c, beta_c, then for the x-,
+// h- and cell norm the running mean and variance (steps, F) and steps_tracked (eval batch norm; empty
+// otherwise). `flags` per layer: kind_x, kind_h, kind_c, joint, carry. Returns output (N, H), h_n, c_n.
+constexpr int64_t STREAM_TENSORS = 17, STREAM_FLAGS = 5;
+
+template <typename T>
+std::vector<at::Tensor> lstm_stream_impl(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
+                                         const std::vector<at::Tensor>& layers, const std::vector<int64_t>& flags,
+                                         int64_t step, double eps) {
+  const int64_t L = static_cast<int64_t>(layers.size()) / STREAM_TENSORS, N = x.size(0);
+  const int64_t H = layers[1].size(1);
+  auto h_n = at::empty({L, N, H}, x.options()), c_n = at::empty({L, N, H}, x.options());
+  const bool zeros = h0.numel() == 0;
+  auto zero = zeros ? at::zeros({N, H}, x.options()) : at::Tensor();
+  // Row of the running statistics step `step` reads in eval: the last trained step at most.
+  auto row_of = [&](const at::Tensor& tracked, const at::Tensor& stats) -> int64_t {
+    if (!tracked.numel()) return 0;
+    const int64_t last = std::min(std::max<int64_t>(tracked.item<int64_t>(), 1), stats.size(0)) - 1;
+    return std::min(step, last);
+  };
+  at::Tensor input = x;
+  for (int64_t k = 0; k < L; ++k) {
+    const at::Tensor* t = layers.data() + k * STREAM_TENSORS;
+    const int64_t* f = flags.data() + k * STREAM_FLAGS;
+    const int64_t row_x = row_of(t[10], t[8]), row_h = row_of(t[13], t[11]), row_c = row_of(t[16], t[14]);
+    auto h = zeros ? zero : h0.select(0, k), c = zeros ? zero : c0.select(0, k);
+    auto h_out = h_n.select(0, k), c_out = c_n.select(0, k);
+    lstm_step_into<T>(input, h, c, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9], t[11], t[12], t[14],
+                      t[15], row_x, row_h, row_c, f[0], f[1], f[2], f[3] != 0, f[4] != 0, eps, h_out, c_out);
+    input = h_out;
+  }
+  return {h_n.select(0, L - 1).clone(), h_n, c_n};
 }
 
 
@@ -1131,6 +1183,13 @@ std::vector<at::Tensor> lstm_step(at::Tensor x, at::Tensor h, at::Tensor c, at::
                                fh_mean, fh_var, fc_mean, fc_var, kind_x, kind_h, kind_c, joint, carry, eps));
 }
 
+std::vector<at::Tensor> lstm_stream(at::Tensor x, at::Tensor h0, at::Tensor c0, std::vector<at::Tensor> layers,
+                                    std::vector<int64_t> flags, int64_t step, double eps) {
+  TORCH_CHECK(layers.size() % STREAM_TENSORS == 0 && flags.size() * STREAM_TENSORS == layers.size() * STREAM_FLAGS,
+              "lstm_stream: ", STREAM_TENSORS, " tensors and ", STREAM_FLAGS, " flags per layer");
+  return NORMRNN_DISPATCH(x, "lstm_stream", lstm_stream_impl<scalar_t>(x, h0, c0, layers, flags, step, eps));
+}
+
 std::vector<at::Tensor> rms_norm_forward(at::Tensor x, at::Tensor weight, double eps) {
   return NORMRNN_DISPATCH(x, "rms_norm_forward", rms_norm_forward_impl<scalar_t>(x, weight, eps));
 }
@@ -1157,6 +1216,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm_forward", &rms_norm_forward);
   m.def("rms_norm_backward", &rms_norm_backward);
   m.def("lstm_step", &lstm_step);
+  m.def("lstm_stream", &lstm_stream);
   m.def("lstm_forward", &lstm_forward);
   m.def("lstm_backward", &lstm_backward);
   m.def("gru_forward", &gru_forward);
