@@ -186,6 +186,24 @@ def test_report_shows_the_rate_tuned_for_each_variant(tmp_path, monkeypatch):
     assert "tuned_lr" in json.dumps(data)
 
 
+def test_searches_are_kept_with_the_run_cache(tmp_path, monkeypatch):
+    """A resumed study reuses the learning-rate searches it finished (they are stored next to the runs)."""
+    monkeypatch.setattr(experiments, "_tuned", {})
+    ctx = StudyContext(profile="full", seeds=2, progress=False)
+    p = experiments.plan(ctx, variant={"v": "a"}, seed=1, **OPTS)
+    experiments.take_tuning()
+    try:
+        experiments.use_search_store(tmp_path / "lr_searches.json")
+        chosen = experiments.resolve(p).lr
+        monkeypatch.setattr(experiments, "_tuned", {})  # a new process
+        experiments.use_search_store(tmp_path / "lr_searches.json")
+        assert experiments.resolve(p).lr == chosen
+    finally:
+        experiments.use_search_store(None)
+    first, again = experiments.take_tuning()
+    assert "grid" in first and again["cached"]
+
+
 # ---------------------------------------------------------------------------------------------------- dry run
 
 def test_dry_run_lists_runs_cache_and_sizes(tmp_path, capsys, monkeypatch):

@@ -8,7 +8,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 from ..train import LossRecorder, TrainConfig, Trainer
@@ -32,6 +35,7 @@ def text_data(ctx: StudyContext) -> Optional[str]:
 LR_GRID = (0.5, 1.0, 2.0)  # full profile: multiples of a claim's learning rate tried for every compared variant
 _tuned: dict[str, float] = {}  # tuning key -> chosen lr (one search per setting, shared by its seeds)
 _chosen: list[dict] = []  # what config() tuned since the last take_tuning() (the runner stores it per run)
+_store: Optional[Path] = None  # where finished searches are kept (in the run cache): a resumed study reuses them
 
 Prepare = Callable[[Trainer], None]
 
@@ -79,7 +83,9 @@ def resolve(p: TrainPlan) -> TrainConfig:
     """The config a plan trains: its data made (``source``) and its learning rate searched where it says so."""
     cfg = p.cfg if p.source is None else dataclasses.replace(p.cfg, data=p.source())
     if p.tune_lr:
-        cfg = dataclasses.replace(cfg, lr=choose_lr(cfg, variant=p.variant, prepare=p.prepare))
+        # keyed by the plan's config (a made dataset by its label, not by this process's temporary path)
+        cfg = dataclasses.replace(cfg, lr=choose_lr(cfg, variant=p.variant, prepare=p.prepare,
+                                                    key=tuning_key(p.cfg, p.variant)))
     return cfg
 
 
@@ -117,12 +123,13 @@ def tuning_key(cfg: TrainConfig, variant: Optional[dict] = None) -> str:
 
 
 def choose_lr(cfg: TrainConfig, grid: tuple[float, ...] = LR_GRID, fraction: float = 0.2,
-              variant: Optional[dict] = None, prepare: Optional[Prepare] = None) -> float:
+              variant: Optional[dict] = None, prepare: Optional[Prepare] = None, key: Optional[str] = None) -> float:
     """The learning rate among ``grid`` × ``cfg.lr`` with the best valid metric after ``fraction`` of the run's
     updates (seed 0, the same data order for every rate). A diverged trial ranks last. ``variant`` (what the
     config does not say) is part of the cache key and ``prepare`` is applied to every trial's trainer, so each
-    compared variant is tuned as itself. Cached per setting."""
-    key = tuning_key(cfg, variant)
+    compared variant is tuned as itself. Cached per setting (``key``, default :func:`tuning_key`), and in the study's
+    run cache while a study runs (:func:`use_search_store`)."""
+    key = key or tuning_key(cfg, variant)
     note = {"norm": cfg.norm, "variant": dict(variant or {}), "base_lr": cfg.lr}
     if key not in _tuned:
         budget = max(1, int((cfg.max_steps or 200) * fraction))
@@ -138,10 +145,40 @@ def choose_lr(cfg: TrainConfig, grid: tuple[float, ...] = LR_GRID, fraction: flo
             ok = not summary["diverged"] and value is not None and math.isfinite(value)
             scores[trial.lr] = (value if summary["higher_is_better"] else -value) if ok else -math.inf
         _tuned[key] = max(scores, key=scores.get)
+        _save_searches()
         _chosen.append({**note, "grid": sorted(scores), "chosen": _tuned[key], "budget_steps": budget})
     else:
         _chosen.append({**note, "chosen": _tuned[key], "cached": True})
     return _tuned[key]
+
+
+def load_searches(path: Optional[Path]) -> dict[str, float]:
+    """The learning-rate searches stored in ``path`` ({tuning key: chosen rate}; empty if none or unreadable)."""
+    try:
+        data = json.loads(Path(path).read_text()) if path else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return {k: float(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def use_search_store(path: Optional[Path]) -> None:
+    """Keep finished learning-rate searches in ``path`` (a JSON file in the study's run cache) and reuse those
+    already there, so an interrupted full-profile study does not search a setting again when it resumes with its
+    next seed. ``None``: searches are remembered for this process only."""
+    global _store
+    _store = Path(path) if path else None
+    _tuned.update(load_searches(_store))
+
+
+def _save_searches() -> None:
+    if _store is None:
+        return
+    _store.parent.mkdir(parents=True, exist_ok=True)
+    data = {**load_searches(_store), **_tuned}
+    fd, tmp = tempfile.mkstemp(dir=_store.parent, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+    os.replace(tmp, _store)
 
 
 def take_tuning() -> list[dict]:

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .core import Claim, Experiment, StudyContext
-from .experiments import LR_GRID, TrainPlan, tuning_key
-from .runner import RunCache
+from .experiments import LR_GRID, TrainPlan, load_searches, tuning_key
+from .runner import SEARCHES, RunCache
 
 SEARCH_FRACTION = 0.2  # choose_lr's default: each trial runs this fraction of the run's updates
 SEQUENCE = {"pixel": "784 steps of 1 pixel", "permuted": "784 steps of 1 pixel, permuted", "row": "28 steps of a row",
@@ -41,6 +41,7 @@ class ClaimPlan:
 def plan_claims(claims: list[Claim], ctx: StudyContext, out: Path) -> list[ClaimPlan]:
     """Every claim's runs, their cache state under ``out``, and what the remaining ones would train."""
     cache = RunCache(Path(out) / "runs")
+    searched = load_searches(cache.root / SEARCHES)
     result = []
     for claim in claims:
         exps = claim.experiments(ctx)
@@ -53,7 +54,7 @@ def plan_claims(claims: list[Claim], ctx: StudyContext, out: Path) -> list[Claim
             for p in plans:
                 steps = p.cfg.max_steps or 0
                 cp.updates += steps
-                if p.tune_lr:
+                if p.tune_lr and tuning_key(p.cfg, p.variant) not in searched:
                     searches[tuning_key(p.cfg, p.variant)] = len(LR_GRID) * max(1, int((steps or 200)
                                                                                        * SEARCH_FRACTION))
         cp.searches, cp.search_updates = len(searches), sum(searches.values())
