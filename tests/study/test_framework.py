@@ -2,7 +2,6 @@
 import json
 import math
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 
@@ -164,4 +163,4 @@ def test_tuned_learning_rates_reach_the_report(tmp_path):
     results = run_claims([TunedClaim()], CTX, tmp_path)
     assert results[0].records[0].result["tuned_lr"][0]["norm"] == "layer"
     paths = write_report(results, CTX, tmp_path)
-    assert "**Tuned.** Learning rate per norm" in paths["md"].read_text()
+    assert "**Tuned.** Learning rate per compared variant" in paths["md"].read_text()

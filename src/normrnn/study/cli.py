@@ -30,6 +30,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="torch CPU threads (default 1: the study's small models run fastest on one thread, and "
                         "timings are not disturbed by threads fighting over cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--dry-run", "--plan", dest="dry_run", action="store_true",
+                   help="train nothing: list per claim the runs, how many are cached in OUT, the model sizes and "
+                        "the updates still to do")
     p.set_defaults(func=run)
     return p
 
@@ -46,10 +49,20 @@ def run(args: argparse.Namespace) -> int:
     seeds = args.seeds if args.seeds is not None else DEFAULT_SEEDS[args.profile]
     if seeds < 1:
         sys.exit("normrnn study: --seeds must be at least 1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     ctx = StudyContext(profile=args.profile, seeds=seeds, device=args.device, data_dir=args.data_dir,
                        text=args.text, labelled=args.labelled, images=args.images, progress=not args.no_progress)
+    if args.dry_run:
+        from .claims import load_claims
+        from .plan import format_plan, plan_claims
+
+        try:
+            claims = load_claims(args.only.split(",") if args.only else None)
+        except ValueError as e:
+            sys.exit(f"normrnn study: {e}")
+        print(format_plan(plan_claims(claims, ctx, Path(args.out)), ctx))
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     try:
         results, paths = run_study(ctx, args.out, args.only.split(",") if args.only else None)

@@ -87,6 +87,10 @@ class Claim:
     metric: str = ""
     rule: str = ""  # the verdict rule in words; :meth:`verdict` is the same rule in code
     setup: str = ""  # data, model, budget (may depend on the profile: see :meth:`describe_setup`)
+    # Where the full profile deliberately departs from the paper set-up of the issue (char-LM: 1000 units, BPTT 100,
+    # batch 64, Adam 2e-3, clip 1.0; pixel images: 784 steps, 100 units; >= 3 seeds; learning rate searched):
+    # {TrainConfig field or "seeds"/"tune_lr": why}. tests/study/test_full_profile.py holds every claim to it.
+    paper_deviations: dict = {}
 
     def experiments(self, ctx: StudyContext) -> list[Experiment]:
         raise NotImplementedError
@@ -94,6 +98,12 @@ class Claim:
     def run(self, exp: Experiment, ctx: StudyContext, workdir: Path) -> dict:
         """Run one experiment and return its measurements. ``workdir`` is scratch space of this run."""
         raise NotImplementedError
+
+    def train_plans(self, exp: Experiment, ctx: StudyContext) -> list:
+        """The :class:`~normrnn.study.experiments.TrainPlan` of each training run :meth:`run` does for ``exp``
+        (what it would train, built without training or fetching anything; :meth:`run` trains these). Empty for
+        experiments that train nothing through the trainer (measurements at initialisation, timings, ...)."""
+        return []
 
     def verdict(self, records: list[Record], ctx: StudyContext) -> Verdict:
         raise NotImplementedError

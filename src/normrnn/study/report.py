@@ -83,11 +83,12 @@ def build_blocks(results: list[ClaimResult], ctx: StudyContext, env: dict, figur
         blocks.append(("p", f"**Claim.** {c.statement}"))
         blocks.append(("p", f"**Hypothesis.** {c.hypothesis}"))
         blocks.append(("p", f"**Setup.** {c.describe_setup(ctx)} Metric: {c.metric}."))
-        tuned = sorted({(t["norm"], t["base_lr"], t["chosen"]) for rec in r.records
-                        for t in rec.result.get("tuned_lr", [])})
+        tuned = tuned_rates(r.records)
         if tuned:
-            blocks.append(("p", "**Tuned.** Learning rate per norm, chosen from 0.5×/1×/2× the base rate on 20% of "
-                                "the updates: " + "; ".join(f"{n}: {b:g} → {c:g}" for n, b, c in tuned) + "."))
+            blocks.append(("p", "**Tuned.** Learning rate per compared variant (each setting of the grid, shared by "
+                                "its seeds), chosen from 0.5×/1×/2× the base rate on 20% of the updates: "
+                                + "; ".join(f"{where}: {base:g} → {' / '.join(f'{c:g}' for c in chosen)}"
+                                            for where, (base, chosen) in tuned.items()) + "."))
         if c.id in figures:
             blocks.append(("img", figures[c.id], f"{c.id}: {c.title}"))
         ok = [rec for rec in r.records if "error" not in rec.result]
@@ -103,6 +104,23 @@ def build_blocks(results: list[ClaimResult], ctx: StudyContext, env: dict, figur
         blocks.append(("p", f"**Verdict: {r.verdict.label}**{' (indicative)' if indicative else ''}. "
                             f"Rule: {c.rule} Effect: {r.verdict.effect}. {r.verdict.reason}"))
     return blocks
+
+
+def tuned_rates(records: list) -> dict:
+    """{setting: (base lr, [chosen lr, ...])} from the runs' ``tuned_lr``: the setting is the run's grid
+    coordinates without the seed (what its learning rate was searched for), plus the searched variant where the
+    coordinates do not name it. More than one chosen rate means the search ran again for another seed (a resumed
+    study) and chose differently."""
+    out: dict = {}
+    for rec in records:
+        for t in rec.result.get("tuned_lr", []):
+            parts = [f"{k}={v}" for k, v in rec.key.items() if k != "seed"]
+            parts += [f"{k}={v}" for k, v in t.get("variant", {}).items() if k not in rec.key]
+            where = ", ".join(parts) or t["norm"]
+            base, chosen = out.setdefault(where, (t["base_lr"], []))
+            if t["chosen"] not in chosen:
+                chosen.append(t["chosen"])
+    return out
 
 
 def render_markdown(blocks: list[tuple], out: Path) -> str:

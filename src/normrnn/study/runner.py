@@ -30,6 +30,9 @@ class ClaimResult:
     cached: int  # how many records came from the cache
 
 
+SEARCHES = "lr_searches.json"  # under the run cache: {tuning key: chosen learning rate}
+
+
 class RunCache:
     """One JSON file per experiment under ``root``: ``{"spec": ..., "result": ...}``."""
 
@@ -63,7 +66,10 @@ class RunCache:
 
 def run_claims(claims: list[Claim], ctx: StudyContext, out: Path) -> list[ClaimResult]:
     """Run (or read from the cache) every experiment of ``claims`` and judge each claim."""
+    from .experiments import use_search_store
+
     cache = RunCache(Path(out) / "runs")
+    use_search_store(cache.root / SEARCHES)  # the full profile's learning-rate searches resume with the runs
     plans = [(claim, claim.experiments(ctx)) for claim in claims]
     total = sum(len(exps) for _, exps in plans)
     results = []
@@ -86,6 +92,7 @@ def run_claims(claims: list[Claim], ctx: StudyContext, out: Path) -> list[ClaimR
                 bar.update(1)
             results.append(ClaimResult(claim, records, judge(claim, records, ctx), seconds, cached))
     shutil.rmtree(Path(out) / "work", ignore_errors=True)
+    use_search_store(None)
     return results
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ...norms import RecurrentBatchNorm
 from ..core import Claim, Experiment, Record, StudyContext, Verdict
-from ..experiments import charlm_config, charlm_data, smooth, train_run
+from ..experiments import charlm_data, charlm_plan, smooth, train_run
 from ..stats import compare, fmt, group, mean
 
 NORMS = ("batch", "layer")
@@ -92,10 +92,12 @@ class TimeSteps(Claim):
                 exps.append(Experiment(key, spec))
         return exps
 
+    def train_plans(self, exp: Experiment, ctx: StudyContext) -> list:
+        return [charlm_plan(ctx, exp.spec)]
+
     def run(self, exp: Experiment, ctx: StudyContext, workdir: Path) -> dict:
         s = exp.spec
-        cfg = charlm_config(ctx, s)
-        summary, _, trainer = train_run(cfg)
+        summary, _, trainer = train_run(self.train_plans(exp, ctx)[0])
         model = trainer.model.eval()
         t, length = s["seq_len"], s["seq_len"] * max(s["factors"])
         ids = trainer.task.splits["valid"]

@@ -21,7 +21,7 @@ from ...norms import RecurrentBatchNorm
 from ...train.checkpoint import seed_everything
 from ...train.tasks import make_task
 from ..core import Claim, Experiment, Record, StudyContext, Verdict
-from ..experiments import config, curve
+from ..experiments import curve, plan, resolve
 from ..stats import compare, fmt, group, mean
 
 VARIANTS = (("batch", "masked"), ("batch", "naive"), ("layer", "masked"))
@@ -41,6 +41,18 @@ def predict(model, x: torch.Tensor, lengths: torch.Tensor, naive: bool) -> torch
     out, _ = model.rnn(x)  # (N, T, H)
     last = out[torch.arange(x.shape[0], device=x.device), lengths.to(x.device) - 1]
     return model.head(last).squeeze(-1)
+
+
+def count_padding(trainer) -> None:
+    """Make a Trainer's regressor the naive one (:func:`predict` with ``naive=True``), so that the learning-rate
+    search of the naive variant (full profile) trains that variant and not the masked one."""
+    model = trainer.model
+
+    def forward(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        out, _ = model.rnn(x)
+        return model.head(out[torch.arange(x.shape[0], device=x.device), lengths.to(x.device) - 1])
+
+    model.forward = forward
 
 
 def batch_statistics(model, x: torch.Tensor, lengths: torch.Tensor, naive: bool) -> list[tuple]:
@@ -134,12 +146,20 @@ class Padding(Claim):
                 exps.append(Experiment(key, {**key, "claim": self.id, "profile": ctx.profile, **self.sizes(ctx)}))
         return exps
 
+    def train_plans(self, exp: Experiment, ctx: StudyContext) -> list:
+        """The run's config (the training loop is this claim's own, see :meth:`run`; the full profile's
+        learning-rate search trains each padding variant as itself through the Trainer)."""
+        s = exp.spec
+        naive = s["padding"] == "naive"
+        return [plan(ctx, task="adding", data="synthetic", norm=s["norm"], hidden=s["hidden"], seq_len=s["seq_len"],
+                     extra={"min_len": s["min_len"]}, batch_size=s["batch"], max_steps=s["steps"], limit=s["limit"],
+                     eval_limit=s["eval_limit"], seed=s["seed"], lr=2e-3, clip=1.0,
+                     variant={"padding": s["padding"]}, prepare=count_padding if naive else None)]
+
     def run(self, exp: Experiment, ctx: StudyContext, workdir: Path) -> dict:
         s = exp.spec
         naive = s["padding"] == "naive"
-        cfg = config(ctx, task="adding", data="synthetic", norm=s["norm"], hidden=s["hidden"], seq_len=s["seq_len"],
-                     extra={"min_len": s["min_len"]}, batch_size=s["batch"], limit=s["limit"],
-                     eval_limit=s["eval_limit"], seed=s["seed"], lr=2e-3, clip=1.0)
+        cfg = resolve(self.train_plans(exp, ctx)[0])
         seed_everything(cfg.seed)  # as the Trainer does: the same initialisation for every variant of a seed
         task = make_task(cfg)
         device = torch.device(cfg.device)

@@ -22,7 +22,7 @@ from ...data import registry
 from ...data._io import iter_files
 from ...data.charlm import strip_gutenberg
 from ..core import Claim, Experiment, Record, StudyContext, Verdict
-from ..experiments import config, curve, text_data, train_run
+from ..experiments import curve, plan, text_data, train_run
 from ..stats import better, compare, equivalent, fmt, group, mean, sem
 
 NORMS = ("none", "layer", "rms")
@@ -125,13 +125,17 @@ class Convergence(Claim):
                 exps.append(Experiment(key, spec))
         return exps
 
-    def run(self, exp: Experiment, ctx: StudyContext, workdir: Path) -> dict:
+    def train_plans(self, exp: Experiment, ctx: StudyContext) -> list:
         s = exp.spec
-        data = text_data(ctx) or shakespeare_works_tsv(ctx.data_dir)
-        cfg = config(ctx, task="classify", data=data, norm=s["norm"], hidden=s["hidden"], batch_size=s["batch"],
-                     seq_len=s["seq_len"], max_steps=s["steps"], eval_every=s["eval_every"], limit=s["limit"],
-                     eval_limit=s["eval_limit"], seed=s["seed"], lr=s["lr"], clip=1.0)
-        summary, rec, _ = train_run(cfg)
+        data = text_data(ctx)
+        source = None if data else (lambda: shakespeare_works_tsv(ctx.data_dir))  # written when the run starts
+        return [plan(ctx, task="classify", data=data or self.data_label(ctx), source=source, norm=s["norm"],
+                     hidden=s["hidden"], batch_size=s["batch"], seq_len=s["seq_len"], max_steps=s["steps"],
+                     eval_every=s["eval_every"], limit=s["limit"], eval_limit=s["eval_limit"], seed=s["seed"],
+                     lr=s["lr"], clip=1.0)]
+
+    def run(self, exp: Experiment, ctx: StudyContext, workdir: Path) -> dict:
+        summary, rec, _ = train_run(self.train_plans(exp, ctx)[0])
         evals = [[e["step"], e["macro_f1"]] for e in rec.evals if e.get("split") == "valid"]
         return {"valid_f1": summary["valid_macro_f1"], "valid_accuracy": summary["valid_accuracy"],
                 "test_f1": summary["test_macro_f1"], "diverged": summary["diverged"], "steps": summary["steps"],
