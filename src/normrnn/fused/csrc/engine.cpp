@@ -4,8 +4,8 @@
 // the tests hold the two (and the reference loop) against each other. Per time step: one GEMM for the
 // recurrent term into a preallocated buffer, then one pass over the batch rows that does norm + gates + cell
 // update (parallel over rows). Batch norm needs statistics across rows, so it adds a column pass before the
-// row pass. Backward mirrors it; the weight and parameter gradients are reduced once, after the loop, over all
-// T*N rows.
+// row pass. Backward mirrors it; it sums the bias and gain gradients step by step and reduces dW_hh a block of
+// steps at a time, so that its only buffer as long as the sequence is the input term's gradient.
 //
 // Norm kinds: 0 none, 1 layer, 2 rms, 3 batch (batch statistics), 4 batch with given per-step statistics.
 
@@ -385,6 +385,67 @@ inline void hold_row(const T* __restrict prev, T* __restrict next, T* __restrict
 
 // =========================================================================================== LSTM
 
+// Backward's memory: besides dxa (which the input term's backward needs), nothing in backward is T steps long.
+// The bias and gain gradients are summed step by step (add_col_sums) and the recurrent term's gradient ds, which
+// dW_hh needs, lives in dxa where it equals it, else in a ring of a few steps (DsRing).
+
+// sum += column sums of d (R, F); prod += column sums of d * x. Parallel over columns; sum or prod may be null.
+template <typename T>
+void add_col_sums(const T* d, const T* x, int64_t R, int64_t F, T* sum, T* prod) {
+  if (sum == nullptr && prod == nullptr) return;
+  const int64_t grain = std::max<int64_t>(64, 16384 / std::max<int64_t>(R, 1));
+  at::parallel_for(0, F, grain, [&](int64_t b, int64_t e) {
+    for (int64_t n = 0; n < R; ++n) {
+      const T* __restrict dr = d + n * F;
+      if (sum != nullptr) {
+        T* __restrict s = sum;
+#pragma omp simd
+        for (int64_t f = b; f < e; ++f) s[f] += dr[f];
+      }
+      if (prod != nullptr) {
+        const T* __restrict xr = x + n * F;
+        T* __restrict p = prod;
+#pragma omp simd
+        for (int64_t f = b; f < e; ++f) p[f] += dr[f] * xr[f];
+      }
+    }
+  });
+}
+
+// The recurrent term's gradient ds (per step (N, G)) for dW_hh = sum over steps of ds_t^T h_t. Either inside a
+// (T, N, G) buffer that backward keeps anyway (`full`: one GEMM at the end), or in a ring of K steps, flushed
+// into dW with one GEMM per K steps (K*N about kRingRows rows: big enough for an efficient GEMM).
+constexpr int64_t kRingRows = 512;
+
+template <typename T>
+struct DsRing {
+  at::Tensor full, ring, dw;
+  int64_t steps, N, G, H, K;
+  DsRing(const at::Tensor& full_, int64_t steps_, int64_t N_, int64_t G_, int64_t H_, const at::TensorOptions& o)
+      : full(full_), steps(steps_), N(N_), G(G_), H(H_) {
+    K = full.defined() ? steps : std::min<int64_t>(steps, std::max<int64_t>(1, (kRingRows + N - 1) / N));
+    if (!full.defined()) {
+      ring = at::empty({K, N, G}, o);
+      dw = at::zeros({G, H}, o);
+    }
+  }
+  const at::Tensor& buffer() const { return full.defined() ? full : ring; }
+  int64_t index(int64_t t) const { return full.defined() ? t : t % K; }
+  T* slot(int64_t t) const { return buffer().template data_ptr<T>() + index(t) * N * G; }
+  at::Tensor step(int64_t t) const { return buffer()[index(t)]; }
+  // After step t (backward runs t = T-1 .. 0): flush the ring once t starts a block of K steps.
+  void done(int64_t t, const at::Tensor& h_all) {
+    if (full.defined() || t % K != 0) return;
+    const int64_t k = std::min<int64_t>(K, steps - t);
+    dw.addmm_(ring.narrow(0, 0, k).reshape({k * N, G}).t(), h_all.narrow(0, t, k).reshape({k * N, H}));
+  }
+  at::Tensor weight_grad(const at::Tensor& h_all) const {
+    if (!full.defined()) return dw;
+    return full.reshape({steps * N, G}).t().mm(h_all.narrow(0, 0, steps).reshape({steps * N, H}));
+  }
+};
+
+
 template <typename T>
 std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor& h0, const at::Tensor& c0,
                                           const at::Tensor& w_hh, const at::Tensor& bias, const at::Tensor& gamma_h,
@@ -507,15 +568,22 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
   const auto o = like.options();
   const bool has_h = gamma_h.numel() > 0, has_c = gamma_c.numel() > 0;
   auto dxa = at::empty_like(like);
-  // da: d(pre-activation); ds: d(recurrent product h W_hh^T). Separate terms: dxa = da; joint: dxa = ds.
-  auto da_all = joint && has_h ? at::empty_like(like) : dxa;
-  auto ds_all = !has_h ? da_all : (joint ? dxa : at::empty_like(like));
-  auto dcout_all = has_c ? at::empty({T_, N, H}, o) : at::empty({0}, o);
+  // da: d(pre-activation); ds: d(recurrent product h W_hh^T). Without a norm on the recurrent term ds = da = dxa;
+  // joint terms: dxa = ds and da is one step's scratch; separate terms: dxa = da and ds goes to the ring.
+  // Everything else (d(c_out), the reductions for bias and gains) is per step: nothing else is T steps long.
+  auto da_step = joint && has_h ? at::empty({N, G}, o) : at::empty({0}, o);
+  DsRing<T> ring(!has_h || joint ? dxa : at::Tensor(), T_, N, G, H, o);
+  auto dcout_step = has_c ? at::empty({N, H}, o) : at::empty({0}, o);
+  auto dbias = at::zeros({G}, o);
+  auto dgamma_h = has_h ? at::zeros({G}, o) : at::empty({0}, o);
+  auto dgamma_c = has_c ? at::zeros({H}, o) : at::empty({0}, o);
+  auto dbeta_c = has_c ? at::zeros({H}, o) : at::empty({0}, o);
   auto dh = dhT.clone(), dc = dcT.clone(), dh_next = at::empty_like(dh), dc_next = at::empty_like(dc);
   auto dcnew = at::empty({N, H}, o);
   const T *gh = ptr<T>(gamma_h), *gc = ptr<T>(gamma_c);
   const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   T* dcn = dcnew.data_ptr<T>();
+  T* dcout_t = has_c ? dcout_step.data_ptr<T>() : nullptr;
 
   for (int64_t t = T_ - 1; t >= 0; --t) {
     const bool* m = mk ? mk + t * N : nullptr;
@@ -527,9 +595,8 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
     const T* rc = rstd_c.data_ptr<T>() + t * rstd_c.size(1) * rstd_c.size(2);
     const T* cp = c_all.data_ptr<T>() + t * N * H;
     const T* do_t = dout.data_ptr<T>() + t * N * H;
-    T* da_t = da_all.data_ptr<T>() + t * N * G;
-    T* ds_t = ds_all.data_ptr<T>() + t * N * G;
-    T* dcout_t = has_c ? dcout_all.data_ptr<T>() + t * N * H : nullptr;
+    T* ds_t = ring.slot(t);
+    T* da_t = joint && has_h ? da_step.data_ptr<T>() : (has_h ? dxa.data_ptr<T>() + t * N * G : ds_t);
     T* dhp = dh.data_ptr<T>();
     T* dcp = dc.data_ptr<T>();
     T* dcx = dc_next.data_ptr<T>();
@@ -599,8 +666,12 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
         }
       });
     }
+    // The bias and gain gradients of this step (finished rows hold zeros).
+    add_col_sums<T>(da_t, has_h ? sh_t : nullptr, N, G, dbias.data_ptr<T>(), ptr<T>(dgamma_h));
+    if (has_c) add_col_sums<T>(dcout_t, ch_t, N, H, dbeta_c.data_ptr<T>(), dgamma_c.data_ptr<T>());
     if (col_h) col_norm_bwd<T>(ds_t, sh_t, rh, N, G, m, static_cast<int64_t>(count_h.data_ptr<T>()[t]));
-    at::mm_out(dh_next, ds_all[t], w_hh);
+    at::mm_out(dh_next, ring.step(t), w_hh);
+    ring.done(t, h_all);
     if (m != nullptr) {
       T* dhx = dh_next.data_ptr<T>();
       for (int64_t n = 0; n < N; ++n)
@@ -609,12 +680,7 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
     std::swap(dh, dh_next);
     std::swap(dc, dc_next);
   }
-  auto dw = ds_all.reshape({T_ * N, G}).t().mm(h_all.narrow(0, 0, T_).reshape({T_ * N, H}));
-  auto dbias = da_all.sum({0, 1});
-  auto dgamma_h = has_h ? (da_all * shat_all).sum({0, 1}) : at::empty({0}, o);
-  auto dgamma_c = has_c ? (dcout_all * chat_all).sum({0, 1}) : at::empty({0}, o);
-  auto dbeta_c = has_c ? dcout_all.sum({0, 1}) : at::empty({0}, o);
-  return {dxa, dh, dc, dw, dbias, dgamma_h, dgamma_c, dbeta_c};
+  return {dxa, dh, dc, ring.weight_grad(h_all), dbias, dgamma_h, dgamma_c, dbeta_c};
 }
 
 // =========================================================================================== GRU
@@ -686,8 +752,13 @@ std::vector<at::Tensor> gru_backward_impl(const at::Tensor& dout, const at::Tens
   const int64_t T_ = like.size(0), N = like.size(1), G = like.size(2), H = G / 3;
   const bool has_h = gamma_h.numel() > 0;
   const auto o = like.options();
-  auto dxa = at::empty_like(like), drec_all = at::empty_like(like);
-  auto ds_all = has_h ? at::empty_like(like) : drec_all;
+  // drec: d(recurrent term after its norm), one step's scratch; ds: d(recurrent product), in the ring (ds = drec
+  // without a norm). The bias and gain gradients are summed step by step.
+  auto dxa = at::empty_like(like);
+  auto drec_step = has_h ? at::empty({N, G}, o) : at::empty({0}, o);
+  DsRing<T> ring(at::Tensor(), T_, N, G, H, o);
+  auto dbias = at::zeros({G}, o);
+  auto dgamma = has_h ? at::zeros({G}, o) : at::empty({0}, o);
   auto dh = dhT.clone(), dh_next = at::empty_like(dh), direct = at::empty_like(dh);
   const T* gh = ptr<T>(gamma_h);
   const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
@@ -700,8 +771,8 @@ std::vector<at::Tensor> gru_backward_impl(const at::Tensor& dout, const at::Tens
     const T* hp = h_all.data_ptr<T>() + t * N * H;
     const T* do_t = dout.data_ptr<T>() + t * N * H;
     T* dx_t = dxa.data_ptr<T>() + t * N * G;
-    T* dr_t = drec_all.data_ptr<T>() + t * N * G;
-    T* ds_t = ds_all.data_ptr<T>() + t * N * G;
+    T* ds_t = ring.slot(t);
+    T* dr_t = has_h ? drec_step.data_ptr<T>() : ds_t;
     T* dhp = dh.data_ptr<T>();
     T* dir = direct.data_ptr<T>();
     const bool col_h = has_h && kind_h == BATCH && count_h.data_ptr<T>()[t] >= 2;
@@ -724,14 +795,13 @@ std::vector<at::Tensor> gru_backward_impl(const at::Tensor& dout, const at::Tens
         for (int64_t f = 0; f < G; ++f) ds[f] = dr[f] * gh[f];
       }
     });
+    add_col_sums<T>(dr_t, has_h ? sh_t : nullptr, N, G, dbias.data_ptr<T>(), ptr<T>(dgamma));
     if (col_h) col_norm_bwd<T>(ds_t, sh_t, rh, N, G, m, static_cast<int64_t>(count_h.data_ptr<T>()[t]));
-    at::addmm_out(dh_next, direct, ds_all[t], w_hh);
+    at::addmm_out(dh_next, direct, ring.step(t), w_hh);
+    ring.done(t, h_all);
     std::swap(dh, dh_next);
   }
-  auto dw = ds_all.reshape({T_ * N, G}).t().mm(h_all.narrow(0, 0, T_).reshape({T_ * N, H}));
-  auto dbias = drec_all.sum({0, 1});
-  auto dgamma = has_h ? (drec_all * shat_all).sum({0, 1}) : at::empty({0}, o);
-  return {dxa, dh, dw, dbias, dgamma};
+  return {dxa, dh, ring.weight_grad(h_all), dbias, dgamma};
 }
 
 // =========================================================================================== Elman RNN
@@ -803,9 +873,13 @@ std::vector<at::Tensor> rnn_backward_impl(const at::Tensor& dout, const at::Tens
   const int64_t T_ = like.size(0), N = like.size(1), H = like.size(2);
   const bool has_h = gamma_h.numel() > 0;
   const auto o = like.options();
+  // As in the LSTM: ds = da = dxa without a norm; joint: dxa = ds, da one step's scratch; separate: dxa = da and
+  // ds in the ring.
   auto dxa = at::empty_like(like);
-  auto da_all = joint && has_h ? at::empty_like(like) : dxa;
-  auto ds_all = !has_h ? da_all : (joint ? dxa : at::empty_like(like));
+  auto da_step = joint && has_h ? at::empty({N, H}, o) : at::empty({0}, o);
+  DsRing<T> ring(!has_h || joint ? dxa : at::Tensor(), T_, N, H, H, o);
+  auto dbias = at::zeros({H}, o);
+  auto dgamma = has_h ? at::zeros({H}, o) : at::empty({0}, o);
   auto dh = dhT.clone(), dh_next = at::empty_like(dh);
   const T* gh = ptr<T>(gamma_h);
   const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
@@ -815,8 +889,8 @@ std::vector<at::Tensor> rnn_backward_impl(const at::Tensor& dout, const at::Tens
     const T* sh_t = shat_all.data_ptr<T>() + t * N * H;
     const T* rh = rstd_h.data_ptr<T>() + t * rstd_h.size(1) * rstd_h.size(2);
     const T* do_t = dout.data_ptr<T>() + t * N * H;
-    T* da_t = da_all.data_ptr<T>() + t * N * H;
-    T* ds_t = ds_all.data_ptr<T>() + t * N * H;
+    T* ds_t = ring.slot(t);
+    T* da_t = joint && has_h ? da_step.data_ptr<T>() : (has_h ? dxa.data_ptr<T>() + t * N * H : ds_t);
     T* dhp = dh.data_ptr<T>();
     const bool col_h = has_h && kind_h == BATCH && count_h.data_ptr<T>()[t] >= 2;
     for_rows(N, H, [&](int64_t n) {
@@ -835,8 +909,10 @@ std::vector<at::Tensor> rnn_backward_impl(const at::Tensor& dout, const at::Tens
         for (int64_t f = 0; f < H; ++f) ds[f] = da[f] * gh[f];
       }
     });
+    add_col_sums<T>(da_t, has_h ? sh_t : nullptr, N, H, dbias.data_ptr<T>(), ptr<T>(dgamma));
     if (col_h) col_norm_bwd<T>(ds_t, sh_t, rh, N, H, m, static_cast<int64_t>(count_h.data_ptr<T>()[t]));
-    at::mm_out(dh_next, ds_all[t], w_hh);
+    at::mm_out(dh_next, ring.step(t), w_hh);
+    ring.done(t, h_all);
     if (m != nullptr) {
       T* dhx = dh_next.data_ptr<T>();
       for (int64_t n = 0; n < N; ++n)
@@ -844,10 +920,7 @@ std::vector<at::Tensor> rnn_backward_impl(const at::Tensor& dout, const at::Tens
     }
     std::swap(dh, dh_next);
   }
-  auto dw = ds_all.reshape({T_ * N, H}).t().mm(h_all.narrow(0, 0, T_).reshape({T_ * N, H}));
-  auto dbias = da_all.sum({0, 1});
-  auto dgamma = has_h ? (da_all * shat_all).sum({0, 1}) : at::empty({0}, o);
-  return {dxa, dh, dw, dbias, dgamma};
+  return {dxa, dh, ring.weight_grad(h_all), dbias, dgamma};
 }
 
 
