@@ -463,7 +463,8 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
   h_all[0].copy_(h0);
   c_all[0].copy_(c0);
   auto acts = at::empty({Tk, N, G}, o), shat_all = at::empty({Tk, N, G}, o);
-  auto chat_all = at::empty({Tk, N, H}, o), tc_all = at::empty({Tk, N, H}, o), out = at::empty({T_, N, H}, o);
+  // tanh(c_out) is one step's scratch: backward recomputes it from chat (or c) rather than keep T steps of it.
+  auto chat_all = at::empty({Tk, N, H}, o), tc_buf = at::empty({N, H}, o), out = at::empty({T_, N, H}, o);
   auto rstd_h = rstd_buffer(kind_h, Tk, N, G, o), rstd_c = rstd_buffer(kind_c, Tk, N, H, o);
   auto mean_h = stats_buffer(kind_h, T_, G, o, 0), var_h = stats_buffer(kind_h, T_, G, o, 1);
   auto mean_c = stats_buffer(kind_c, T_, H, o, 0), var_c = stats_buffer(kind_c, T_, H, o, 1);
@@ -487,7 +488,7 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
     T* a_t = acts.data_ptr<T>() + tk * N * G;
     T* shat_t = shat_all.data_ptr<T>() + tk * N * G;
     T* chat_t = chat_all.data_ptr<T>() + tk * N * H;
-    T* tc_t = tc_all.data_ptr<T>() + tk * N * H;
+    T* tc_t = tc_buf.data_ptr<T>();
     T* rh = rstd_h.data_ptr<T>() + tk * rstd_h.size(1) * rstd_h.size(2);
     T* rc = rstd_c.data_ptr<T>() + tk * rstd_c.size(1) * rstd_c.size(2);
     const T* hp = h_all.data_ptr<T>() + t * N * H;
@@ -528,7 +529,7 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
       T* orow = o_t + n * H;
       T* cout = has_c ? cob + n * H : cr;
       if (has_c) affine<T>(cout, ch, gc, has_beta ? bc : nullptr, H);
-      lstm_h_fwd<T>(og, cout, tc, hrow, orow, H);  // tc is kept for backward even where the row has finished
+      lstm_h_fwd<T>(og, cout, tc, hrow, orow, H);
       if (keep) {
         std::copy(carry ? cout : cr, (carry ? cout : cr) + H, crow);
       } else {
@@ -550,14 +551,15 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
       });
     }
   }
-  return {out, h_all, c_all, acts, shat_all, rstd_h, chat_all, rstd_c, tc_all, mean_h, var_h, count_h,
+  return {out, h_all, c_all, acts, shat_all, rstd_h, chat_all, rstd_c, at::empty({0}, o), mean_h, var_h, count_h,
           mean_c, var_c, count_c};
 }
 
 template <typename T>
 std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Tensor& dhT, const at::Tensor& dcT,
                                            const at::Tensor& like, const at::Tensor& w_hh, const at::Tensor& gamma_h,
-                                           const at::Tensor& gamma_c, const at::Tensor& mask,
+                                           const at::Tensor& gamma_c, const at::Tensor& beta_c,
+                                           const at::Tensor& mask,
                                            const at::Tensor& h_all, const at::Tensor& c_all,
                                            const at::Tensor& acts, const at::Tensor& shat_all,
                                            const at::Tensor& rstd_h, const at::Tensor& chat_all,
@@ -579,16 +581,16 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
   auto dgamma_c = has_c ? at::zeros({H}, o) : at::empty({0}, o);
   auto dbeta_c = has_c ? at::zeros({H}, o) : at::empty({0}, o);
   auto dh = dhT.clone(), dc = dcT.clone(), dh_next = at::empty_like(dh), dc_next = at::empty_like(dc);
-  auto dcnew = at::empty({N, H}, o);
-  const T *gh = ptr<T>(gamma_h), *gc = ptr<T>(gamma_c);
+  auto dcnew = at::empty({N, H}, o), tc_step = at::empty({N, H}, o);
+  const T *gh = ptr<T>(gamma_h), *gc = ptr<T>(gamma_c), *bc = ptr<T>(beta_c);
   const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   T* dcn = dcnew.data_ptr<T>();
   T* dcout_t = has_c ? dcout_step.data_ptr<T>() : nullptr;
+  T* tc_t = tc_step.data_ptr<T>();
 
   for (int64_t t = T_ - 1; t >= 0; --t) {
     const bool* m = mk ? mk + t * N : nullptr;
     const T* a_t = acts.data_ptr<T>() + t * N * G;
-    const T* tc_t = tc_all.data_ptr<T>() + t * N * H;
     const T* ch_t = chat_all.data_ptr<T>() + t * N * H;
     const T* sh_t = shat_all.data_ptr<T>() + t * N * G;
     const T* rh = rstd_h.data_ptr<T>() + t * rstd_h.size(1) * rstd_h.size(2);
@@ -606,7 +608,17 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
     // d(c_out) of one row: from the output h = o * tanh(c_out), and from the carry when it is c_out.
     auto cell_out = [&](int64_t n) {
       const T* og = a_t + n * G + 3 * H;
-      const T* tc = tc_t + n * H;
+      T* tc = tc_t + n * H;
+      // tanh(c_out) again: c_out = gamma_c * chat + beta_c, or the new raw cell (what c_all holds for a running row)
+      if (has_c) {
+        const T* ch = ch_t + n * H;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) tc[j] = tanh_(gc[j] * ch[j] + (bc ? bc[j] : T(0)));
+      } else {
+        const T* cr = c_all.data_ptr<T>() + ((t + 1) * N + n) * H;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) tc[j] = tanh_(cr[j]);
+      }
       const T* dhr = dhp + n * H;
       const T* dor = do_t + n * H;
       const T* dcr = dcp + n * H;
@@ -1151,13 +1163,14 @@ std::vector<at::Tensor> lstm_forward(at::Tensor xa, at::Tensor h0, at::Tensor c0
 }
 
 std::vector<at::Tensor> lstm_backward(at::Tensor dout, at::Tensor dhT, at::Tensor dcT, at::Tensor like,
-                                      at::Tensor w_hh, at::Tensor gamma_h, at::Tensor gamma_c, at::Tensor mask,
+                                      at::Tensor w_hh, at::Tensor gamma_h, at::Tensor gamma_c, at::Tensor beta_c,
+                                      at::Tensor mask,
                                       at::Tensor h_all, at::Tensor c_all, at::Tensor acts, at::Tensor shat_all,
                                       at::Tensor rstd_h, at::Tensor chat_all, at::Tensor rstd_c, at::Tensor tc_all,
                                       at::Tensor count_h, at::Tensor count_c, int64_t kind_h, int64_t kind_c,
                                       bool joint, bool carry) {
   return NORMRNN_DISPATCH(like, "lstm_backward",
-      lstm_backward_impl<scalar_t>(dout, dhT, dcT, like, w_hh, gamma_h, gamma_c, mask, h_all, c_all, acts, shat_all,
+      lstm_backward_impl<scalar_t>(dout, dhT, dcT, like, w_hh, gamma_h, gamma_c, beta_c, mask, h_all, c_all, acts, shat_all,
                                    rstd_h, chat_all, rstd_c, tc_all, count_h, count_c, kind_h, kind_c, joint,
                                    carry));
 }
