@@ -97,3 +97,19 @@ def test_saved_for_backward_is_bounded(kind, norm):
     # GRU: x-term input, activations, normalized recurrent term + h and the candidate's recurrent part.
     bound = 3 * full + (4 if kind == "LSTM" else 2) * (T + 1) * N * H * 4 + 8 * T * G * 4
     assert sum(seen.values()) <= bound
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_expanded_output_gradient(engine, kind, bidirectional):
+    """out.sum()'s gradient is an expanded scalar the kernels read through its strides, not a copy."""
+    torch.manual_seed(2)
+    m = make(kind, 5, 6, norm="layer", backend="fused", bidirectional=bidirectional, dtype=torch.float64)
+    x = torch.randn(9, 3, 5, dtype=torch.float64, requires_grad=True)
+    with fused.force_engine(engine):
+        g1 = torch.autograd.grad(m(x)[0].sum(), [x, *m.parameters()])
+        ones = torch.ones(9, 3, 6 * (2 if bidirectional else 1), dtype=torch.float64)
+        g2 = torch.autograd.grad((m(x)[0] * ones).sum(), [x, *m.parameters()])
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

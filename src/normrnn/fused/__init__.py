@@ -119,6 +119,15 @@ def _needed(ctx, *grads):
     return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad))
 
 
+def _rows(grad: Tensor) -> Tensor:
+    """The output gradient (T, N, H) for the kernels, which read it row by row through its strides: rows made
+    contiguous, but an expanded gradient (``out.sum()``'s) not copied T*N times."""
+    if grad.stride(-1) == 1:
+        return grad
+    rows = tuple(slice(0, 1) if st == 0 else slice(None) for st in grad.stride()[:-1])
+    return grad[rows].contiguous().expand_as(grad)
+
+
 def _apply(function, flags, *tensors):
     """``function.apply`` when autograd needs the node, else ``function.infer``: the same forward without the
     graph (inference and streaming pay for no saved state)."""
@@ -154,7 +163,7 @@ class _LSTMFunction(torch.autograd.Function):
         (w_hh, gamma_h, gamma_c, beta_c, mask, h_all, c_all, acts, shat, rstd_h, chat, rstd_c, tc, count_h,
          count_c) = ctx.saved_tensors
         dxa, dh0, dc0, dw, db, dgh, dgc, dbc = ctx.eng.lstm_backward(
-            dout.contiguous(), dhT.contiguous(), dcT.contiguous(), acts, w_hh, gamma_h, gamma_c, beta_c, mask, h_all,
+            _rows(dout), dhT.contiguous(), dcT.contiguous(), acts, w_hh, gamma_h, gamma_c, beta_c, mask, h_all,
             c_all,
             acts, shat, rstd_h, chat, rstd_c, tc, count_h, count_c, kind_h, kind_c, joint, carry)
         return _needed(ctx, None, dxa, dh0, dc0, dw, db, dgh, dgc, dbc, None, None, None, None, None)
@@ -180,7 +189,7 @@ class _GRUFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dhT, *_):
         w_hh, gamma_h, mask, h_all, acts, rec_n, shat, rstd_h, count_h = ctx.saved_tensors
-        dxa, dh0, dw, db, dgh = ctx.eng.gru_backward(dout.contiguous(), dhT.contiguous(), acts, w_hh, gamma_h, mask,
+        dxa, dh0, dw, db, dgh = ctx.eng.gru_backward(_rows(dout), dhT.contiguous(), acts, w_hh, gamma_h, mask,
                                                      h_all, acts, rec_n, shat, rstd_h, count_h, ctx.flags[0])
         return _needed(ctx, None, dxa, dh0, dw, db, dgh, None, None, None)
 
@@ -206,7 +215,7 @@ class _RNNFunction(torch.autograd.Function):
     def backward(ctx, dout, dhT, *_):
         kind_h, joint, relu, _eps = ctx.flags
         w_hh, gamma_h, mask, h_all, act, shat, rstd_h, count_h = ctx.saved_tensors
-        dxa, dh0, dw, db, dgh = ctx.eng.rnn_backward(dout.contiguous(), dhT.contiguous(), act, w_hh, gamma_h, mask,
+        dxa, dh0, dw, db, dgh = ctx.eng.rnn_backward(_rows(dout), dhT.contiguous(), act, w_hh, gamma_h, mask,
                                                      h_all, act, shat, rstd_h, count_h, kind_h, joint, relu)
         return _needed(ctx, None, dxa, dh0, dw, db, dgh, None, None, None)
 

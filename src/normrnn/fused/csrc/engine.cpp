@@ -385,6 +385,7 @@ inline void hold_row(const T* __restrict prev, T* __restrict next, T* __restrict
 
 // =========================================================================================== LSTM
 
+// dout (T, N, H) is read row by row through its strides (rows contiguous): an expanded gradient stays expanded.
 // Backward's memory: besides dxa (which the input term's backward needs), nothing in backward is T steps long.
 // The bias and gain gradients are summed step by step (add_col_sums) and the recurrent term's gradient ds, which
 // dW_hh needs, lives in dxa where it equals it, else in a ring of a few steps (DsRing).
@@ -415,7 +416,7 @@ void add_col_sums(const T* d, const T* x, int64_t R, int64_t F, T* sum, T* prod)
 // The recurrent term's gradient ds (per step (N, G)) for dW_hh = sum over steps of ds_t^T h_t. Either inside a
 // (T, N, G) buffer that backward keeps anyway (`full`: one GEMM at the end), or in a ring of K steps, flushed
 // into dW with one GEMM per K steps (K*N about kRingRows rows: big enough for an efficient GEMM).
-constexpr int64_t kRingRows = 512;
+constexpr int64_t kRingRows = 256;
 
 template <typename T>
 struct DsRing {
@@ -596,7 +597,7 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
     const T* rh = rstd_h.data_ptr<T>() + t * rstd_h.size(1) * rstd_h.size(2);
     const T* rc = rstd_c.data_ptr<T>() + t * rstd_c.size(1) * rstd_c.size(2);
     const T* cp = c_all.data_ptr<T>() + t * N * H;
-    const T* do_t = dout.data_ptr<T>() + t * N * H;
+    const T* do_t = dout.data_ptr<T>() + t * dout.stride(0);
     T* ds_t = ring.slot(t);
     T* da_t = joint && has_h ? da_step.data_ptr<T>() : (has_h ? dxa.data_ptr<T>() + t * N * G : ds_t);
     T* dhp = dh.data_ptr<T>();
@@ -620,7 +621,7 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
         for (int64_t j = 0; j < H; ++j) tc[j] = tanh_(cr[j]);
       }
       const T* dhr = dhp + n * H;
-      const T* dor = do_t + n * H;
+      const T* dor = do_t + n * dout.stride(1);
       const T* dcr = dcp + n * H;
       T* dco = has_c ? dcout_t + n * H : dcn + n * H;
       lstm_cout_bwd<T>(dhr, dor, og, tc, carry ? dcr : nullptr, dco, H);
@@ -640,7 +641,7 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
           denormalize_row(dco, gc, ch_t + n * H, per_row(kind_c) ? rc[n] : T(0), rc, H, kind_c, dcnr);
         }
       }
-      lstm_gates_bwd<T>(ar, dcnr, carry ? nullptr : dcr, dhp + n * H, do_t + n * H, tc_t + n * H, cp + n * H,
+      lstm_gates_bwd<T>(ar, dcnr, carry ? nullptr : dcr, dhp + n * H, do_t + n * dout.stride(1), tc_t + n * H, cp + n * H,
                         dar, dcx + n * H, H);
       if (has_h && !col_h) {
         denormalize_row(dar, gh, sh_t + n * G, per_row(kind_h) ? rh[n] : T(0), rh, G, kind_h, dsr);
@@ -781,7 +782,7 @@ std::vector<at::Tensor> gru_backward_impl(const at::Tensor& dout, const at::Tens
     const T* sh_t = shat_all.data_ptr<T>() + t * N * G;
     const T* rh = rstd_h.data_ptr<T>() + t * rstd_h.size(1) * rstd_h.size(2);
     const T* hp = h_all.data_ptr<T>() + t * N * H;
-    const T* do_t = dout.data_ptr<T>() + t * N * H;
+    const T* do_t = dout.data_ptr<T>() + t * dout.stride(0);
     T* dx_t = dxa.data_ptr<T>() + t * N * G;
     T* ds_t = ring.slot(t);
     T* dr_t = has_h ? drec_step.data_ptr<T>() : ds_t;
@@ -799,7 +800,7 @@ std::vector<at::Tensor> gru_backward_impl(const at::Tensor& dout, const at::Tens
         std::copy(dhp + n * H, dhp + (n + 1) * H, dir + n * H);
         return;
       }
-      gru_bwd<T>(a_t + n * G, rn_t + n * H, hp + n * H, dhp + n * H, do_t + n * H, dx, dr, dir + n * H, H);
+      gru_bwd<T>(a_t + n * G, rn_t + n * H, hp + n * H, dhp + n * H, do_t + n * dout.stride(1), dx, dr, dir + n * H, H);
       if (has_h && !col_h) {
         denormalize_row(dr, gh, sh_t + n * G, per_row(kind_h) ? rh[n] : T(0), rh, G, kind_h, ds);
       } else if (has_h) {
@@ -900,7 +901,7 @@ std::vector<at::Tensor> rnn_backward_impl(const at::Tensor& dout, const at::Tens
     const T* y_t = act.data_ptr<T>() + t * N * H;
     const T* sh_t = shat_all.data_ptr<T>() + t * N * H;
     const T* rh = rstd_h.data_ptr<T>() + t * rstd_h.size(1) * rstd_h.size(2);
-    const T* do_t = dout.data_ptr<T>() + t * N * H;
+    const T* do_t = dout.data_ptr<T>() + t * dout.stride(0);
     T* ds_t = ring.slot(t);
     T* da_t = joint && has_h ? da_step.data_ptr<T>() : (has_h ? dxa.data_ptr<T>() + t * N * H : ds_t);
     T* dhp = dh.data_ptr<T>();
@@ -913,7 +914,7 @@ std::vector<at::Tensor> rnn_backward_impl(const at::Tensor& dout, const at::Tens
         if (ds != da) std::fill(ds, ds + H, T(0));
         return;
       }
-      rnn_bwd<T>(y_t + n * H, dhp + n * H, do_t + n * H, da, relu, H);
+      rnn_bwd<T>(y_t + n * H, dhp + n * H, do_t + n * dout.stride(1), da, relu, H);
       if (has_h && !col_h) {
         denormalize_row(da, gh, sh_t + n * H, per_row(kind_h) ? rh[n] : T(0), rh, H, kind_h, ds);
       } else if (has_h) {
