@@ -91,6 +91,10 @@ def _fixed_stats(norm, steps: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
     """Batch norm's per-step running statistics (T, F), read where batch statistics are unusable or in eval."""
     if not isinstance(norm, RecurrentBatchNorm):
         return _empty(like), _empty(like)
+    if norm.training and steps.device.type == "cpu" and steps.numel() and int(steps[-1]) < norm.max_steps:
+        # Consecutive steps that all own a row: a view of the buffers, not a (T, F) copy of each.
+        first = int(steps[0])
+        return norm.running_mean[first:first + steps.numel()], norm.running_var[first:first + steps.numel()]
     idx = torch.clamp(steps, max=norm.max_steps - 1) if norm.training else norm.stat_index(steps)
     return norm.running_mean[idx], norm.running_var[idx]
 
@@ -113,6 +117,15 @@ def _or_empty(t: Optional[Tensor], like: Tensor) -> Tensor:
 def _needed(ctx, *grads):
     """Only the gradients autograd asked for (an absent bias or gain is an empty tensor that wants none)."""
     return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad))
+
+
+def _rows(grad: Tensor) -> Tensor:
+    """The output gradient (T, N, H) for the kernels, which read it row by row through its strides: rows made
+    contiguous, but an expanded gradient (``out.sum()``'s) not copied T*N times."""
+    if grad.stride(-1) == 1:
+        return grad
+    rows = tuple(slice(0, 1) if st == 0 else slice(None) for st in grad.stride()[:-1])
+    return grad[rows].contiguous().expand_as(grad)
 
 
 def _apply(function, flags, *tensors):
@@ -139,18 +152,19 @@ class _LSTMFunction(torch.autograd.Function):
                                      kind_h, kind_c, joint, carry, eps, True)
         ctx.flags, ctx.eng = flags, eng
         # The input term xa is not kept: backward needs only its shape, which acts has too.
-        ctx.save_for_backward(w_hh, gamma_h, gamma_c, mask, h_all, c_all, acts, shat, rstd_h, chat, rstd_c, tc,
-                              count_h, count_c)
+        ctx.save_for_backward(w_hh, gamma_h, gamma_c, beta_c, mask, h_all, c_all, acts, shat, rstd_h, chat, rstd_c,
+                              tc, count_h, count_c)
         ctx.mark_non_differentiable(mean_h, var_h, count_h, mean_c, var_c, count_c)
         return out, h_all[-1].clone(), c_all[-1].clone(), mean_h, var_h, count_h, mean_c, var_c, count_c
 
     @staticmethod
     def backward(ctx, dout, dhT, dcT, *_):
         kind_h, kind_c, joint, carry, _eps = ctx.flags
-        (w_hh, gamma_h, gamma_c, mask, h_all, c_all, acts, shat, rstd_h, chat, rstd_c, tc, count_h,
+        (w_hh, gamma_h, gamma_c, beta_c, mask, h_all, c_all, acts, shat, rstd_h, chat, rstd_c, tc, count_h,
          count_c) = ctx.saved_tensors
         dxa, dh0, dc0, dw, db, dgh, dgc, dbc = ctx.eng.lstm_backward(
-            dout.contiguous(), dhT.contiguous(), dcT.contiguous(), acts, w_hh, gamma_h, gamma_c, mask, h_all, c_all,
+            _rows(dout), dhT.contiguous(), dcT.contiguous(), acts, w_hh, gamma_h, gamma_c, beta_c, mask, h_all,
+            c_all,
             acts, shat, rstd_h, chat, rstd_c, tc, count_h, count_c, kind_h, kind_c, joint, carry)
         return _needed(ctx, None, dxa, dh0, dc0, dw, db, dgh, dgc, dbc, None, None, None, None, None)
 
@@ -175,7 +189,7 @@ class _GRUFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dhT, *_):
         w_hh, gamma_h, mask, h_all, acts, rec_n, shat, rstd_h, count_h = ctx.saved_tensors
-        dxa, dh0, dw, db, dgh = ctx.eng.gru_backward(dout.contiguous(), dhT.contiguous(), acts, w_hh, gamma_h, mask,
+        dxa, dh0, dw, db, dgh = ctx.eng.gru_backward(_rows(dout), dhT.contiguous(), acts, w_hh, gamma_h, mask,
                                                      h_all, acts, rec_n, shat, rstd_h, count_h, ctx.flags[0])
         return _needed(ctx, None, dxa, dh0, dw, db, dgh, None, None, None)
 
@@ -201,7 +215,7 @@ class _RNNFunction(torch.autograd.Function):
     def backward(ctx, dout, dhT, *_):
         kind_h, joint, relu, _eps = ctx.flags
         w_hh, gamma_h, mask, h_all, act, shat, rstd_h, count_h = ctx.saved_tensors
-        dxa, dh0, dw, db, dgh = ctx.eng.rnn_backward(dout.contiguous(), dhT.contiguous(), act, w_hh, gamma_h, mask,
+        dxa, dh0, dw, db, dgh = ctx.eng.rnn_backward(_rows(dout), dhT.contiguous(), act, w_hh, gamma_h, mask,
                                                      h_all, act, shat, rstd_h, count_h, kind_h, joint, relu)
         return _needed(ctx, None, dxa, dh0, dw, db, dgh, None, None, None)
 
@@ -308,6 +322,7 @@ def run_direction(p: CellParams, x: Tensor, state: State, mask: Optional[Tensor]
         final: State = (hT, cT)
     elif p.mode == "GRU":
         xa = xp if p.bias_ih is None else xp + p.bias_ih
+        del xp  # the normalized term is not needed once xa has the bias: free it before the time loop
         bias_hh = _empty(x) if p.bias_hh is None else p.bias_hh
         out, hT, mean_h, var_h, count_h = _apply(
             _GRUFunction, (kind_h, eps), xa.contiguous(), h0, w_hh, bias_hh, gamma_h, m, fmh, fvh)

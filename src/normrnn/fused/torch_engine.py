@@ -108,14 +108,14 @@ def lstm_forward(xa: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bias: Tensor,
     gamma_h (4H,) or empty (no norm); gamma_c/beta_c (H,) or empty (no cell norm); mask (T, N) bool or empty;
     fix_* (T, F): the batch kind's per-step statistics for eval/fallback, or empty.
     Returns [out (T,N,H), h_all (T+1,N,H), c_all (T+1,N,H), acts (T,N,4H), shat (T,N,4H), rstd_h, chat (T,N,H),
-    rstd_c, tc (T,N,H), mean_h, var_h, count_h, mean_c, var_c, count_c].
+    rstd_c, tc, mean_h, var_h, count_h, mean_c, var_c, count_c]; tc is empty: backward recomputes tanh(c_out)
+    from chat (or c) rather than keep T steps of it.
     """
     T, N, G = xa.shape
     H = G // 4
     h_all, c_all = xa.new_empty(T + 1, N, H), xa.new_empty(T + 1, N, H)
     h_all[0], c_all[0] = h0, c0
-    acts, shat_all, chat_all, tc_all = xa.new_empty(T, N, G), xa.new_empty(T, N, G), xa.new_empty(T, N, H), \
-        xa.new_empty(T, N, H)
+    acts, shat_all, chat_all = xa.new_empty(T, N, G), xa.new_empty(T, N, G), xa.new_empty(T, N, H)
     rstd_h = xa.new_empty(T, *((N, 1) if kind_h in (LAYER, RMS) else (1, G)))
     rstd_c = xa.new_empty(T, *((N, 1) if kind_c in (LAYER, RMS) else (1, H)))
     mean_h, var_h, count_h = _stats(T, G, xa, kind_h)
@@ -149,7 +149,7 @@ def lstm_forward(xa: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bias: Tensor,
             c_out = torch.addcmul(beta_c, chat, gamma_c) if beta_c.numel() else chat * gamma_c
         else:
             c_out = c_new
-        tc = torch.tanh(c_out, out=tc_all[t])
+        tc = torch.tanh(c_out)
         c_keep = c_out if carry else c_new
         if m is None:
             torch.mul(o, tc, out=h_all[t + 1])
@@ -159,12 +159,12 @@ def lstm_forward(xa: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bias: Tensor,
             h_all[t + 1] = torch.where(keep, o * tc, h)
             c_all[t + 1] = torch.where(keep, c_keep, c)
     out = h_all[1:].clone() if mask.numel() == 0 else o_masked(h_all, mask)
-    return [out, h_all, c_all, acts, shat_all, rstd_h, chat_all, rstd_c, tc_all, mean_h, var_h, count_h,
+    return [out, h_all, c_all, acts, shat_all, rstd_h, chat_all, rstd_c, xa.new_empty(0), mean_h, var_h, count_h,
             mean_c, var_c, count_c]
 
 
 def lstm_backward(dout: Tensor, dhT: Tensor, dcT: Tensor, like: Tensor, w_hh: Tensor, gamma_h: Tensor,
-                  gamma_c: Tensor, mask: Tensor, h_all: Tensor, c_all: Tensor, acts: Tensor, shat_all: Tensor,
+                  gamma_c: Tensor, beta_c: Tensor, mask: Tensor, h_all: Tensor, c_all: Tensor, acts: Tensor, shat_all: Tensor,
                   rstd_h: Tensor, chat_all: Tensor, rstd_c: Tensor, tc_all: Tensor, count_h: Tensor,
                   count_c: Tensor, kind_h: int, kind_c: int, joint: bool, carry: bool) -> list[Tensor]:
     """Gradients of :func:`lstm_forward`: [dxa, dh0, dc0, dw_hh, dbias, dgamma_h, dgamma_c, dbeta_c].
@@ -190,7 +190,12 @@ def lstm_backward(dout: Tensor, dhT: Tensor, dcT: Tensor, like: Tensor, w_hh: Te
         else:
             dc_step = dc
         i, f, g, o = acts[t].chunk(4, 1)
-        tc = tc_all[t]
+        # tanh(c_out) again: c_out = gamma_c * chat + beta_c, or the new raw cell (c_all of a running row)
+        if gamma_c.numel():
+            c_out = torch.addcmul(beta_c, chat_all[t], gamma_c) if beta_c.numel() else chat_all[t] * gamma_c
+        else:
+            c_out = c_all[t + 1]
+        tc = torch.tanh(c_out)
         dcout = dh_step * o * (1 - tc * tc)
         if carry:
             dcout += dc_step

@@ -4,8 +4,8 @@
 // the tests hold the two (and the reference loop) against each other. Per time step: one GEMM for the
 // recurrent term into a preallocated buffer, then one pass over the batch rows that does norm + gates + cell
 // update (parallel over rows). Batch norm needs statistics across rows, so it adds a column pass before the
-// row pass. Backward mirrors it; the weight and parameter gradients are reduced once, after the loop, over all
-// T*N rows.
+// row pass. Backward mirrors it; it sums the bias and gain gradients step by step and reduces dW_hh a block of
+// steps at a time, so that its only buffer as long as the sequence is the input term's gradient.
 //
 // Norm kinds: 0 none, 1 layer, 2 rms, 3 batch (batch statistics), 4 batch with given per-step statistics.
 
@@ -385,6 +385,68 @@ inline void hold_row(const T* __restrict prev, T* __restrict next, T* __restrict
 
 // =========================================================================================== LSTM
 
+// dout (T, N, H) is read row by row through its strides (rows contiguous): an expanded gradient stays expanded.
+// Backward's memory: besides dxa (which the input term's backward needs), nothing in backward is T steps long.
+// The bias and gain gradients are summed step by step (add_col_sums) and the recurrent term's gradient ds, which
+// dW_hh needs, lives in dxa where it equals it, else in a ring of a few steps (DsRing).
+
+// sum += column sums of d (R, F); prod += column sums of d * x. Parallel over columns; sum or prod may be null.
+template <typename T>
+void add_col_sums(const T* d, const T* x, int64_t R, int64_t F, T* sum, T* prod) {
+  if (sum == nullptr && prod == nullptr) return;
+  const int64_t grain = std::max<int64_t>(64, 16384 / std::max<int64_t>(R, 1));
+  at::parallel_for(0, F, grain, [&](int64_t b, int64_t e) {
+    for (int64_t n = 0; n < R; ++n) {
+      const T* __restrict dr = d + n * F;
+      if (sum != nullptr) {
+        T* __restrict s = sum;
+#pragma omp simd
+        for (int64_t f = b; f < e; ++f) s[f] += dr[f];
+      }
+      if (prod != nullptr) {
+        const T* __restrict xr = x + n * F;
+        T* __restrict p = prod;
+#pragma omp simd
+        for (int64_t f = b; f < e; ++f) p[f] += dr[f] * xr[f];
+      }
+    }
+  });
+}
+
+// The recurrent term's gradient ds (per step (N, G)) for dW_hh = sum over steps of ds_t^T h_t. Either inside a
+// (T, N, G) buffer that backward keeps anyway (`full`: one GEMM at the end), or in a ring of K steps, flushed
+// into dW with one GEMM per K steps (K*N about kRingRows rows: big enough for an efficient GEMM).
+constexpr int64_t kRingRows = 256;
+
+template <typename T>
+struct DsRing {
+  at::Tensor full, ring, dw;
+  int64_t steps, N, G, H, K;
+  DsRing(const at::Tensor& full_, int64_t steps_, int64_t N_, int64_t G_, int64_t H_, const at::TensorOptions& o)
+      : full(full_), steps(steps_), N(N_), G(G_), H(H_) {
+    K = full.defined() ? steps : std::min<int64_t>(steps, std::max<int64_t>(1, (kRingRows + N - 1) / N));
+    if (!full.defined()) {
+      ring = at::empty({K, N, G}, o);
+      dw = at::zeros({G, H}, o);
+    }
+  }
+  const at::Tensor& buffer() const { return full.defined() ? full : ring; }
+  int64_t index(int64_t t) const { return full.defined() ? t : t % K; }
+  T* slot(int64_t t) const { return buffer().template data_ptr<T>() + index(t) * N * G; }
+  at::Tensor step(int64_t t) const { return buffer()[index(t)]; }
+  // After step t (backward runs t = T-1 .. 0): flush the ring once t starts a block of K steps.
+  void done(int64_t t, const at::Tensor& h_all) {
+    if (full.defined() || t % K != 0) return;
+    const int64_t k = std::min<int64_t>(K, steps - t);
+    dw.addmm_(ring.narrow(0, 0, k).reshape({k * N, G}).t(), h_all.narrow(0, t, k).reshape({k * N, H}));
+  }
+  at::Tensor weight_grad(const at::Tensor& h_all) const {
+    if (!full.defined()) return dw;
+    return full.reshape({steps * N, G}).t().mm(h_all.narrow(0, 0, steps).reshape({steps * N, H}));
+  }
+};
+
+
 template <typename T>
 std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor& h0, const at::Tensor& c0,
                                           const at::Tensor& w_hh, const at::Tensor& bias, const at::Tensor& gamma_h,
@@ -402,7 +464,8 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
   h_all[0].copy_(h0);
   c_all[0].copy_(c0);
   auto acts = at::empty({Tk, N, G}, o), shat_all = at::empty({Tk, N, G}, o);
-  auto chat_all = at::empty({Tk, N, H}, o), tc_all = at::empty({Tk, N, H}, o), out = at::empty({T_, N, H}, o);
+  // tanh(c_out) is one step's scratch: backward recomputes it from chat (or c) rather than keep T steps of it.
+  auto chat_all = at::empty({Tk, N, H}, o), tc_buf = at::empty({N, H}, o), out = at::empty({T_, N, H}, o);
   auto rstd_h = rstd_buffer(kind_h, Tk, N, G, o), rstd_c = rstd_buffer(kind_c, Tk, N, H, o);
   auto mean_h = stats_buffer(kind_h, T_, G, o, 0), var_h = stats_buffer(kind_h, T_, G, o, 1);
   auto mean_c = stats_buffer(kind_c, T_, H, o, 0), var_c = stats_buffer(kind_c, T_, H, o, 1);
@@ -426,7 +489,7 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
     T* a_t = acts.data_ptr<T>() + tk * N * G;
     T* shat_t = shat_all.data_ptr<T>() + tk * N * G;
     T* chat_t = chat_all.data_ptr<T>() + tk * N * H;
-    T* tc_t = tc_all.data_ptr<T>() + tk * N * H;
+    T* tc_t = tc_buf.data_ptr<T>();
     T* rh = rstd_h.data_ptr<T>() + tk * rstd_h.size(1) * rstd_h.size(2);
     T* rc = rstd_c.data_ptr<T>() + tk * rstd_c.size(1) * rstd_c.size(2);
     const T* hp = h_all.data_ptr<T>() + t * N * H;
@@ -467,7 +530,7 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
       T* orow = o_t + n * H;
       T* cout = has_c ? cob + n * H : cr;
       if (has_c) affine<T>(cout, ch, gc, has_beta ? bc : nullptr, H);
-      lstm_h_fwd<T>(og, cout, tc, hrow, orow, H);  // tc is kept for backward even where the row has finished
+      lstm_h_fwd<T>(og, cout, tc, hrow, orow, H);
       if (keep) {
         std::copy(carry ? cout : cr, (carry ? cout : cr) + H, crow);
       } else {
@@ -489,14 +552,15 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
       });
     }
   }
-  return {out, h_all, c_all, acts, shat_all, rstd_h, chat_all, rstd_c, tc_all, mean_h, var_h, count_h,
+  return {out, h_all, c_all, acts, shat_all, rstd_h, chat_all, rstd_c, at::empty({0}, o), mean_h, var_h, count_h,
           mean_c, var_c, count_c};
 }
 
 template <typename T>
 std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Tensor& dhT, const at::Tensor& dcT,
                                            const at::Tensor& like, const at::Tensor& w_hh, const at::Tensor& gamma_h,
-                                           const at::Tensor& gamma_c, const at::Tensor& mask,
+                                           const at::Tensor& gamma_c, const at::Tensor& beta_c,
+                                           const at::Tensor& mask,
                                            const at::Tensor& h_all, const at::Tensor& c_all,
                                            const at::Tensor& acts, const at::Tensor& shat_all,
                                            const at::Tensor& rstd_h, const at::Tensor& chat_all,
@@ -507,29 +571,35 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
   const auto o = like.options();
   const bool has_h = gamma_h.numel() > 0, has_c = gamma_c.numel() > 0;
   auto dxa = at::empty_like(like);
-  // da: d(pre-activation); ds: d(recurrent product h W_hh^T). Separate terms: dxa = da; joint: dxa = ds.
-  auto da_all = joint && has_h ? at::empty_like(like) : dxa;
-  auto ds_all = !has_h ? da_all : (joint ? dxa : at::empty_like(like));
-  auto dcout_all = has_c ? at::empty({T_, N, H}, o) : at::empty({0}, o);
+  // da: d(pre-activation); ds: d(recurrent product h W_hh^T). Without a norm on the recurrent term ds = da = dxa;
+  // joint terms: dxa = ds and da is one step's scratch; separate terms: dxa = da and ds goes to the ring.
+  // Everything else (d(c_out), the reductions for bias and gains) is per step: nothing else is T steps long.
+  auto da_step = joint && has_h ? at::empty({N, G}, o) : at::empty({0}, o);
+  DsRing<T> ring(!has_h || joint ? dxa : at::Tensor(), T_, N, G, H, o);
+  auto dcout_step = has_c ? at::empty({N, H}, o) : at::empty({0}, o);
+  auto dbias = at::zeros({G}, o);
+  auto dgamma_h = has_h ? at::zeros({G}, o) : at::empty({0}, o);
+  auto dgamma_c = has_c ? at::zeros({H}, o) : at::empty({0}, o);
+  auto dbeta_c = has_c ? at::zeros({H}, o) : at::empty({0}, o);
   auto dh = dhT.clone(), dc = dcT.clone(), dh_next = at::empty_like(dh), dc_next = at::empty_like(dc);
-  auto dcnew = at::empty({N, H}, o);
-  const T *gh = ptr<T>(gamma_h), *gc = ptr<T>(gamma_c);
+  auto dcnew = at::empty({N, H}, o), tc_step = at::empty({N, H}, o);
+  const T *gh = ptr<T>(gamma_h), *gc = ptr<T>(gamma_c), *bc = ptr<T>(beta_c);
   const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   T* dcn = dcnew.data_ptr<T>();
+  T* dcout_t = has_c ? dcout_step.data_ptr<T>() : nullptr;
+  T* tc_t = tc_step.data_ptr<T>();
 
   for (int64_t t = T_ - 1; t >= 0; --t) {
     const bool* m = mk ? mk + t * N : nullptr;
     const T* a_t = acts.data_ptr<T>() + t * N * G;
-    const T* tc_t = tc_all.data_ptr<T>() + t * N * H;
     const T* ch_t = chat_all.data_ptr<T>() + t * N * H;
     const T* sh_t = shat_all.data_ptr<T>() + t * N * G;
     const T* rh = rstd_h.data_ptr<T>() + t * rstd_h.size(1) * rstd_h.size(2);
     const T* rc = rstd_c.data_ptr<T>() + t * rstd_c.size(1) * rstd_c.size(2);
     const T* cp = c_all.data_ptr<T>() + t * N * H;
-    const T* do_t = dout.data_ptr<T>() + t * N * H;
-    T* da_t = da_all.data_ptr<T>() + t * N * G;
-    T* ds_t = ds_all.data_ptr<T>() + t * N * G;
-    T* dcout_t = has_c ? dcout_all.data_ptr<T>() + t * N * H : nullptr;
+    const T* do_t = dout.data_ptr<T>() + t * dout.stride(0);
+    T* ds_t = ring.slot(t);
+    T* da_t = joint && has_h ? da_step.data_ptr<T>() : (has_h ? dxa.data_ptr<T>() + t * N * G : ds_t);
     T* dhp = dh.data_ptr<T>();
     T* dcp = dc.data_ptr<T>();
     T* dcx = dc_next.data_ptr<T>();
@@ -539,9 +609,19 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
     // d(c_out) of one row: from the output h = o * tanh(c_out), and from the carry when it is c_out.
     auto cell_out = [&](int64_t n) {
       const T* og = a_t + n * G + 3 * H;
-      const T* tc = tc_t + n * H;
+      T* tc = tc_t + n * H;
+      // tanh(c_out) again: c_out = gamma_c * chat + beta_c, or the new raw cell (what c_all holds for a running row)
+      if (has_c) {
+        const T* ch = ch_t + n * H;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) tc[j] = tanh_(gc[j] * ch[j] + (bc ? bc[j] : T(0)));
+      } else {
+        const T* cr = c_all.data_ptr<T>() + ((t + 1) * N + n) * H;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) tc[j] = tanh_(cr[j]);
+      }
       const T* dhr = dhp + n * H;
-      const T* dor = do_t + n * H;
+      const T* dor = do_t + n * dout.stride(1);
       const T* dcr = dcp + n * H;
       T* dco = has_c ? dcout_t + n * H : dcn + n * H;
       lstm_cout_bwd<T>(dhr, dor, og, tc, carry ? dcr : nullptr, dco, H);
@@ -561,7 +641,7 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
           denormalize_row(dco, gc, ch_t + n * H, per_row(kind_c) ? rc[n] : T(0), rc, H, kind_c, dcnr);
         }
       }
-      lstm_gates_bwd<T>(ar, dcnr, carry ? nullptr : dcr, dhp + n * H, do_t + n * H, tc_t + n * H, cp + n * H,
+      lstm_gates_bwd<T>(ar, dcnr, carry ? nullptr : dcr, dhp + n * H, do_t + n * dout.stride(1), tc_t + n * H, cp + n * H,
                         dar, dcx + n * H, H);
       if (has_h && !col_h) {
         denormalize_row(dar, gh, sh_t + n * G, per_row(kind_h) ? rh[n] : T(0), rh, G, kind_h, dsr);
@@ -599,8 +679,12 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
         }
       });
     }
+    // The bias and gain gradients of this step (finished rows hold zeros).
+    add_col_sums<T>(da_t, has_h ? sh_t : nullptr, N, G, dbias.data_ptr<T>(), ptr<T>(dgamma_h));
+    if (has_c) add_col_sums<T>(dcout_t, ch_t, N, H, dbeta_c.data_ptr<T>(), dgamma_c.data_ptr<T>());
     if (col_h) col_norm_bwd<T>(ds_t, sh_t, rh, N, G, m, static_cast<int64_t>(count_h.data_ptr<T>()[t]));
-    at::mm_out(dh_next, ds_all[t], w_hh);
+    at::mm_out(dh_next, ring.step(t), w_hh);
+    ring.done(t, h_all);
     if (m != nullptr) {
       T* dhx = dh_next.data_ptr<T>();
       for (int64_t n = 0; n < N; ++n)
@@ -609,12 +693,7 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
     std::swap(dh, dh_next);
     std::swap(dc, dc_next);
   }
-  auto dw = ds_all.reshape({T_ * N, G}).t().mm(h_all.narrow(0, 0, T_).reshape({T_ * N, H}));
-  auto dbias = da_all.sum({0, 1});
-  auto dgamma_h = has_h ? (da_all * shat_all).sum({0, 1}) : at::empty({0}, o);
-  auto dgamma_c = has_c ? (dcout_all * chat_all).sum({0, 1}) : at::empty({0}, o);
-  auto dbeta_c = has_c ? dcout_all.sum({0, 1}) : at::empty({0}, o);
-  return {dxa, dh, dc, dw, dbias, dgamma_h, dgamma_c, dbeta_c};
+  return {dxa, dh, dc, ring.weight_grad(h_all), dbias, dgamma_h, dgamma_c, dbeta_c};
 }
 
 // =========================================================================================== GRU
@@ -686,8 +765,13 @@ std::vector<at::Tensor> gru_backward_impl(const at::Tensor& dout, const at::Tens
   const int64_t T_ = like.size(0), N = like.size(1), G = like.size(2), H = G / 3;
   const bool has_h = gamma_h.numel() > 0;
   const auto o = like.options();
-  auto dxa = at::empty_like(like), drec_all = at::empty_like(like);
-  auto ds_all = has_h ? at::empty_like(like) : drec_all;
+  // drec: d(recurrent term after its norm), one step's scratch; ds: d(recurrent product), in the ring (ds = drec
+  // without a norm). The bias and gain gradients are summed step by step.
+  auto dxa = at::empty_like(like);
+  auto drec_step = has_h ? at::empty({N, G}, o) : at::empty({0}, o);
+  DsRing<T> ring(at::Tensor(), T_, N, G, H, o);
+  auto dbias = at::zeros({G}, o);
+  auto dgamma = has_h ? at::zeros({G}, o) : at::empty({0}, o);
   auto dh = dhT.clone(), dh_next = at::empty_like(dh), direct = at::empty_like(dh);
   const T* gh = ptr<T>(gamma_h);
   const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
@@ -698,10 +782,10 @@ std::vector<at::Tensor> gru_backward_impl(const at::Tensor& dout, const at::Tens
     const T* sh_t = shat_all.data_ptr<T>() + t * N * G;
     const T* rh = rstd_h.data_ptr<T>() + t * rstd_h.size(1) * rstd_h.size(2);
     const T* hp = h_all.data_ptr<T>() + t * N * H;
-    const T* do_t = dout.data_ptr<T>() + t * N * H;
+    const T* do_t = dout.data_ptr<T>() + t * dout.stride(0);
     T* dx_t = dxa.data_ptr<T>() + t * N * G;
-    T* dr_t = drec_all.data_ptr<T>() + t * N * G;
-    T* ds_t = ds_all.data_ptr<T>() + t * N * G;
+    T* ds_t = ring.slot(t);
+    T* dr_t = has_h ? drec_step.data_ptr<T>() : ds_t;
     T* dhp = dh.data_ptr<T>();
     T* dir = direct.data_ptr<T>();
     const bool col_h = has_h && kind_h == BATCH && count_h.data_ptr<T>()[t] >= 2;
@@ -716,7 +800,7 @@ std::vector<at::Tensor> gru_backward_impl(const at::Tensor& dout, const at::Tens
         std::copy(dhp + n * H, dhp + (n + 1) * H, dir + n * H);
         return;
       }
-      gru_bwd<T>(a_t + n * G, rn_t + n * H, hp + n * H, dhp + n * H, do_t + n * H, dx, dr, dir + n * H, H);
+      gru_bwd<T>(a_t + n * G, rn_t + n * H, hp + n * H, dhp + n * H, do_t + n * dout.stride(1), dx, dr, dir + n * H, H);
       if (has_h && !col_h) {
         denormalize_row(dr, gh, sh_t + n * G, per_row(kind_h) ? rh[n] : T(0), rh, G, kind_h, ds);
       } else if (has_h) {
@@ -724,14 +808,13 @@ std::vector<at::Tensor> gru_backward_impl(const at::Tensor& dout, const at::Tens
         for (int64_t f = 0; f < G; ++f) ds[f] = dr[f] * gh[f];
       }
     });
+    add_col_sums<T>(dr_t, has_h ? sh_t : nullptr, N, G, dbias.data_ptr<T>(), ptr<T>(dgamma));
     if (col_h) col_norm_bwd<T>(ds_t, sh_t, rh, N, G, m, static_cast<int64_t>(count_h.data_ptr<T>()[t]));
-    at::addmm_out(dh_next, direct, ds_all[t], w_hh);
+    at::addmm_out(dh_next, direct, ring.step(t), w_hh);
+    ring.done(t, h_all);
     std::swap(dh, dh_next);
   }
-  auto dw = ds_all.reshape({T_ * N, G}).t().mm(h_all.narrow(0, 0, T_).reshape({T_ * N, H}));
-  auto dbias = drec_all.sum({0, 1});
-  auto dgamma = has_h ? (drec_all * shat_all).sum({0, 1}) : at::empty({0}, o);
-  return {dxa, dh, dw, dbias, dgamma};
+  return {dxa, dh, ring.weight_grad(h_all), dbias, dgamma};
 }
 
 // =========================================================================================== Elman RNN
@@ -803,9 +886,13 @@ std::vector<at::Tensor> rnn_backward_impl(const at::Tensor& dout, const at::Tens
   const int64_t T_ = like.size(0), N = like.size(1), H = like.size(2);
   const bool has_h = gamma_h.numel() > 0;
   const auto o = like.options();
+  // As in the LSTM: ds = da = dxa without a norm; joint: dxa = ds, da one step's scratch; separate: dxa = da and
+  // ds in the ring.
   auto dxa = at::empty_like(like);
-  auto da_all = joint && has_h ? at::empty_like(like) : dxa;
-  auto ds_all = !has_h ? da_all : (joint ? dxa : at::empty_like(like));
+  auto da_step = joint && has_h ? at::empty({N, H}, o) : at::empty({0}, o);
+  DsRing<T> ring(!has_h || joint ? dxa : at::Tensor(), T_, N, H, H, o);
+  auto dbias = at::zeros({H}, o);
+  auto dgamma = has_h ? at::zeros({H}, o) : at::empty({0}, o);
   auto dh = dhT.clone(), dh_next = at::empty_like(dh);
   const T* gh = ptr<T>(gamma_h);
   const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
@@ -814,9 +901,9 @@ std::vector<at::Tensor> rnn_backward_impl(const at::Tensor& dout, const at::Tens
     const T* y_t = act.data_ptr<T>() + t * N * H;
     const T* sh_t = shat_all.data_ptr<T>() + t * N * H;
     const T* rh = rstd_h.data_ptr<T>() + t * rstd_h.size(1) * rstd_h.size(2);
-    const T* do_t = dout.data_ptr<T>() + t * N * H;
-    T* da_t = da_all.data_ptr<T>() + t * N * H;
-    T* ds_t = ds_all.data_ptr<T>() + t * N * H;
+    const T* do_t = dout.data_ptr<T>() + t * dout.stride(0);
+    T* ds_t = ring.slot(t);
+    T* da_t = joint && has_h ? da_step.data_ptr<T>() : (has_h ? dxa.data_ptr<T>() + t * N * H : ds_t);
     T* dhp = dh.data_ptr<T>();
     const bool col_h = has_h && kind_h == BATCH && count_h.data_ptr<T>()[t] >= 2;
     for_rows(N, H, [&](int64_t n) {
@@ -827,7 +914,7 @@ std::vector<at::Tensor> rnn_backward_impl(const at::Tensor& dout, const at::Tens
         if (ds != da) std::fill(ds, ds + H, T(0));
         return;
       }
-      rnn_bwd<T>(y_t + n * H, dhp + n * H, do_t + n * H, da, relu, H);
+      rnn_bwd<T>(y_t + n * H, dhp + n * H, do_t + n * dout.stride(1), da, relu, H);
       if (has_h && !col_h) {
         denormalize_row(da, gh, sh_t + n * H, per_row(kind_h) ? rh[n] : T(0), rh, H, kind_h, ds);
       } else if (has_h) {
@@ -835,8 +922,10 @@ std::vector<at::Tensor> rnn_backward_impl(const at::Tensor& dout, const at::Tens
         for (int64_t f = 0; f < H; ++f) ds[f] = da[f] * gh[f];
       }
     });
+    add_col_sums<T>(da_t, has_h ? sh_t : nullptr, N, H, dbias.data_ptr<T>(), ptr<T>(dgamma));
     if (col_h) col_norm_bwd<T>(ds_t, sh_t, rh, N, H, m, static_cast<int64_t>(count_h.data_ptr<T>()[t]));
-    at::mm_out(dh_next, ds_all[t], w_hh);
+    at::mm_out(dh_next, ring.step(t), w_hh);
+    ring.done(t, h_all);
     if (m != nullptr) {
       T* dhx = dh_next.data_ptr<T>();
       for (int64_t n = 0; n < N; ++n)
@@ -844,10 +933,7 @@ std::vector<at::Tensor> rnn_backward_impl(const at::Tensor& dout, const at::Tens
     }
     std::swap(dh, dh_next);
   }
-  auto dw = ds_all.reshape({T_ * N, H}).t().mm(h_all.narrow(0, 0, T_).reshape({T_ * N, H}));
-  auto dbias = da_all.sum({0, 1});
-  auto dgamma = has_h ? (da_all * shat_all).sum({0, 1}) : at::empty({0}, o);
-  return {dxa, dh, dw, dbias, dgamma};
+  return {dxa, dh, ring.weight_grad(h_all), dbias, dgamma};
 }
 
 
@@ -1130,13 +1216,14 @@ std::vector<at::Tensor> lstm_forward(at::Tensor xa, at::Tensor h0, at::Tensor c0
 }
 
 std::vector<at::Tensor> lstm_backward(at::Tensor dout, at::Tensor dhT, at::Tensor dcT, at::Tensor like,
-                                      at::Tensor w_hh, at::Tensor gamma_h, at::Tensor gamma_c, at::Tensor mask,
+                                      at::Tensor w_hh, at::Tensor gamma_h, at::Tensor gamma_c, at::Tensor beta_c,
+                                      at::Tensor mask,
                                       at::Tensor h_all, at::Tensor c_all, at::Tensor acts, at::Tensor shat_all,
                                       at::Tensor rstd_h, at::Tensor chat_all, at::Tensor rstd_c, at::Tensor tc_all,
                                       at::Tensor count_h, at::Tensor count_c, int64_t kind_h, int64_t kind_c,
                                       bool joint, bool carry) {
   return NORMRNN_DISPATCH(like, "lstm_backward",
-      lstm_backward_impl<scalar_t>(dout, dhT, dcT, like, w_hh, gamma_h, gamma_c, mask, h_all, c_all, acts, shat_all,
+      lstm_backward_impl<scalar_t>(dout, dhT, dcT, like, w_hh, gamma_h, gamma_c, beta_c, mask, h_all, c_all, acts, shat_all,
                                    rstd_h, chat_all, rstd_c, tc_all, count_h, count_c, kind_h, kind_c, joint,
                                    carry));
 }
