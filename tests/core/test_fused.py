@@ -5,7 +5,9 @@ import pytest
 import torch
 
 import normrnn
-from normrnn import fused
+from normrnn import fused, reference
+from normrnn.cells import CellParams
+from normrnn.norms import IdentityNorm
 from rnn_helpers import initial_state, make, randomize_norms
 
 ENGINES = ["torch"] + (["native"] if fused.native.load() is not None else [])
@@ -14,8 +16,6 @@ ENGINES = ["torch"] + (["native"] if fused.native.load() is not None else [])
 def _variants():
     for kind, norm, terms in itertools.product(["LSTM", "GRU", "RNN"], ["layer", "rms", "batch", "none"],
                                                ["separate", "joint"]):
-        if kind == "GRU" and terms == "joint":
-            continue
         yield kind, norm, terms, {}
     for norm in ["layer", "batch", "rms"]:
         yield "LSTM", norm, "separate", dict(norm_cell=False)
@@ -23,6 +23,8 @@ def _variants():
     yield "RNN", "layer", "separate", dict(nonlinearity="relu")
     yield "LSTM", "layer", "separate", dict(bias=False)
     yield "GRU", "layer", "separate", dict(bias=False)
+    yield "GRU", "layer", "joint", dict(bias=False)
+    yield "GRU", "batch", "joint", dict(bias=False)
 
 
 def _grads(m, x, hx, lengths, weights):
@@ -62,13 +64,14 @@ def test_fused_equals_reference(engine, kind, norm, terms, extra, training):
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("kind,terms", [("LSTM", "separate"), ("GRU", "separate"), ("RNN", "separate"),
+                                        ("GRU", "joint")])
 @pytest.mark.parametrize("norm", ["layer", "rms", "batch"])
-def test_fused_float32_realistic_shape(engine, kind, norm):
+def test_fused_float32_realistic_shape(engine, kind, terms, norm):
     """float32 agreement (relative 1e-4) on a realistic shape, gradients included."""
     torch.manual_seed(1)
-    ref = make(kind, 64, 128, norm=norm, backend="reference")
-    fast = make(kind, 64, 128, norm=norm, backend="fused")
+    ref = make(kind, 64, 128, norm=norm, norm_terms=terms, backend="reference")
+    fast = make(kind, 64, 128, norm=norm, norm_terms=terms, backend="fused")
     fast.load_state_dict(ref.state_dict())
     x = torch.randn(50, 16, 64, requires_grad=True)
     with fused.force_engine(engine):
@@ -87,8 +90,7 @@ def test_backend_selection():
     assert normrnn.LSTM(3, 4, zoneout=0.1).active_backend() == "reference"  # auto falls back
     with pytest.raises(ValueError, match="zoneout"):
         normrnn.LSTM(3, 4, zoneout=0.1, backend="fused")(torch.randn(2, 2, 3))
-    with pytest.raises(ValueError, match="joint"):
-        normrnn.GRU(3, 4, norm_terms="joint", backend="fused")(torch.randn(2, 2, 3))
+    assert normrnn.GRU(3, 4, norm_terms="joint").active_backend().startswith("fused")
     with pytest.raises(ValueError, match="backend"):
         normrnn.LSTM(3, 4, backend="cuda")
 
@@ -118,6 +120,63 @@ def test_inference_and_streaming_fast_paths(norm, extra):
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(torch.stack(steps), expected, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(state.hx[1], c, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("norm", ["layer", "rms", "batch", "none"])
+@pytest.mark.parametrize("training", [True, False])
+def test_gru_joint_inference_path(engine, norm, training):
+    """Without autograd the GRU with joint terms keeps no per-step state (keep=False reuses one step's buffers):
+    outputs, final states and batch norm's running statistics must still equal the reference loop."""
+    torch.manual_seed(4)
+    kw = dict(norm=norm, norm_terms="joint", dtype=torch.float64, bidirectional=True)
+    ref = normrnn.GRU(3, 5, 2, backend="reference", **kw)
+    randomize_norms(ref)
+    if norm == "batch":
+        ref(torch.randn(7, 6, 3, dtype=torch.float64))
+    fast = normrnn.GRU(3, 5, 2, backend="fused", **kw)
+    fast.load_state_dict(ref.state_dict())
+    ref.train(training), fast.train(training)
+    x = torch.randn(7, 4, 3, dtype=torch.float64)
+    lengths = torch.tensor([7, 3, 1, 5])
+    with torch.no_grad():
+        expected, h_r = ref(x, lengths=lengths)
+        with fused.force_engine(engine):
+            out, h_f = fast(x, lengths=lengths)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(h_f, h_r, rtol=1e-10, atol=1e-12)
+    for a, b in zip(fast.buffers(), ref.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_gru_joint_kernels_without_gains(engine, bias):
+    """``norm="none"`` builds no joint norms (the layer runs the separate-terms GRU), so the joint kernels' branch
+    for absent gains is reached only through identity norms in the joint slots: run one reverse direction of
+    such a cell directly, against the reference loop."""
+    torch.manual_seed(7)
+    H, I = 5, 3
+
+    def leaf(*shape):
+        return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+
+    b = (leaf(3 * H), leaf(3 * H)) if bias else (None, None)
+    p = CellParams("GRU", leaf(3 * H, I), leaf(3 * H, H), *b, norm_gates=IdentityNorm(), norm_new=IdentityNorm())
+    x, h0 = leaf(6, 4, I), leaf(4, H)
+    lengths = torch.tensor([6, 2, 4, 1])
+    mask = torch.arange(6).unsqueeze(1) < lengths
+    weights = torch.randn(6, 4, H, dtype=torch.float64)
+    inputs = [x, h0, p.weight_ih, p.weight_hh] + [t for t in b if t is not None]
+
+    def run(run_direction):
+        out, (h,) = run_direction(p, x, (h0,), mask, lengths, reverse=True)
+        return [out, h, *torch.autograd.grad((out * weights).sum() + (3 * h).sum(), inputs)]
+
+    with fused.force_engine(engine):
+        got = run(fused.run_direction)
+    for a, e in zip(got, run(reference.run_direction)):
+        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-10)
 
 
 def test_native_kernels_only_for_cpu_tensors():

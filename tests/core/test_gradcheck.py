@@ -64,12 +64,12 @@ def test_cell_variants_gradcheck(kind, norm, terms, extra):
     _check(m, x, initial_state(kind, 1, 3, 4, torch.float64))
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("kind,terms", [("LSTM", "separate"), ("GRU", "separate"), ("GRU", "joint")])
 @pytest.mark.parametrize("norm", ["layer", "batch"])
-def test_stack_with_lengths_gradcheck(kind, norm):
+def test_stack_with_lengths_gradcheck(kind, terms, norm):
     """Two bidirectional layers, padded input with lengths, residual connections: all paths differentiate."""
     torch.manual_seed(1)
-    m = make(kind, 4, 2, 2, bidirectional=True, norm=norm, residual=True, dtype=torch.float64)
+    m = make(kind, 4, 2, 2, bidirectional=True, norm=norm, norm_terms=terms, residual=True, dtype=torch.float64)
     randomize_norms(m)
     x = torch.randn(4, 3, 4, dtype=torch.float64)
     _check(m, x, initial_state(kind, 4, 3, 2, torch.float64), fast_mode=False, lengths=torch.tensor([4, 2, 3]))

@@ -6,7 +6,10 @@ norm (batch norm's x-term statistics for all steps at once) and the biases. Insi
 the C++ kernels of :mod:`normrnn.fused.native` when they build, else :mod:`normrnn.fused.torch_engine`, the same
 algorithm in PyTorch. Both are checked against :mod:`normrnn.reference` by the tests.
 
-Not covered (``auto`` uses the reference loop, ``fused`` raises): zoneout, and the GRU with joint terms.
+The GRU with joint terms has a node of its own: its two norms (the r/z sum, then the candidate's sum, which
+needs r first) make a step of a different shape from the separate-terms GRU.
+
+Not covered (``auto`` uses the reference loop, ``fused`` raises): zoneout.
 """
 from __future__ import annotations
 
@@ -66,8 +69,6 @@ def unsupported_reason(mode: str, norm_terms: str, zoneout: float, sync_stats: b
         return "batch norm with sync_stats=True all-reduces per-step statistics, only in the reference loop"
     if zoneout:
         return "zoneout is only in the reference loop"
-    if mode == "GRU" and norm_terms == "joint":
-        return "the GRU with norm_terms='joint' is only in the reference loop"
     return None
 
 
@@ -192,6 +193,40 @@ class _GRUFunction(torch.autograd.Function):
         dxa, dh0, dw, db, dgh = ctx.eng.gru_backward(_rows(dout), dhT.contiguous(), acts, w_hh, gamma_h, mask,
                                                      h_all, acts, rec_n, shat, rstd_h, count_h, ctx.flags[0])
         return _needed(ctx, None, dxa, dh0, dw, db, dgh, None, None, None)
+
+
+class _GRUJointFunction(torch.autograd.Function):
+    """The GRU with joint terms: ``norm_gates`` over the r/z sum and ``norm_new`` over the candidate's sum.
+    xp is the raw input term (the norms take it together with the state); both biases go in whole."""
+
+    @staticmethod
+    def infer(flags, xp, h0, w_hh, bias_ih, bias_hh, gamma_g, gamma_n, mask, fmg, fvg, fmn, fvn):
+        r = engine(xp.device).gru_joint_forward(xp, h0, w_hh, bias_ih, bias_hh, gamma_g, gamma_n, mask, fmg, fvg,
+                                                fmn, fvn, *flags, False)
+        return r[0], r[1][-1], *r[8:14]
+
+    @staticmethod
+    def forward(ctx, flags, xp, h0, w_hh, bias_ih, bias_hh, gamma_g, gamma_n, mask, fmg, fvg, fmn, fvn):
+        kind_g, kind_n, eps = flags
+        eng = engine(xp.device)
+        (out, h_all, acts, rec_n, uhat, vhat, rstd_g, rstd_n, mean_g, var_g, count_g, mean_n, var_n,
+         count_n) = eng.gru_joint_forward(xp, h0, w_hh, bias_ih, bias_hh, gamma_g, gamma_n, mask, fmg, fvg, fmn,
+                                          fvn, kind_g, kind_n, eps, True)
+        ctx.flags, ctx.eng = flags, eng
+        ctx.save_for_backward(w_hh, gamma_g, gamma_n, mask, h_all, acts, rec_n, uhat, vhat, rstd_g, rstd_n, count_g,
+                              count_n)
+        ctx.mark_non_differentiable(mean_g, var_g, count_g, mean_n, var_n, count_n)
+        return out, h_all[-1].clone(), mean_g, var_g, count_g, mean_n, var_n, count_n
+
+    @staticmethod
+    def backward(ctx, dout, dhT, *_):
+        kind_g, kind_n, _eps = ctx.flags
+        w_hh, gamma_g, gamma_n, mask, h_all, acts, rec_n, uhat, vhat, rstd_g, rstd_n, count_g, count_n = \
+            ctx.saved_tensors
+        dxp, dh0, dw, dbi, dbh, dgg, dgn = ctx.eng.gru_joint_backward(
+            dout.contiguous(), dhT.contiguous(), acts, w_hh, gamma_g, gamma_n, mask, h_all, acts, rec_n, uhat, vhat,
+            rstd_g, rstd_n, count_g, count_n, kind_g, kind_n)
+        return _needed(ctx, None, dxp, dh0, dw, dbi, dbh, dgg, dgn, None, None, None, None, None)
 
 
 class _RNNFunction(torch.autograd.Function):
@@ -320,6 +355,14 @@ def run_direction(p: CellParams, x: Tensor, state: State, mask: Optional[Tensor]
             w_hh, _sum_bias(p, x), gamma_h, gamma_c, beta_c, m, fmh, fvh, fmc, fvc)
         _update_running(p.norm_cell, mean_c, var_c, count_c, steps)
         final: State = (hT, cT)
+    elif p.mode == "GRU" and joint:
+        kind_n = _kind(p.norm_new)
+        fmn, fvn = _fixed_stats(p.norm_new, steps, x)
+        out, hT, mean_h, var_h, count_h, mean_n, var_n, count_n = _apply(
+            _GRUJointFunction, (kind_h, kind_n, eps), xp.contiguous(), h0, w_hh, _or_empty(p.bias_ih, x),
+            _or_empty(p.bias_hh, x), gamma_h, _or_empty(_gain(p.norm_new), x), m, fmh, fvh, fmn, fvn)
+        _update_running(p.norm_new, mean_n, var_n, count_n, steps)
+        final = (hT,)
     elif p.mode == "GRU":
         xa = xp if p.bias_ih is None else xp + p.bias_ih
         del xp  # the normalized term is not needed once xa has the bias: free it before the time loop

@@ -315,6 +315,124 @@ def gru_backward(dout: Tensor, dhT: Tensor, like: Tensor, w_hh: Tensor, gamma_h:
     return [dxa, dh, dw_hh, dbias, dgamma_h]
 
 
+# ------------------------------------------------------------------------------------------------ GRU, joint terms
+
+
+def gru_joint_forward(xa: Tensor, h0: Tensor, w_hh: Tensor, bias_ih: Tensor, bias_hh: Tensor, gamma_g: Tensor,
+                      gamma_n: Tensor, mask: Tensor, fix_mean_g: Tensor, fix_var_g: Tensor, fix_mean_n: Tensor,
+                      fix_var_n: Tensor, kind_g: int, kind_n: int, eps: float, keep: bool = True) -> list[Tensor]:
+    """GRU over T steps with joint terms (:func:`normrnn.cells.gru_step`): the gates see
+    ``norm_gates(x_rz + s_rz) + b_ih_rz + b_hh_rz``, the candidate ``norm_new(x_n + r * (s_n + b_hh_n)) + b_ih_n``.
+
+    xa (T, N, 3H): the raw input term W_ih x (with joint terms it is normalized together with the state, so no
+    bias is folded in); bias_ih/bias_hh (3H,) or empty; gamma_g (2H,) and gamma_n (H,) or empty (no norm).
+    The candidate's pre-norm sum v depends on r, which depends on the first norm: batch statistics of u come
+    before r is known, those of v after, so every step normalizes twice.
+    Returns [out, h_all (T+1,N,H), acts (T,N,3H) = (r, z, n), rec_n (T,N,H) = s_n + b_hh_n,
+    uhat (T,N,2H), vhat (T,N,H), rstd_g, rstd_n, mean_g, var_g, count_g, mean_n, var_n, count_n]."""
+    T, N, G = xa.shape
+    H = G // 3
+    h_all = xa.new_empty(T + 1, N, H)
+    h_all[0] = h0
+    acts, rec_n_all = xa.new_empty(T, N, G), xa.new_empty(T, N, H)
+    uhat_all, vhat_all = xa.new_empty(T, N, 2 * H), xa.new_empty(T, N, H)
+    rstd_g = xa.new_empty(T, *((N, 1) if kind_g in (LAYER, RMS) else (1, 2 * H)))
+    rstd_n = xa.new_empty(T, *((N, 1) if kind_n in (LAYER, RMS) else (1, H)))
+    mean_g, var_g, count_g = _stats(T, 2 * H, xa, kind_g)
+    mean_n, var_n, count_n = _stats(T, H, xa, kind_n)
+    out = xa.new_empty(T, N, H)
+    b_ih = bias_ih if bias_ih.numel() else xa.new_zeros(G)
+    b_hh = bias_hh if bias_hh.numel() else xa.new_zeros(G)
+    b_rz, b_hn, b_in = b_ih[:2 * H] + b_hh[:2 * H], b_hh[2 * H:], b_ih[2 * H:]
+    wt = w_hh.t()
+    for t in range(T):
+        h = h_all[t]
+        m = _mask_at(mask, t)
+        s = h @ wt
+        x_rz, x_n = xa[t].split([2 * H, H], 1)
+        u = x_rz + s[:, :2 * H]
+        if gamma_g.numel():
+            uhat, r_, mu, var, cnt = norm_forward(u, kind_g, m, _row(fix_mean_g, t), _row(fix_var_g, t), eps)
+            uhat_all[t], rstd_g[t] = uhat, r_
+            if kind_g == BATCH:
+                mean_g[t], var_g[t], count_g[t] = mu, var, cnt
+            u = uhat * gamma_g
+        r, z = torch.sigmoid(u + b_rz).chunk(2, 1)
+        rec_n = s[:, 2 * H:] + b_hn
+        v = x_n + r * rec_n
+        if gamma_n.numel():
+            vhat, r_, mu, var, cnt = norm_forward(v, kind_n, m, _row(fix_mean_n, t), _row(fix_var_n, t), eps)
+            vhat_all[t], rstd_n[t] = vhat, r_
+            if kind_n == BATCH:
+                mean_n[t], var_n[t], count_n[t] = mu, var, cnt
+            v = vhat * gamma_n
+        n = torch.tanh(v + b_in)
+        acts[t] = torch.cat([r, z, n], 1)
+        rec_n_all[t] = rec_n
+        h_new = n + z * (h - n)
+        if m is None:
+            h_all[t + 1], out[t] = h_new, h_new
+        else:
+            keep = m.unsqueeze(1)
+            h_all[t + 1] = torch.where(keep, h_new, h)
+            out[t] = h_new * keep
+    return [out, h_all, acts, rec_n_all, uhat_all, vhat_all, rstd_g, rstd_n, mean_g, var_g, count_g, mean_n, var_n,
+            count_n]
+
+
+def gru_joint_backward(dout: Tensor, dhT: Tensor, like: Tensor, w_hh: Tensor, gamma_g: Tensor, gamma_n: Tensor,
+                       mask: Tensor, h_all: Tensor, acts: Tensor, rec_n_all: Tensor, uhat_all: Tensor,
+                       vhat_all: Tensor, rstd_g: Tensor, rstd_n: Tensor, count_g: Tensor, count_n: Tensor,
+                       kind_g: int, kind_n: int) -> list[Tensor]:
+    """Gradients of :func:`gru_joint_forward`: [dxa, dh0, dw_hh, dbias_ih, dbias_hh, dgamma_g, dgamma_n].
+
+    Backward runs the forward's order in reverse: the candidate's norm first (dv), then through r to the gates'
+    norm (du). dpre holds the gradients of the three pre-activations (after the norms, where the biases and gains
+    act), from which the bias and gain gradients are reduced once after the loop."""
+    T, N, G = like.shape
+    H = G // 3
+    dxa, ds_all, dpre = torch.empty_like(like), torch.empty_like(like), torch.empty_like(like)
+    dh = dhT.clone()
+    for t in range(T - 1, -1, -1):
+        m = _mask_at(mask, t)
+        dh_step = dh + dout[t]
+        if m is not None:
+            keep = m.unsqueeze(1).to(dh.dtype)
+            dh_pass, dh_step = dh * (1 - keep), dh_step * keep
+        r, z, n = acts[t].chunk(3, 1)
+        h = h_all[t]
+        e_n = dh_step * (1 - z) * (1 - n * n)
+        e_z = dh_step * (h - n) * z * (1 - z)
+        if gamma_n.numel():
+            dv = norm_backward(e_n * gamma_n, vhat_all[t], rstd_n[t], kind_n, m,
+                               int(count_n[t]) if count_n.numel() else 0)
+        else:
+            dv = e_n
+        e_r = dv * rec_n_all[t] * r * (1 - r)
+        e_rz = torch.cat([e_r, e_z], 1)
+        if gamma_g.numel():
+            du = norm_backward(e_rz * gamma_g, uhat_all[t], rstd_g[t], kind_g, m,
+                               int(count_g[t]) if count_g.numel() else 0)
+        else:
+            du = e_rz
+        dpre[t] = torch.cat([e_rz, e_n], 1)
+        dxa[t] = torch.cat([du, dv], 1)
+        ds_all[t] = torch.cat([du, dv * r], 1)
+        dh = ds_all[t] @ w_hh + dh_step * z
+        if m is not None:
+            dh = dh + dh_pass
+    rows = T * N
+    dw_hh = ds_all.reshape(rows, G).t() @ h_all[:-1].reshape(rows, H)
+    d_rz = dpre[..., :2 * H].reshape(rows, 2 * H).sum(0)
+    dbias_ih = torch.cat([d_rz, dpre[..., 2 * H:].reshape(rows, H).sum(0)])
+    dbias_hh = torch.cat([d_rz, ds_all[..., 2 * H:].reshape(rows, H).sum(0)])  # b_hh_n sits inside r * (...)
+    dgamma_g = (dpre[..., :2 * H] * uhat_all).reshape(rows, 2 * H).sum(0) if gamma_g.numel() else \
+        torch.zeros_like(gamma_g)
+    dgamma_n = (dpre[..., 2 * H:] * vhat_all).reshape(rows, H).sum(0) if gamma_n.numel() else \
+        torch.zeros_like(gamma_n)
+    return [dxa, dh, dw_hh, dbias_ih, dbias_hh, dgamma_g, dgamma_n]
+
+
 # ------------------------------------------------------------------------------------------------ Elman RNN
 
 
