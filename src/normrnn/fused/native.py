@@ -21,6 +21,9 @@ import torch
 
 SOURCE = Path(__file__).parent / "csrc" / "engine.cpp"
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno"]
+# at::parallel_for is header code: without -fopenmp its "#pragma omp parallel" is dropped and every row loop runs
+# on one thread. Linux only: there torch ships libgomp, which the extension then shares (one OpenMP runtime).
+OPENMP = ["-fopenmp"] if sys.platform.startswith("linux") else []
 _lock = threading.Lock()
 _module: Optional[ModuleType] = None
 _failed: Optional[str] = None
@@ -36,7 +39,7 @@ def _cpu_id() -> str:
 
 def build_dir() -> Path:
     key = hashlib.sha256(
-        SOURCE.read_bytes() + " ".join([torch.__version__, sys.version, _cpu_id(), *FLAGS]).encode()
+        SOURCE.read_bytes() + " ".join([torch.__version__, sys.version, _cpu_id(), *FLAGS, *OPENMP]).encode()
     ).hexdigest()[:16]
     root = Path(os.environ.get("NORMRNN_BUILD", Path.home() / ".cache" / "normrnn" / "build"))
     return root / f"engine-{key}"
@@ -78,8 +81,8 @@ def _build() -> Optional[ModuleType]:
         print(f"normrnn: building the fused C++ kernels once into {where} (about a minute)...", file=sys.stderr,
               flush=True)
     try:
-        return _import_cpp_extension().load(name="normrnn_engine", sources=[str(SOURCE)], extra_cflags=FLAGS,
-                                  build_directory=str(where), verbose=False)
+        return _import_cpp_extension().load(name="normrnn_engine", sources=[str(SOURCE)], extra_cflags=FLAGS + OPENMP,
+                                  extra_ldflags=OPENMP, build_directory=str(where), verbose=False)
     except Exception as e:  # no compiler, no ninja, a failed build: the PyTorch engine does the same work
         _failed = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
         warnings.warn(f"normrnn: the fused C++ kernels could not be built ({_failed}); using the slower PyTorch "
