@@ -85,6 +85,13 @@ inline void row_norm_bwd(const T* dshat, const T* __restrict shat, T rstd, int64
   for (int64_t i = 0; i < F; ++i) ds[i] = rstd * (dshat[i] - m1 - shat[i] * m2);
 }
 
+// Run f(begin, end) over blocks of the F columns of an (N, F) array, in parallel when there is enough work.
+template <typename Fn>
+inline void for_cols(int64_t N, int64_t F, const Fn& f) {
+  const int64_t grain = std::max<int64_t>(64, 16384 / std::max<int64_t>(N, 1));
+  at::parallel_for(0, F, grain, f);
+}
+
 // Column statistics of s (N, F) over running rows. Fills mean (F) and rstd (F) to normalize with; for the batch
 // kind also the statistics to report (mean_out/var_out) and returns the count (< 2: the given ones were used).
 template <typename T>
@@ -95,27 +102,29 @@ int64_t col_stats(const T* s, int64_t N, int64_t F, const bool* m, const T* fix_
     for (int64_t n = 0; n < N; ++n) count += (m == nullptr || m[n]) ? 1 : 0;
   }
   if (kind == BATCH && count >= 2) {
-    std::fill(mean, mean + F, T(0));
-    std::vector<T> var(F, T(0));
-    for (int64_t n = 0; n < N; ++n) {
-      if (m != nullptr && !m[n]) continue;
-      const T* row = s + n * F;
+    for_cols(N, F, [&](int64_t b, int64_t e) {
+      std::fill(mean + b, mean + e, T(0));
+      std::fill(rstd + b, rstd + e, T(0));  // holds the variance until the end
+      for (int64_t n = 0; n < N; ++n) {
+        if (m != nullptr && !m[n]) continue;
+        const T* row = s + n * F;
 #pragma omp simd
-      for (int64_t f = 0; f < F; ++f) mean[f] += row[f];
-    }
-    for (int64_t f = 0; f < F; ++f) mean[f] /= count;
-    for (int64_t n = 0; n < N; ++n) {
-      if (m != nullptr && !m[n]) continue;
-      const T* row = s + n * F;
+        for (int64_t f = b; f < e; ++f) mean[f] += row[f];
+      }
+      for (int64_t f = b; f < e; ++f) mean[f] /= count;
+      for (int64_t n = 0; n < N; ++n) {
+        if (m != nullptr && !m[n]) continue;
+        const T* row = s + n * F;
 #pragma omp simd
-      for (int64_t f = 0; f < F; ++f) var[f] += (row[f] - mean[f]) * (row[f] - mean[f]);
-    }
-    for (int64_t f = 0; f < F; ++f) {
-      var[f] /= count;
-      rstd[f] = T(1) / std::sqrt(var[f] + eps);
-      mean_out[f] = mean[f];
-      var_out[f] = var[f];
-    }
+        for (int64_t f = b; f < e; ++f) rstd[f] += (row[f] - mean[f]) * (row[f] - mean[f]);
+      }
+      for (int64_t f = b; f < e; ++f) {
+        const T var = rstd[f] / count;
+        rstd[f] = T(1) / std::sqrt(var + eps);
+        mean_out[f] = mean[f];
+        var_out[f] = var;
+      }
+    });
     return count;
   }
   for (int64_t f = 0; f < F; ++f) {
@@ -133,32 +142,34 @@ int64_t col_stats(const T* s, int64_t N, int64_t F, const bool* m, const T* fix_
 // running rows, 0 on finished ones. dshat is in ds already (N, F); rows of finished sequences hold 0.
 template <typename T>
 void col_norm_bwd(T* ds, const T* shat, const T* rstd, int64_t N, int64_t F, const bool* m, int64_t count) {
-  std::vector<T> s1v(F, T(0)), s2v(F, T(0));
-  T* __restrict s1 = s1v.data();
-  T* __restrict s2 = s2v.data();
-  for (int64_t n = 0; n < N; ++n) {
-    const T* __restrict d = ds + n * F;
-    const T* __restrict sh = shat + n * F;
+  for_cols(N, F, [&](int64_t b, int64_t e) {
+    std::vector<T> s1v(e - b, T(0)), s2v(e - b, T(0));
+    T* __restrict s1 = s1v.data() - b;  // indexed by column
+    T* __restrict s2 = s2v.data() - b;
+    for (int64_t n = 0; n < N; ++n) {
+      const T* __restrict d = ds + n * F;
+      const T* __restrict sh = shat + n * F;
 #pragma omp simd
-    for (int64_t f = 0; f < F; ++f) {
-      s1[f] += d[f];
-      s2[f] += d[f] * sh[f];
+      for (int64_t f = b; f < e; ++f) {
+        s1[f] += d[f];
+        s2[f] += d[f] * sh[f];
+      }
     }
-  }
-  for (int64_t f = 0; f < F; ++f) {
-    s1[f] /= count;
-    s2[f] /= count;
-  }
-  for (int64_t n = 0; n < N; ++n) {
-    T* d = ds + n * F;
-    if (m != nullptr && !m[n]) {
-      std::fill(d, d + F, T(0));
-      continue;
+    for (int64_t f = b; f < e; ++f) {
+      s1[f] /= count;
+      s2[f] /= count;
     }
-    const T* sh = shat + n * F;
+    for (int64_t n = 0; n < N; ++n) {
+      T* d = ds + n * F;
+      if (m != nullptr && !m[n]) {
+        std::fill(d + b, d + e, T(0));
+        continue;
+      }
+      const T* sh = shat + n * F;
 #pragma omp simd
-    for (int64_t f = 0; f < F; ++f) d[f] = rstd[f] * (d[f] - s1[f] - sh[f] * s2[f]);
-  }
+      for (int64_t f = b; f < e; ++f) d[f] = rstd[f] * (d[f] - s1[f] - sh[f] * s2[f]);
+    }
+  });
 }
 
 // Run f(n) for every row, in parallel when the step has enough work to pay for it.
@@ -1178,29 +1189,37 @@ std::vector<at::Tensor> bn_steps_backward_impl(const at::Tensor& dy, const at::T
   const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   T* dxp = dx.data_ptr<T>();
   T* dwp = dw_steps.data_ptr<T>();
+  std::vector<T> ones(w ? 0 : F, T(1));
+  const T* g = w ? w : ones.data();
   at::parallel_for(0, T_, 1, [&](int64_t b, int64_t e) {
-    std::vector<T> xhat(N * F);
+    std::vector<T> xhat_v(N * F);
+    T* xhat = xhat_v.data();
     for (int64_t t = b; t < e; ++t) {
       const bool* m = mk ? mk + t * N : nullptr;
       T* dxt = dxp + t * N * F;
+      const T* __restrict mu = mp + t * F;
+      const T* __restrict r = rp + t * F;
+      T* __restrict dw = dwp + t * F;
       for (int64_t n = 0; n < N; ++n) {
-        const T* xr = xp + (t * N + n) * F;
-        const T* dr = dyp + (t * N + n) * F;
-        T* xh = xhat.data() + n * F;
-        T* dxr = dxt + n * F;
-        T* dw = dwp + t * F;
-        const T* mu = mp + t * F;
-        const T* r = rp + t * F;
-        const bool run = m == nullptr || m[n];
+        const T* __restrict xr = xp + (t * N + n) * F;
+        const T* __restrict dr = dyp + (t * N + n) * F;
+        T* __restrict xh = xhat + n * F;
+        T* __restrict dxr = dxt + n * F;
+        if (m != nullptr && !m[n]) {  // finished rows were not counted: no gradient
+          std::fill(xh, xh + F, T(0));
+          std::fill(dxr, dxr + F, T(0));
+          continue;
+        }
 #pragma omp simd
         for (int64_t f = 0; f < F; ++f) {
-          xh[f] = (xr[f] - mu[f]) * r[f];
-          dxr[f] = run ? (w ? dr[f] * w[f] : dr[f]) : T(0);  // finished rows were not counted: no gradient
-          dw[f] += run ? dr[f] * xh[f] : T(0);
+          const T xhf = (xr[f] - mu[f]) * r[f];
+          xh[f] = xhf;
+          dxr[f] = dr[f] * g[f];
+          dw[f] += dr[f] * xhf;
         }
       }
       if (training && cp[t] >= 2) {
-        col_norm_bwd<T>(dxt, xhat.data(), rp + t * F, N, F, m, static_cast<int64_t>(cp[t]));
+        col_norm_bwd<T>(dxt, xhat, rp + t * F, N, F, m, static_cast<int64_t>(cp[t]));
       } else {
         for (int64_t n = 0; n < N; ++n) {
           const T* r = rp + t * F;
