@@ -173,13 +173,23 @@ class RecurrentBatchNorm(nn.Module):
 
     def _update_running(self, mean: Tensor, var: Tensor, count: Tensor, usable: Tensor, steps: Tensor,
                         idx: Tensor) -> None:
+        m = self.momentum
+        first, T = int(steps[0]), steps.shape[0]
+        if first + T <= self.max_steps and bool(usable.all()) and bool((steps[1:] - steps[:-1] == 1).all()):
+            # The usual case, consecutive steps that all own a row: update those rows in place, no temporaries
+            # of the statistics' size (they raised the peak memory of small-batch training).
+            rows = slice(first, first + T)
+            self.running_mean[rows].lerp_(mean.detach(), m)
+            self.running_var[rows].mul_(1 - m).addcmul_(var.detach(), m * count / (count - 1))
+            if first + T > int(self.steps_tracked):
+                self.steps_tracked.fill_(first + T)
+            return
         # Only steps below max_steps own a row; later steps are normalized by their batch but leave no trace.
         own = (usable.squeeze(1) & (steps < self.max_steps)).nonzero().squeeze(1)
         if own.numel() == 0:
             return
         rows = idx[own]
         unbiased = var[own] * (count[own] / (count[own] - 1))
-        m = self.momentum
         self.running_mean[rows] = (1 - m) * self.running_mean[rows] + m * mean[own].detach()
         self.running_var[rows] = (1 - m) * self.running_var[rows] + m * unbiased.detach()
         longest = int(steps[own].max()) + 1
