@@ -16,6 +16,7 @@ from .cells import GATES, CellParams, State, add_cell_parameters, cell_params
 from .checks import LengthsLike, PaddedBatch, check_size, finish_output, prepare_input
 from .norms import LayerNorm, RMSNorm
 from .options import NormOptions, check_probability
+from .fused import auto_prefers_reference as fused_prefers_reference
 from .fused import engine_name as fused_engine_name
 from .fused import run_direction as fused_run
 from .fused import unsupported_reason as fused_unsupported
@@ -174,6 +175,8 @@ class _NormRNNBase(nn.Module):
         reason = fused_unsupported(self.mode, self.options.norm_terms, self.zoneout, sync_stats=sync)
         if reason and self._backend == "fused":
             raise ValueError(f"backend='fused' cannot run this layer: {reason}; use backend='auto' or 'reference'")
+        if self._backend == "auto" and fused_prefers_reference(self.weight_ih_l0.device):
+            return False
         return reason is None
 
     def active_backend(self) -> str:

@@ -86,13 +86,28 @@ def test_fused_float32_realistic_shape(engine, kind, terms, norm):
 
 def test_backend_selection():
     assert normrnn.LSTM(3, 4, backend="reference").active_backend() == "reference"
-    assert normrnn.LSTM(3, 4).active_backend().startswith("fused")
+    assert normrnn.LSTM(3, 4).active_backend() == ("fused-native" if fused.native.load() else "reference")
     assert normrnn.LSTM(3, 4, zoneout=0.1).active_backend() == "reference"  # auto falls back
     with pytest.raises(ValueError, match="zoneout"):
         normrnn.LSTM(3, 4, zoneout=0.1, backend="fused")(torch.randn(2, 2, 3))
-    assert normrnn.GRU(3, 4, norm_terms="joint").active_backend().startswith("fused")
+    assert normrnn.GRU(3, 4, norm_terms="joint", backend="fused").active_backend().startswith("fused")
     with pytest.raises(ValueError, match="backend"):
         normrnn.LSTM(3, 4, backend="cuda")
+
+
+def test_auto_without_native_kernels_runs_the_reference_on_cpu(monkeypatch):
+    """Without the C++ kernels the PyTorch engine is no faster than the reference loop on a CPU
+    (benchmarks/fallback.py), so auto picks the loop; "fused" and a forced engine still get the PyTorch engine."""
+    monkeypatch.setattr(fused.native, "load", lambda: None)
+    m = normrnn.LSTM(3, 4)
+    assert m.active_backend() == "reference"
+    assert normrnn.LSTM(3, 4, backend="fused").active_backend() == "fused-torch"
+    with fused.force_engine("torch"):
+        assert m.active_backend() == "fused-torch"
+    twin = normrnn.LSTM(3, 4, backend="fused")
+    twin.load_state_dict(m.state_dict())
+    x = torch.randn(5, 2, 3)
+    torch.testing.assert_close(m(x)[0], twin(x)[0])
 
 
 @pytest.mark.parametrize("norm", ["layer", "rms", "batch", "none"])

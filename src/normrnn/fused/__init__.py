@@ -53,6 +53,13 @@ def force_engine(name: Optional[str]):
         _forced = previous
 
 
+def auto_prefers_reference(device: torch.device) -> bool:
+    """Whether ``backend="auto"`` should run the reference loop: on a CPU without the native kernels (and no
+    engine forced), the PyTorch engine is not faster than the reference loop, which lets autograd's C++ backward
+    do the per-step work (benchmarks/fallback.py: 0.80x-1.03x of its time here)."""
+    return _forced is None and device.type == "cpu" and native.load() is None
+
+
 def engine_name(device: Optional[torch.device] = None) -> str:
     """``"native"`` or ``"torch"``: which engine the fused backend runs for tensors on ``device``."""
     return "native" if engine(device) is not torch_engine else "torch"

@@ -85,6 +85,7 @@ def _build() -> Optional[ModuleType]:
                                   extra_ldflags=OPENMP, build_directory=str(where), verbose=False)
     except Exception as e:  # no compiler, no ninja, a failed build: the PyTorch engine does the same work
         _failed = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
-        warnings.warn(f"normrnn: the fused C++ kernels could not be built ({_failed}); using the slower PyTorch "
-                      "fused engine instead", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"normrnn: the fused C++ kernels could not be built ({_failed}); on CPU, backend='auto' "
+                      "runs the reference loop instead (backend='fused' runs their slower PyTorch twin)",
+                      RuntimeWarning, stacklevel=3)
         return None
