@@ -310,3 +310,37 @@ def test_streaming_plan_errors_come_from_the_layer(stream_calls):
         with pytest.raises((TypeError, ValueError)):
             m.step(torch.randn(2, 3, dtype=torch.float64))
     assert not stream_calls
+
+
+def test_native_build_retries_without_openmp(monkeypatch, tmp_path):
+    """A compiler without OpenMP support still gets the kernels (single-threaded row loops); when no build works,
+    one warning and None."""
+    native = fused.native
+    calls = []
+
+    class FakeCppExtension:
+        @staticmethod
+        def load(**kwargs):
+            calls.append(kwargs["extra_cflags"])
+            if "-fopenmp" in kwargs["extra_cflags"]:
+                raise RuntimeError("unsupported option '-fopenmp'")
+            return "module"
+
+    monkeypatch.setenv("NORMRNN_BUILD", str(tmp_path))
+    monkeypatch.setattr(native, "OPENMP", ["-fopenmp"])
+    monkeypatch.setattr(native, "_import_cpp_extension", lambda: FakeCppExtension)
+    monkeypatch.setattr(native, "_failed", None)
+    assert native._build() == "module"
+    assert ["-fopenmp" in flags for flags in calls] == [True, False]
+    assert native.failure() is None
+    assert native.build_dir(True) != native.build_dir(False)  # the two builds are cached apart
+
+    class Broken:
+        @staticmethod
+        def load(**kwargs):
+            raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(native, "_import_cpp_extension", lambda: Broken)
+    with pytest.warns(RuntimeWarning, match="reference loop"):
+        assert native._build() is None
+    assert "no compiler" in native.failure()

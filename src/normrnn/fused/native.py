@@ -37,9 +37,10 @@ def _cpu_id() -> str:
         return platform.processor()
 
 
-def build_dir() -> Path:
+def build_dir(openmp: bool = True) -> Path:
+    flags = FLAGS + (OPENMP if openmp else [])
     key = hashlib.sha256(
-        SOURCE.read_bytes() + " ".join([torch.__version__, sys.version, _cpu_id(), *FLAGS, *OPENMP]).encode()
+        SOURCE.read_bytes() + " ".join([torch.__version__, sys.version, _cpu_id(), *flags]).encode()
     ).hexdigest()[:16]
     root = Path(os.environ.get("NORMRNN_BUILD", Path.home() / ".cache" / "normrnn" / "build"))
     return root / f"engine-{key}"
@@ -73,19 +74,25 @@ def _import_cpp_extension() -> ModuleType:
 
 
 def _build() -> Optional[ModuleType]:
+    """Build (or load the cached build); with OpenMP first, then, should that fail (a compiler without OpenMP
+    support), without it: slower row loops, but still the kernels."""
     global _failed
-    where = build_dir()
-    where.mkdir(parents=True, exist_ok=True)
-    fresh = not any(where.glob("*.so"))
-    if fresh:
-        print(f"normrnn: building the fused C++ kernels once into {where} (about a minute)...", file=sys.stderr,
-              flush=True)
-    try:
-        return _import_cpp_extension().load(name="normrnn_engine", sources=[str(SOURCE)], extra_cflags=FLAGS + OPENMP,
-                                  extra_ldflags=OPENMP, build_directory=str(where), verbose=False)
-    except Exception as e:  # no compiler, no ninja, a failed build: the PyTorch engine does the same work
-        _failed = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
-        warnings.warn(f"normrnn: the fused C++ kernels could not be built ({_failed}); on CPU, backend='auto' "
-                      "runs the reference loop instead (backend='fused' runs their slower PyTorch twin)",
-                      RuntimeWarning, stacklevel=3)
-        return None
+    error = ""
+    for openmp in ([True, False] if OPENMP else [False]):
+        where = build_dir(openmp)
+        where.mkdir(parents=True, exist_ok=True)
+        if not any(where.glob("*.so")):
+            print(f"normrnn: building the fused C++ kernels once into {where} (about a minute)...", file=sys.stderr,
+                  flush=True)
+        extra = OPENMP if openmp else []
+        try:
+            return _import_cpp_extension().load(name="normrnn_engine", sources=[str(SOURCE)],
+                                                extra_cflags=FLAGS + extra, extra_ldflags=extra,
+                                                build_directory=str(where), verbose=False)
+        except Exception as e:  # no compiler, no ninja, a failed build: the reference loop does the same work
+            error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+    _failed = error
+    warnings.warn(f"normrnn: the fused C++ kernels could not be built ({_failed}); on CPU, backend='auto' "
+                  "runs the reference loop instead (backend='fused' runs their slower PyTorch twin)",
+                  RuntimeWarning, stacklevel=3)
+    return None
