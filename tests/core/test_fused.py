@@ -344,3 +344,22 @@ def test_native_build_retries_without_openmp(monkeypatch, tmp_path):
     with pytest.warns(RuntimeWarning, match="reference loop"):
         assert native._build() is None
     assert "no compiler" in native.failure()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("norm", ["layer", "rms"])
+def test_inference_normalizes_the_input_term_inside_the_loop(engine, norm):
+    """Without autograd an LSTM's per-row x-term norm runs inside the time loop on the raw projection (one pass
+    less); it must equal the reference, with padding and in both directions."""
+    torch.manual_seed(8)
+    ref = normrnn.LSTM(4, 6, 2, norm=norm, bidirectional=True, backend="reference", dtype=torch.float64)
+    randomize_norms(ref)
+    fast = normrnn.LSTM(4, 6, 2, norm=norm, bidirectional=True, backend="fused", dtype=torch.float64)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(7, 3, 4, dtype=torch.float64)
+    lengths = torch.tensor([7, 4, 2])
+    expected, (h, c) = ref(x, lengths=lengths)
+    with torch.no_grad(), fused.force_engine(engine):
+        out, (h2, c2) = fast(x, lengths=lengths)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(c2, c, rtol=1e-10, atol=1e-12)

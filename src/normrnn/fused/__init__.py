@@ -147,8 +147,10 @@ def _apply(function, flags, *tensors):
 class _LSTMFunction(torch.autograd.Function):
     @staticmethod
     def infer(flags, xa, h0, c0, w_hh, bias, gamma_h, gamma_c, beta_c, mask, fmh, fvh, fmc, fvc):
+        # flags may carry a 6th and 7th entry, (gamma_x, kind_x): xa is then the raw projection, normalized in the loop
+        gamma_x, kind_x = flags[5:] or (_empty(xa), NONE)
         r = engine(xa.device).lstm_forward(xa, h0, c0, w_hh, bias, gamma_h, gamma_c, beta_c, mask, fmh, fvh, fmc, fvc,
-                                  *flags, False)
+                                           *flags[:5], False, gamma_x, kind_x)
         return r[0], r[1][-1], r[2][-1], *r[9:15]
 
     @staticmethod
@@ -157,7 +159,7 @@ class _LSTMFunction(torch.autograd.Function):
         eng = engine(xa.device)
         (out, h_all, c_all, acts, shat, rstd_h, chat, rstd_c, tc, mean_h, var_h, count_h, mean_c, var_c,
          count_c) = eng.lstm_forward(xa, h0, c0, w_hh, bias, gamma_h, gamma_c, beta_c, mask, fmh, fvh, fmc, fvc,
-                                     kind_h, kind_c, joint, carry, eps, True)
+                                     kind_h, kind_c, joint, carry, eps, True, _empty(xa), NONE)
         ctx.flags, ctx.eng = flags, eng
         # The input term xa is not kept: backward needs only its shape, which acts has too.
         ctx.save_for_backward(w_hh, gamma_h, gamma_c, beta_c, mask, h_all, c_all, acts, shat, rstd_h, chat, rstd_c,
@@ -327,8 +329,8 @@ def _lstm_step(p: CellParams, x: Tensor, state: State, step: int, eps: float) ->
     gains = [empty if g is None else g for g in map(_gain, norms)]
     beta = getattr(p.norm_cell, "bias", None)
     h, c = eng.lstm_step(x.contiguous(), state[0].contiguous(), state[1].contiguous(), p.weight_ih, p.weight_hh,
-                         _sum_bias(p, x), *gains, empty if beta is None else beta, *stats, *kinds, p.norm_gates is not None,
-                         p.carry_normalized_cell, eps)
+                         _sum_bias(p, x), *gains, empty if beta is None else beta, *stats, *kinds,
+                         p.norm_gates is not None, p.carry_normalized_cell, eps)
     return h, c
 
 
@@ -343,7 +345,10 @@ def run_direction(p: CellParams, x: Tensor, state: State, mask: Optional[Tensor]
         x = reverse_padded(x, lengths)
     T = x.shape[0]
     steps = torch.arange(start, start + T, device=x.device)
-    xp = _input_term(p, x, start, mask)
+    # Inference of an LSTM with a per-row x-term norm: the loop normalizes the raw projection row by row.
+    kind_x = _kind(p.norm_ih) if p.mode == "LSTM" and not torch.is_grad_enabled() else NONE
+    x_in_loop = kind_x in (LAYER, RMS) and getattr(p.norm_ih, "bias", None) is None
+    xp = torch.nn.functional.linear(x, p.weight_ih) if x_in_loop else _input_term(p, x, start, mask)
     m = _empty(x).bool() if mask is None else mask.contiguous()
     joint = p.norm_gates is not None
     norm_h = p.norm_gates if joint else p.norm_hh
@@ -357,9 +362,11 @@ def run_direction(p: CellParams, x: Tensor, state: State, mask: Optional[Tensor]
         gamma_c = _or_empty(_gain(p.norm_cell), x)
         beta_c = _or_empty(getattr(p.norm_cell, "bias", None), x)
         fmc, fvc = _fixed_stats(p.norm_cell, steps, x)
+        flags = (kind_h, kind_c, joint, p.carry_normalized_cell, eps)
+        flags += (p.norm_ih.weight, kind_x) if x_in_loop else ()
         out, hT, cT, mean_h, var_h, count_h, mean_c, var_c, count_c = _apply(
-            _LSTMFunction, (kind_h, kind_c, joint, p.carry_normalized_cell, eps), xp.contiguous(), h0, state[1].contiguous(),
-            w_hh, _sum_bias(p, x), gamma_h, gamma_c, beta_c, m, fmh, fvh, fmc, fvc)
+            _LSTMFunction, flags, xp.contiguous(), h0, state[1].contiguous(), w_hh, _sum_bias(p, x), gamma_h, gamma_c,
+            beta_c, m, fmh, fvh, fmc, fvc)
         _update_running(p.norm_cell, mean_c, var_c, count_c, steps)
         final: State = (hT, cT)
     elif p.mode == "GRU" and joint:
@@ -379,8 +386,8 @@ def run_direction(p: CellParams, x: Tensor, state: State, mask: Optional[Tensor]
         final = (hT,)
     else:
         out, hT, mean_h, var_h, count_h = _apply(
-            _RNNFunction, (kind_h, joint, p.mode == "RNN_RELU", eps), xp.contiguous(), h0, w_hh, _sum_bias(p, x), gamma_h, m,
-            fmh, fvh)
+            _RNNFunction, (kind_h, joint, p.mode == "RNN_RELU", eps), xp.contiguous(), h0, w_hh, _sum_bias(p, x),
+            gamma_h, m, fmh, fvh)
         final = (hT,)
     _update_running(norm_h, mean_h, var_h, count_h, steps)
     return (reverse_padded(out, lengths) if reverse else out), final

@@ -464,8 +464,13 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
                                           const at::Tensor& gamma_c, const at::Tensor& beta_c,
                                           const at::Tensor& mask, const at::Tensor& fmh, const at::Tensor& fvh,
                                           const at::Tensor& fmc, const at::Tensor& fvc, int64_t kind_h,
-                                          int64_t kind_c, bool joint, bool carry, double eps_, bool keep) {
+                                          int64_t kind_c, bool joint, bool carry, double eps_, bool keep,
+                                          const at::Tensor& gamma_x, int64_t kind_x) {
   const int64_t T_ = xa.size(0), N = xa.size(1), G = xa.size(2), H = G / 4;
+  // kind_x (inference only): xa is the raw projection, normalized here row by row (per-row kinds) and scaled by
+  // gamma_x, which saves a full pass over T*N*4H values; xa is the caller's scratch and is overwritten.
+  TORCH_CHECK(kind_x == NONE || (!keep && !joint && per_row(kind_x)), "lstm_forward: kind_x needs keep=False, "
+              "separate terms and a per-row norm");
   const T eps = static_cast<T>(eps_);
   // Without backward to feed (inference), the per-step buffers hold one step and are reused.
   const int64_t Tk = keep ? T_ : 1;
@@ -486,7 +491,8 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
   const auto wt = w_hh.t().contiguous();  // (H, G): per-step GEMMs run faster than on a transposed view
   std::vector<T> colmean_h(G), colmean_c(H);
   T* cob = cout_buf.data_ptr<T>();
-  const T *b = ptr<T>(bias), *gh = ptr<T>(gamma_h), *gc = ptr<T>(gamma_c), *bc = ptr<T>(beta_c);
+  const T *b = ptr<T>(bias), *gh = ptr<T>(gamma_h), *gc = ptr<T>(gamma_c), *bc = ptr<T>(beta_c),
+          *gx = ptr<T>(gamma_x);
   const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   T* sp = s.data_ptr<T>();
   T* cn = cnew.data_ptr<T>();
@@ -518,13 +524,20 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
       const T* srow = sp + n * G;
       T* a = a_t + n * G;
       const T* xr = x + n * G;
+      if (kind_x != NONE) {
+        T r;
+        normalize_row(xr, G, kind_x, eps, static_cast<const T*>(nullptr), static_cast<const T*>(nullptr),
+                      const_cast<T*>(xr), &r);
+      }
+      const T* xadd = joint || kind_x != NONE ? nullptr : xr;
       if (has_h) {
         T* sh = shat_t + n * G;
         normalize_row(srow, G, kind_h, eps, colmean_h.data(), rh, sh, rh + n);
-        pre_activation<T>(a, sh, gh, b, joint ? nullptr : xr, G);
+        pre_activation<T>(a, sh, gh, b, xadd, G);
       } else {
-        pre_activation<T>(a, srow, nullptr, b, joint ? nullptr : xr, G);
+        pre_activation<T>(a, srow, nullptr, b, xadd, G);
       }
+      if (kind_x != NONE) add_scaled<T>(a, xr, gx, G);
       lstm_gates_fwd<T>(a, a + H, a + 2 * H, a + 3 * H, cp + n * H, cn + n * H, H);
     };
     auto finish = [&](int64_t n) {
@@ -1526,10 +1539,11 @@ std::vector<at::Tensor> gru_joint_backward_impl(const at::Tensor& dout, const at
 std::vector<at::Tensor> lstm_forward(at::Tensor xa, at::Tensor h0, at::Tensor c0, at::Tensor w_hh, at::Tensor bias,
                                      at::Tensor gamma_h, at::Tensor gamma_c, at::Tensor beta_c, at::Tensor mask,
                                      at::Tensor fmh, at::Tensor fvh, at::Tensor fmc, at::Tensor fvc, int64_t kind_h,
-                                     int64_t kind_c, bool joint, bool carry, double eps, bool keep) {
+                                     int64_t kind_c, bool joint, bool carry, double eps, bool keep,
+                                     at::Tensor gamma_x, int64_t kind_x) {
   return NORMRNN_DISPATCH(xa, "lstm_forward",
       lstm_forward_impl<scalar_t>(xa, h0, c0, w_hh, bias, gamma_h, gamma_c, beta_c, mask, fmh, fvh, fmc, fvc,
-                                  kind_h, kind_c, joint, carry, eps, keep));
+                                  kind_h, kind_c, joint, carry, eps, keep, gamma_x, kind_x));
 }
 
 std::vector<at::Tensor> lstm_backward(at::Tensor dout, at::Tensor dhT, at::Tensor dcT, at::Tensor like,
