@@ -102,6 +102,23 @@ def _wait_all(procs: list[subprocess.Popen], logs: list[Any], timeout: float) ->
         time.sleep(0.05)
 
 
+def close_process_group(wait: bool = True) -> None:
+    """Destroy the default process group, after a barrier when ``wait`` (a rank that succeeded): a gloo rank
+    whose peer has already torn down its connections can abort in teardown ("terminate called without an active
+    exception"). The barrier is best effort: a group already broken (a peer timed out or died) has nobody left
+    to wait for."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    if wait:
+        try:
+            dist.barrier()
+        except Exception:  # noqa: BLE001 (any failure of a broken group: tear it down all the same)
+            pass
+    dist.destroy_process_group()
+
+
 def _worker(target: str, work: Path) -> None:
     import torch.distributed as dist
 
@@ -113,9 +130,10 @@ def _worker(target: str, work: Path) -> None:
     fn = getattr(importlib.import_module(module), name)
     try:
         result = fn(rank, world, **torch.load(work / "kwargs.pt", weights_only=False))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    except BaseException:
+        close_process_group(wait=False)  # the peers may be inside a collective: no barrier to meet them in
+        raise
+    close_process_group()
     torch.save(result, work / f"result{rank}.pt")
 
 

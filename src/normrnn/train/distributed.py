@@ -27,6 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..multiproc import close_process_group
 from ..sync import sync_batch_norm
 from .batches import Batch, BatchPlan, shard, stream_plan
 from .config import TrainConfig
@@ -64,9 +65,9 @@ def init_distributed(config: TrainConfig, device: torch.device) -> bool:
 
 
 def shutdown(created: bool) -> None:
-    """Destroy the process group if :func:`init_distributed` created it."""
-    if created and dist.is_initialized():
-        dist.destroy_process_group()
+    """Destroy the process group if :func:`init_distributed` created it (at the end of a run that succeeded)."""
+    if created:
+        close_process_group()
 
 
 def wrap_model(model: nn.Module, config: TrainConfig, device: Optional[torch.device] = None) -> nn.Module:
