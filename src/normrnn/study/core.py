@@ -10,7 +10,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 VERDICTS = ("supported", "refuted", "depends", "inconclusive")
 PROFILES = ("smoke", "quick", "full")
@@ -94,6 +94,16 @@ class Claim:
 
     def experiments(self, ctx: StudyContext) -> list[Experiment]:
         raise NotImplementedError
+
+    def grid(self, ctx: StudyContext, settings: Iterable[dict], **common: Any) -> list[Experiment]:
+        """One experiment per setting and seed, seeds innermost: key = the setting plus the seed; spec = the key,
+        the claim, the profile and ``common`` (everything else that determines the result)."""
+        exps = []
+        for setting in settings:
+            for seed in ctx.seed_list:
+                key = {**setting, "seed": seed}
+                exps.append(Experiment(key, {**key, "claim": self.id, "profile": ctx.profile, **common}))
+        return exps
 
     def run(self, exp: Experiment, ctx: StudyContext, workdir: Path) -> dict:
         """Run one experiment and return its measurements. ``workdir`` is scratch space of this run."""

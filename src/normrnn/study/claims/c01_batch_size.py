@@ -69,18 +69,11 @@ class BatchSize(Claim):
                 f"Adam 2e-3, clip 1.0, seeds {ctx.seed_list}.")
 
     def experiments(self, ctx: StudyContext) -> list[Experiment]:
-        exps = []
         mode = self.image_mode(ctx)
-        for norm in NORMS:
-            for batch in self.batches(ctx):
-                for seed in ctx.seed_list:
-                    key = {"norm": norm, "batch": batch, "seed": seed}
-                    spec = {**key, "claim": self.id, "data": image_data(ctx), "profile": ctx.profile,
-                            **self.sizes(ctx)}
-                    if mode != "row":  # quick/smoke specs (and so their cached runs) stay as they were
-                        spec["image_mode"] = mode
-                    exps.append(Experiment(key, spec))
-        return exps
+        # quick/smoke specs (and so their cached runs) stay as they were: no image_mode entry for rows
+        extra = {} if mode == "row" else {"image_mode": mode}
+        return self.grid(ctx, ({"norm": n, "batch": b} for n in NORMS for b in self.batches(ctx)),
+                         data=image_data(ctx), **self.sizes(ctx), **extra)
 
     def train_plans(self, exp: Experiment, ctx: StudyContext) -> list:
         s = exp.spec

@@ -83,14 +83,8 @@ class TimeSteps(Claim):
                 f"{FACTORS[-1] * s['seq_len']} characters (test lengths {[f * s['seq_len'] for f in FACTORS]}).")
 
     def experiments(self, ctx: StudyContext) -> list[Experiment]:
-        exps = []
-        for norm in NORMS:
-            for seed in ctx.seed_list:
-                key = {"norm": norm, "seed": seed}
-                spec = {**key, "claim": self.id, "data": charlm_data(ctx), "profile": ctx.profile, **self.sizes(ctx),
-                        "factors": list(FACTORS)}
-                exps.append(Experiment(key, spec))
-        return exps
+        return self.grid(ctx, ({"norm": n} for n in NORMS), data=charlm_data(ctx), **self.sizes(ctx),
+                         factors=list(FACTORS))
 
     def train_plans(self, exp: Experiment, ctx: StudyContext) -> list:
         return [charlm_plan(ctx, exp.spec)]

@@ -139,12 +139,7 @@ class Padding(Claim):
                 f"{ctx.seed_list}; statistics probed on {s['probe']} validation sequences.")
 
     def experiments(self, ctx: StudyContext) -> list[Experiment]:
-        exps = []
-        for norm, padding in VARIANTS:
-            for seed in ctx.seed_list:
-                key = {"norm": norm, "padding": padding, "seed": seed}
-                exps.append(Experiment(key, {**key, "claim": self.id, "profile": ctx.profile, **self.sizes(ctx)}))
-        return exps
+        return self.grid(ctx, ({"norm": n, "padding": p} for n, p in VARIANTS), **self.sizes(ctx))
 
     def train_plans(self, exp: Experiment, ctx: StudyContext) -> list:
         """The run's config (the training loop is this claim's own, see :meth:`run`; the full profile's

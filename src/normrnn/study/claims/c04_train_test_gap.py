@@ -99,13 +99,8 @@ class TrainTestGap(Claim):
                 f"{s['eval_batches']} validation batches of {s['batch']}x{s['seq_len']}.")
 
     def experiments(self, ctx: StudyContext) -> list[Experiment]:
-        exps = []
-        for norm, momentum in VARIANTS:
-            for seed in ctx.seed_list:
-                key = {"norm": norm, "momentum": momentum, "seed": seed}
-                spec = {**key, "claim": self.id, "data": charlm_data(ctx), "profile": ctx.profile, **self.sizes(ctx)}
-                exps.append(Experiment(key, spec))
-        return exps
+        return self.grid(ctx, ({"norm": n, "momentum": m} for n, m in VARIANTS), data=charlm_data(ctx),
+                         **self.sizes(ctx))
 
     def train_plans(self, exp: Experiment, ctx: StudyContext) -> list:
         s = exp.spec

@@ -116,14 +116,8 @@ class Convergence(Claim):
                 f"{s['eval_every']} updates; norms {', '.join(NORMS)}; seeds {ctx.seed_list}.")
 
     def experiments(self, ctx: StudyContext) -> list[Experiment]:
-        exps = []
-        for norm in NORMS:
-            for seed in ctx.seed_list:
-                key = {"norm": norm, "seed": seed}
-                spec = {**key, "claim": self.id, "profile": ctx.profile, "data": self.data_label(ctx),
-                        "works": list(WORKS), "lines": LINES_PER_EXAMPLE, **self.sizes(ctx)}
-                exps.append(Experiment(key, spec))
-        return exps
+        return self.grid(ctx, ({"norm": n} for n in NORMS), data=self.data_label(ctx), works=list(WORKS),
+                         lines=LINES_PER_EXAMPLE, **self.sizes(ctx))
 
     def train_plans(self, exp: Experiment, ctx: StudyContext) -> list:
         s = exp.spec

@@ -61,15 +61,8 @@ class LanguageModelling(Claim):
                 + PAPERS)
 
     def experiments(self, ctx: StudyContext) -> list[Experiment]:
-        exps = []
-        for norm in NORMS:
-            for lr in self.lrs(ctx):
-                for seed in ctx.seed_list:
-                    key = {"norm": norm, "lr": lr, "seed": seed}
-                    spec = {**key, "claim": self.id, "data": charlm_data(ctx), "profile": ctx.profile,
-                            **self.sizes(ctx)}
-                    exps.append(Experiment(key, spec))
-        return exps
+        return self.grid(ctx, ({"norm": n, "lr": lr} for n in NORMS for lr in self.lrs(ctx)),
+                         data=charlm_data(ctx), **self.sizes(ctx))
 
     def train_plans(self, exp: Experiment, ctx: StudyContext) -> list:
         s = exp.spec

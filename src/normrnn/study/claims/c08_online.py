@@ -93,13 +93,7 @@ class OnlineInference(Claim):
                 f"of {s['batch']}; stale running averages: those after update {s['stale_step']}.")
 
     def experiments(self, ctx: StudyContext) -> list[Experiment]:
-        exps = []
-        for norm in NORMS:
-            for seed in ctx.seed_list:
-                key = {"norm": norm, "seed": seed}
-                spec = {**key, "claim": self.id, "data": charlm_data(ctx), "profile": ctx.profile, **self.sizes(ctx)}
-                exps.append(Experiment(key, spec))
-        return exps
+        return self.grid(ctx, ({"norm": n} for n in NORMS), data=charlm_data(ctx), **self.sizes(ctx))
 
     def train_plans(self, exp: Experiment, ctx: StudyContext) -> list:
         return [charlm_plan(ctx, exp.spec)]

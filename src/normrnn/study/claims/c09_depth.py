@@ -84,15 +84,8 @@ class Depth(Claim):
                 f"BN (gain 1) / LN, each without and with pre-norm residual connections.")
 
     def experiments(self, ctx: StudyContext) -> list[Experiment]:
-        exps = []
-        for label, _, _ in VARIANTS:
-            for residual in (False, True):
-                for seed in ctx.seed_list:
-                    key = {"norm": label, "residual": residual, "seed": seed}
-                    spec = {**key, "claim": self.id, "profile": ctx.profile, "depths": self.depths(ctx),
-                            **self.sizes(ctx)}
-                    exps.append(Experiment(key, spec))
-        return exps
+        return self.grid(ctx, ({"norm": label, "residual": r} for label, _, _ in VARIANTS for r in (False, True)),
+                         depths=self.depths(ctx), **self.sizes(ctx))
 
     def run(self, exp: Experiment, ctx: StudyContext, workdir: Path) -> dict:
         s = exp.spec

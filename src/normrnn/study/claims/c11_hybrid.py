@@ -89,15 +89,8 @@ class Hybrid(Claim):
 
     def experiments(self, ctx: StudyContext) -> list[Experiment]:
         conv_norms, rnn_norms = self.norms(ctx)
-        exps = []
-        for conv in conv_norms:
-            for rnn in rnn_norms:
-                for seed in ctx.seed_list:
-                    key = {"conv": conv, "rnn": rnn, "seed": seed}
-                    spec = {**key, "claim": self.id, "profile": ctx.profile, "data": image_data(ctx),
-                            **self.sizes(ctx)}
-                    exps.append(Experiment(key, spec))
-        return exps
+        return self.grid(ctx, ({"conv": c, "rnn": r} for c in conv_norms for r in rnn_norms), data=image_data(ctx),
+                         **self.sizes(ctx))
 
     def train_plans(self, exp: Experiment, ctx: StudyContext) -> list:
         s = exp.spec

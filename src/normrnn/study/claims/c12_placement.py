@@ -80,12 +80,7 @@ class Placement(Claim):
     def experiments(self, ctx: StudyContext) -> list[Experiment]:
         s = self.sizes(ctx)
         data = ctx.text or ("shakespeare" if ctx.profile == "full" else f"shakespeare[:{s['chars']}]")
-        exps = []
-        for placement in self.placements(ctx):
-            for seed in ctx.seed_list:
-                key = {"placement": placement, "seed": seed}
-                exps.append(Experiment(key, {**key, "claim": self.id, "profile": ctx.profile, "data": data, **s}))
-        return exps
+        return self.grid(ctx, ({"placement": p} for p in self.placements(ctx)), data=data, **s)
 
     def train_plans(self, exp: Experiment, ctx: StudyContext) -> list:
         s = exp.spec
