@@ -95,6 +95,36 @@ def _mask_at(mask: Tensor, t: int) -> Optional[Tensor]:
     return mask[t] if mask.numel() else None
 
 
+def _norm_step(s: Tensor, kind: int, m: Optional[Tensor], t: int, fix_mean: Tensor, fix_var: Tensor, eps: float,
+               shat_all: Tensor, rstd: Tensor, stats: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+    """:func:`norm_forward` of step t: keeps ŝ and rstd for backward and, for batch statistics, the step's
+    (mean, var, count) in ``stats``. Returns ŝ."""
+    shat, r, mu, var, cnt = norm_forward(s, kind, m, _row(fix_mean, t), _row(fix_var, t), eps)
+    shat_all[t], rstd[t] = shat, r
+    if kind == BATCH:
+        stats[0][t], stats[1][t], stats[2][t] = mu, var, cnt
+    return shat
+
+
+def _hold_finished(h_all: Tensor, out: Tensor, t: int, h_new: Tensor, h: Tensor, m: Optional[Tensor]) -> None:
+    """Step t's state and output; a finished sequence (m False) keeps its state and outputs zero."""
+    if m is None:
+        h_all[t + 1], out[t] = h_new, h_new
+    else:
+        keep = m.unsqueeze(1)
+        h_all[t + 1] = torch.where(keep, h_new, h)
+        out[t] = h_new * keep
+
+
+def _split_finished(dh: Tensor, dh_step: Tensor, m: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+    """Backward of :func:`_hold_finished`: (the gradient into step t, the part a finished row passes straight
+    to its held state, or None without a mask)."""
+    if m is None:
+        return dh_step, None
+    keep = m.unsqueeze(1).to(dh.dtype)
+    return dh_step * keep, dh * (1 - keep)
+
+
 # ------------------------------------------------------------------------------------------------ LSTM
 
 
@@ -133,10 +163,8 @@ def lstm_forward(xa: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bias: Tensor,
         s = torch.addmm(xa[t], h, wt) if joint else torch.mm(h, wt)
         a = acts[t]  # the gates are computed in place in the saved buffer
         if gamma_h.numel():
-            shat, r, mu, var, cnt = norm_forward(s, kind_h, m, _row(fix_mean_h, t), _row(fix_var_h, t), eps)
-            shat_all[t], rstd_h[t] = shat, r
-            if kind_h == BATCH:
-                mean_h[t], var_h[t], count_h[t] = mu, var, cnt
+            shat = _norm_step(s, kind_h, m, t, fix_mean_h, fix_var_h, eps, shat_all, rstd_h,
+                              (mean_h, var_h, count_h))
             torch.addcmul(base[t], shat, gamma_h, out=a)
         else:
             torch.add(base[t], s, out=a)
@@ -146,10 +174,8 @@ def lstm_forward(xa: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bias: Tensor,
         i, f, g, o = a.chunk(4, 1)
         c_new = torch.addcmul(f * c, i, g)
         if gamma_c.numel():
-            chat, r, mu, var, cnt = norm_forward(c_new, kind_c, m, _row(fix_mean_c, t), _row(fix_var_c, t), eps)
-            chat_all[t], rstd_c[t] = chat, r
-            if kind_c == BATCH:
-                mean_c[t], var_c[t], count_c[t] = mu, var, cnt
+            chat = _norm_step(c_new, kind_c, m, t, fix_mean_c, fix_var_c, eps, chat_all, rstd_c,
+                              (mean_c, var_c, count_c))
             c_out = torch.addcmul(beta_c, chat, gamma_c) if beta_c.numel() else chat * gamma_c
         else:
             c_out = c_new
@@ -258,10 +284,8 @@ def gru_forward(xa: Tensor, h0: Tensor, w_hh: Tensor, bias_hh: Tensor, gamma_h: 
         m = _mask_at(mask, t)
         s = h @ wt
         if gamma_h.numel():
-            shat, r_, mu, var, cnt = norm_forward(s, kind_h, m, _row(fix_mean_h, t), _row(fix_var_h, t), eps)
-            shat_all[t], rstd_h[t] = shat, r_
-            if kind_h == BATCH:
-                mean_h[t], var_h[t], count_h[t] = mu, var, cnt
+            shat = _norm_step(s, kind_h, m, t, fix_mean_h, fix_var_h, eps, shat_all, rstd_h,
+                              (mean_h, var_h, count_h))
             s = shat * gamma_h
         rec = s + bias_hh if bias_hh.numel() else s
         x_r, x_u, x_n = xa[t].chunk(3, 1)
@@ -271,12 +295,7 @@ def gru_forward(xa: Tensor, h0: Tensor, w_hh: Tensor, bias_hh: Tensor, gamma_h: 
         acts[t] = torch.cat([r, u, n], 1)
         rec_n_all[t] = rec_n
         h_new = n + u * (h - n)
-        if m is None:
-            h_all[t + 1], out[t] = h_new, h_new
-        else:
-            keep = m.unsqueeze(1)
-            h_all[t + 1] = torch.where(keep, h_new, h)
-            out[t] = h_new * keep
+        _hold_finished(h_all, out, t, h_new, h, m)
     return [out, h_all, acts, rec_n_all, shat_all, rstd_h, mean_h, var_h, count_h]
 
 
@@ -293,9 +312,7 @@ def gru_backward(dout: Tensor, dhT: Tensor, like: Tensor, w_hh: Tensor, gamma_h:
     for t in range(T - 1, -1, -1):
         m = _mask_at(mask, t)
         dh_step = dh + dout[t]
-        if m is not None:
-            keep = m.unsqueeze(1).to(dh.dtype)
-            dh_pass, dh_step = dh * (1 - keep), dh_step * keep
+        dh_step, dh_pass = _split_finished(dh, dh_step, m)
         r, u, n = acts[t].chunk(3, 1)
         h = h_all[t]
         dn = dh_step * (1 - u)
@@ -313,7 +330,7 @@ def gru_backward(dout: Tensor, dhT: Tensor, like: Tensor, w_hh: Tensor, gamma_h:
             ds = drec
         ds_all[t] = ds
         dh = ds @ w_hh + dh_step * u
-        if m is not None:
+        if dh_pass is not None:
             dh = dh + dh_pass
     dw_hh = ds_all.reshape(T * N, G).t() @ h_all[:-1].reshape(T * N, H)
     return [dxa, dh, dw_hh, dbias, dgamma_h]
@@ -356,30 +373,21 @@ def gru_joint_forward(xa: Tensor, h0: Tensor, w_hh: Tensor, bias_ih: Tensor, bia
         x_rz, x_n = xa[t].split([2 * H, H], 1)
         u = x_rz + s[:, :2 * H]
         if gamma_g.numel():
-            uhat, r_, mu, var, cnt = norm_forward(u, kind_g, m, _row(fix_mean_g, t), _row(fix_var_g, t), eps)
-            uhat_all[t], rstd_g[t] = uhat, r_
-            if kind_g == BATCH:
-                mean_g[t], var_g[t], count_g[t] = mu, var, cnt
+            uhat = _norm_step(u, kind_g, m, t, fix_mean_g, fix_var_g, eps, uhat_all, rstd_g,
+                              (mean_g, var_g, count_g))
             u = uhat * gamma_g
         r, z = torch.sigmoid(u + b_rz).chunk(2, 1)
         rec_n = s[:, 2 * H:] + b_hn
         v = x_n + r * rec_n
         if gamma_n.numel():
-            vhat, r_, mu, var, cnt = norm_forward(v, kind_n, m, _row(fix_mean_n, t), _row(fix_var_n, t), eps)
-            vhat_all[t], rstd_n[t] = vhat, r_
-            if kind_n == BATCH:
-                mean_n[t], var_n[t], count_n[t] = mu, var, cnt
+            vhat = _norm_step(v, kind_n, m, t, fix_mean_n, fix_var_n, eps, vhat_all, rstd_n,
+                              (mean_n, var_n, count_n))
             v = vhat * gamma_n
         n = torch.tanh(v + b_in)
         acts[t] = torch.cat([r, z, n], 1)
         rec_n_all[t] = rec_n
         h_new = n + z * (h - n)
-        if m is None:
-            h_all[t + 1], out[t] = h_new, h_new
-        else:
-            keep = m.unsqueeze(1)
-            h_all[t + 1] = torch.where(keep, h_new, h)
-            out[t] = h_new * keep
+        _hold_finished(h_all, out, t, h_new, h, m)
     return [out, h_all, acts, rec_n_all, uhat_all, vhat_all, rstd_g, rstd_n, mean_g, var_g, count_g, mean_n, var_n,
             count_n]
 
@@ -400,9 +408,7 @@ def gru_joint_backward(dout: Tensor, dhT: Tensor, like: Tensor, w_hh: Tensor, ga
     for t in range(T - 1, -1, -1):
         m = _mask_at(mask, t)
         dh_step = dh + dout[t]
-        if m is not None:
-            keep = m.unsqueeze(1).to(dh.dtype)
-            dh_pass, dh_step = dh * (1 - keep), dh_step * keep
+        dh_step, dh_pass = _split_finished(dh, dh_step, m)
         r, z, n = acts[t].chunk(3, 1)
         h = h_all[t]
         e_n = dh_step * (1 - z) * (1 - n * n)
@@ -423,7 +429,7 @@ def gru_joint_backward(dout: Tensor, dhT: Tensor, like: Tensor, w_hh: Tensor, ga
         dxa[t] = torch.cat([du, dv], 1)
         ds_all[t] = torch.cat([du, dv * r], 1)
         dh = ds_all[t] @ w_hh + dh_step * z
-        if m is not None:
+        if dh_pass is not None:
             dh = dh + dh_pass
     rows = T * N
     dw_hh = ds_all.reshape(rows, G).t() @ h_all[:-1].reshape(rows, H)
@@ -458,20 +464,13 @@ def rnn_forward(xa: Tensor, h0: Tensor, w_hh: Tensor, bias: Tensor, gamma_h: Ten
         m = _mask_at(mask, t)
         s = xa[t] + h @ wt if joint else h @ wt
         if gamma_h.numel():
-            shat, r_, mu, var, cnt = norm_forward(s, kind_h, m, _row(fix_mean_h, t), _row(fix_var_h, t), eps)
-            shat_all[t], rstd_h[t] = shat, r_
-            if kind_h == BATCH:
-                mean_h[t], var_h[t], count_h[t] = mu, var, cnt
+            shat = _norm_step(s, kind_h, m, t, fix_mean_h, fix_var_h, eps, shat_all, rstd_h,
+                              (mean_h, var_h, count_h))
             s = shat * gamma_h
         a = s + bias if joint else xa[t] + s + bias
         h_new = torch.relu(a) if relu else torch.tanh(a)
         act_all[t] = h_new
-        if m is None:
-            h_all[t + 1], out[t] = h_new, h_new
-        else:
-            keep = m.unsqueeze(1)
-            h_all[t + 1] = torch.where(keep, h_new, h)
-            out[t] = h_new * keep
+        _hold_finished(h_all, out, t, h_new, h, m)
     return [out, h_all, act_all, shat_all, rstd_h, mean_h, var_h, count_h]
 
 
@@ -487,9 +486,7 @@ def rnn_backward(dout: Tensor, dhT: Tensor, like: Tensor, w_hh: Tensor, gamma_h:
     for t in range(T - 1, -1, -1):
         m = _mask_at(mask, t)
         dh_step = dh + dout[t]
-        if m is not None:
-            keep = m.unsqueeze(1).to(dh.dtype)
-            dh_pass, dh_step = dh * (1 - keep), dh_step * keep
+        dh_step, dh_pass = _split_finished(dh, dh_step, m)
         y = act_all[t]
         da = dh_step * (y > 0).to(y.dtype) if relu else dh_step * (1 - y * y)
         dbias += da.sum(0)
@@ -502,7 +499,7 @@ def rnn_backward(dout: Tensor, dhT: Tensor, like: Tensor, w_hh: Tensor, gamma_h:
         dxa[t] = ds if joint else da
         ds_all[t] = ds
         dh = ds @ w_hh
-        if m is not None:
+        if dh_pass is not None:
             dh = dh + dh_pass
     dw_hh = ds_all.reshape(T * N, H).t() @ h_all[:-1].reshape(T * N, H)
     return [dxa, dh, dw_hh, dbias, dgamma_h]
