@@ -21,11 +21,8 @@ SMOKE = StudyContext(profile="smoke", seeds=1, progress=False)
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _single_thread(one_thread):
+    """Every test here runs on one CPU thread (``one_thread`` in tests/conftest.py)."""
 
 
 def _render(claim, records, verdict):

@@ -6,15 +6,11 @@ import random
 from pathlib import Path
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _single_thread(one_thread):
+    """Every test here runs on one CPU thread (``one_thread`` in tests/conftest.py)."""
 
 
 def make_text(n_chars: int, seed: int = 0) -> str:
