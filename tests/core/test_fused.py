@@ -206,16 +206,19 @@ needs_native = pytest.mark.skipif(fused.native.load() is None, reason="native ke
 
 @pytest.fixture
 def stream_calls(monkeypatch):
-    """Count the one-call-per-step native streaming kernel (the cached-plan fast path of LSTM.step)."""
-    eng = fused.native.load()
+    """The steps that LSTM.step ran through its cached plan (one native call for the whole stack)."""
+    import normrnn.layers
+
     calls = []
-    original = eng.lstm_stream
+    original = normrnn.layers.fused_stream_step
 
-    def spy(*args):
-        calls.append(args[5])
-        return original(*args)
+    def spy(layer, x, hx, step):
+        result = original(layer, x, hx, step)
+        if result is not None:
+            calls.append(step)
+        return result
 
-    monkeypatch.setattr(eng, "lstm_stream", spy)
+    monkeypatch.setattr(normrnn.layers, "fused_stream_step", spy)
     return calls
 
 
@@ -363,3 +366,25 @@ def test_inference_normalizes_the_input_term_inside_the_loop(engine, norm):
         out, (h2, c2) = fast(x, lengths=lengths)
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(c2, c, rtol=1e-10, atol=1e-12)
+
+
+def test_one_step_forward_keeps_the_gradient_of_a_learned_initial_state():
+    """At T = 1 the fused backend takes the one-call step kernel only when nothing needs a gradient: with frozen
+    weights but an initial state (or a gain) that requires one, the gradient must still arrive."""
+    torch.manual_seed(9)
+    m = normrnn.LSTM(3, 4, norm="layer", dtype=torch.float64)
+    ref = normrnn.LSTM(3, 4, norm="layer", backend="reference", dtype=torch.float64)
+    ref.load_state_dict(m.state_dict())
+    for p in (*m.parameters(), *ref.parameters()):
+        p.requires_grad_(False)
+    m.norm_cell_l0.weight.requires_grad_(True)
+    ref.norm_cell_l0.weight.requires_grad_(True)
+    x = torch.randn(1, 2, 3, dtype=torch.float64)
+    grads = []
+    for layer in (m, ref):
+        h0 = torch.randn(1, 2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        c0 = torch.zeros(1, 2, 4, dtype=torch.float64)
+        out, _ = layer(x, (h0, c0))
+        grads.append(torch.autograd.grad(out.sum(), (h0, layer.norm_cell_l0.weight)))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)

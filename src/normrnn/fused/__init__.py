@@ -310,28 +310,21 @@ def _sum_bias(p: CellParams, like: Tensor) -> Tensor:
 
 
 def _lstm_step(p: CellParams, x: Tensor, state: State, step: int, eps: float) -> Optional[State]:
-    """Streaming's fast path: one LSTM step in one native call, when nothing needs a gradient and no norm
-    computes batch statistics. ``None`` when it does not apply. x: (N, H_in); state (h, c), each (N, H).
+    """One LSTM step in one native call (the streaming kernel, for one layer), when nothing needs a gradient and
+    no norm computes batch statistics; ``None`` when it does not apply. x: (N, H_in); state (h, c), each (N, H).
+    At T = 1 the per-call overhead of the sequence kernel would dominate."""
+    from .stream import layer_args  # (stream imports this package)
 
-    Streaming at batch 1 is dominated by per-call overhead, so this keeps the Python side to a minimum."""
     eng = engine(x.device)
-    if eng is torch_engine or (torch.is_grad_enabled() and (x.requires_grad or p.weight_hh.requires_grad)):
+    args = None if eng is torch_engine else layer_args(p, x)
+    if args is None:
         return None
-    norms = (p.norm_ih, p.norm_gates if p.norm_gates is not None else p.norm_hh, p.norm_cell)
-    kinds = [_kind(n) for n in norms]
-    if BATCH in kinds:
+    tensors, flags = args
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *state, *tensors)):
         return None
-    empty = x.new_empty(0)
-    stats: list[Tensor] = []
-    steps = torch.tensor([step], device=x.device) if BATCH_FIXED in kinds else None
-    for n, kind in zip(norms, kinds):
-        stats += ([t.squeeze(0) for t in _fixed_stats(n, steps, x)] if kind == BATCH_FIXED else [empty, empty])
-    gains = [empty if g is None else g for g in map(_gain, norms)]
-    beta = getattr(p.norm_cell, "bias", None)
-    h, c = eng.lstm_step(x.contiguous(), state[0].contiguous(), state[1].contiguous(), p.weight_ih, p.weight_hh,
-                         _sum_bias(p, x), *gains, empty if beta is None else beta, *stats, *kinds,
-                         p.norm_gates is not None, p.carry_normalized_cell, eps)
-    return h, c
+    _, h, c = eng.lstm_stream(x.contiguous(), state[0].unsqueeze(0).contiguous(), state[1].unsqueeze(0).contiguous(),
+                              tensors, flags, step, eps)
+    return h[0], c[0]
 
 
 def run_direction(p: CellParams, x: Tensor, state: State, mask: Optional[Tensor], lengths: Optional[Tensor],

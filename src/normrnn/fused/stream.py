@@ -24,8 +24,10 @@ import torch
 from torch import Tensor
 from torch.nn.modules import module as _module
 
+from .. import fused as _package
+from ..cells import CellParams
 from ..norms import RecurrentBatchNorm
-from . import native
+from . import _gain, _kind, engine, native
 from .torch_engine import BATCH
 
 _generation = [0]
@@ -58,14 +60,35 @@ class Plan(NamedTuple):
 
 
 def _key(layer) -> tuple:
-    import normrnn.fused as package  # (a cached module lookup) for the engine force_engine() chose
+    return (_generation[0], layer.training, layer._backend, _package._forced)
 
-    return (_generation[0], layer.training, layer._backend, package._forced)
+
+def layer_args(p: CellParams, like: Tensor) -> Optional[tuple[list[Tensor], list[int]]]:
+    """What ``lstm_stream`` reads for one LSTM layer: w_ih, w_hh, b_ih, b_hh, the gains of the x-, h- and cell
+    norm, the cell norm's bias, then (running mean, running var, steps_tracked) of each norm that is batch norm
+    in eval (empty otherwise); and the flags kind_x, kind_h, kind_c, joint, carry. ``None`` where the kernel
+    cannot run it: a norm computing batch statistics, or a tensor of another dtype/device or not contiguous."""
+    joint = p.norm_gates is not None
+    norms = (p.norm_ih, p.norm_gates if joint else p.norm_hh, p.norm_cell)
+    kinds = [_kind(n) for n in norms]
+    if BATCH in kinds:
+        return None
+    empty = like.new_empty(0)
+    gains = [empty if g is None else g for g in map(_gain, norms)]
+    beta = getattr(p.norm_cell, "bias", None)
+    stats: list[Tensor] = []
+    for n in norms:
+        stats += ([n.running_mean, n.running_var, n.steps_tracked] if isinstance(n, RecurrentBatchNorm)
+                  else [empty, empty, empty])
+    tensors = [p.weight_ih, p.weight_hh, empty if p.bias_ih is None else p.bias_ih,
+               empty if p.bias_hh is None else p.bias_hh, *gains, empty if beta is None else beta, *stats]
+    if any(t.dtype != like.dtype and t.dtype != torch.long or t.device != like.device or not t.is_contiguous()
+           for t in tensors):
+        return None
+    return tensors, [*kinds, int(joint), int(p.carry_normalized_cell)]
 
 
 def _build(layer, key: tuple) -> Plan:
-    from . import _gain, _kind, engine  # noqa: PLC0415 (the package imports this module)
-
     unusable = Plan(False, key, [], [], ())
     if (layer.mode != "LSTM" or layer.bidirectional or layer.zoneout or layer.residual or not layer.uses_fused()
             or (layer.training and (layer.dropconnect or (layer.dropout and layer.num_layers > 1)))):
@@ -73,29 +96,14 @@ def _build(layer, key: tuple) -> Plan:
     w = layer.weight_hh_l0
     if w.device.type != "cpu" or w.dtype not in (torch.float32, torch.float64) or engine(w.device) is not native.load():
         return unusable
-    empty = w.new_empty(0)
     tensors: list[Tensor] = []
     flags: list[int] = []
     for k in range(layer.num_layers):
-        p = layer._cell(k, 0)
-        joint = p.norm_gates is not None
-        norms = (p.norm_ih, p.norm_gates if joint else p.norm_hh, p.norm_cell)
-        kinds = [_kind(n) for n in norms]
-        if BATCH in kinds:
+        args = layer_args(layer._cell(k, 0), w)
+        if args is None:
             return unusable
-        gains = [empty if g is None else g for g in map(_gain, norms)]
-        beta = getattr(p.norm_cell, "bias", None)
-        stats: list[Tensor] = []
-        for n in norms:
-            stats += ([n.running_mean, n.running_var, n.steps_tracked] if isinstance(n, RecurrentBatchNorm)
-                      else [empty, empty, empty])
-        layer_tensors = [p.weight_ih, p.weight_hh, empty if p.bias_ih is None else p.bias_ih,
-                         empty if p.bias_hh is None else p.bias_hh, *gains, empty if beta is None else beta, *stats]
-        if any(t.dtype != w.dtype and t.dtype != torch.long or t.device != w.device or not t.is_contiguous()
-               for t in layer_tensors):
-            return unusable
-        tensors += layer_tensors
-        flags += [*kinds, int(joint), int(p.carry_normalized_cell)]
+        tensors += args[0]
+        flags += args[1]
     params = tuple(t for t in tensors if t.is_floating_point() and isinstance(t, torch.nn.Parameter))
     return Plan(True, key, tensors, flags, params, w.dtype)
 

@@ -963,7 +963,7 @@ std::vector<at::Tensor> rnn_backward_impl(const at::Tensor& dout, const at::Tens
 
 // One LSTM step for inference and streaming (no state saved for backward): both projections, their norms,
 // the gates and the cell in one pass, written into h_out and c_out (N, H). Norm kinds: none, layer, rms, or
-// batch with given statistics: row `row` of a (steps, F) running-statistics buffer (or a (F,) row, row 0).
+// batch with given statistics: rows row_x, row_h, row_c of the norms' (steps, F) running-statistics buffers.
 template <typename T>
 void lstm_step_into(const at::Tensor& x, const at::Tensor& h, const at::Tensor& c, const at::Tensor& w_ih,
                     const at::Tensor& w_hh, const at::Tensor& b_ih, const at::Tensor& b_hh,
@@ -1030,22 +1030,6 @@ void lstm_step_into(const at::Tensor& x, const at::Tensor& h, const at::Tensor& 
     lstm_h_only<T>(a + 3 * H, cout, hp + n * H, H);
     std::copy(carry ? cout : cn, (carry ? cout : cn) + H, cnp + n * H);
   });
-}
-
-template <typename T>
-std::vector<at::Tensor> lstm_step_impl(const at::Tensor& x, const at::Tensor& h, const at::Tensor& c,
-                                       const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& bias,
-                                       const at::Tensor& gamma_x, const at::Tensor& gamma_h,
-                                       const at::Tensor& gamma_c, const at::Tensor& beta_c,
-                                       const at::Tensor& fx_mean, const at::Tensor& fx_var,
-                                       const at::Tensor& fh_mean, const at::Tensor& fh_var,
-                                       const at::Tensor& fc_mean, const at::Tensor& fc_var, int64_t kind_x,
-                                       int64_t kind_h, int64_t kind_c, bool joint, bool carry, double eps) {
-  auto h_new = at::empty_like(h), c_new = at::empty_like(c);
-  lstm_step_into<T>(x, h, c, w_ih, w_hh, bias, at::empty({0}, x.options()), gamma_x, gamma_h, gamma_c, beta_c,
-                    fx_mean, fx_var, fh_mean, fh_var, fc_mean, fc_var, 0, 0, 0, kind_x, kind_h, kind_c, joint, carry, eps,
-                    h_new, c_new);
-  return {h_new, c_new};
 }
 
 // Streaming: one step of a whole unidirectional stack in one call, for LSTM.step at small batches, where the
@@ -1591,16 +1575,6 @@ std::vector<at::Tensor> rnn_backward(at::Tensor dout, at::Tensor dhT, at::Tensor
                                   kind_h, joint, relu));
 }
 
-std::vector<at::Tensor> lstm_step(at::Tensor x, at::Tensor h, at::Tensor c, at::Tensor w_ih, at::Tensor w_hh,
-                                  at::Tensor bias, at::Tensor gamma_x, at::Tensor gamma_h, at::Tensor gamma_c,
-                                  at::Tensor beta_c, at::Tensor fx_mean, at::Tensor fx_var, at::Tensor fh_mean,
-                                  at::Tensor fh_var, at::Tensor fc_mean, at::Tensor fc_var, int64_t kind_x,
-                                  int64_t kind_h, int64_t kind_c, bool joint, bool carry, double eps) {
-  return NORMRNN_DISPATCH(x, "lstm_step",
-      lstm_step_impl<scalar_t>(x, h, c, w_ih, w_hh, bias, gamma_x, gamma_h, gamma_c, beta_c, fx_mean, fx_var,
-                               fh_mean, fh_var, fc_mean, fc_var, kind_x, kind_h, kind_c, joint, carry, eps));
-}
-
 std::vector<at::Tensor> lstm_stream(at::Tensor x, at::Tensor h0, at::Tensor c0, std::vector<at::Tensor> layers,
                                     std::vector<int64_t> flags, int64_t step, double eps) {
   TORCH_CHECK(layers.size() % STREAM_TENSORS == 0 && flags.size() * STREAM_TENSORS == layers.size() * STREAM_FLAGS,
@@ -1653,7 +1627,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bn_steps_backward", &bn_steps_backward);
   m.def("rms_norm_forward", &rms_norm_forward);
   m.def("rms_norm_backward", &rms_norm_backward);
-  m.def("lstm_step", &lstm_step);
   m.def("lstm_stream", &lstm_stream);
   m.def("lstm_forward", &lstm_forward);
   m.def("lstm_backward", &lstm_backward);
