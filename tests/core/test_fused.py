@@ -1,4 +1,5 @@
 """The fused backend (both engines) against the readable reference loop, for every variant it covers."""
+import copy
 import itertools
 
 import pytest
@@ -388,3 +389,36 @@ def test_one_step_forward_keeps_the_gradient_of_a_learned_initial_state():
         grads.append(torch.autograd.grad(out.sum(), (h0, layer.norm_cell_l0.weight)))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
+
+
+NATIVE = fused.native.load()
+
+
+@pytest.mark.skipif(NATIVE is None or not NATIVE.packed_gemm_available(), reason="needs MKL's packed GEMM in torch")
+@pytest.mark.parametrize("kind,terms", [("LSTM", "separate"), ("LSTM", "joint"), ("GRU", "separate"),
+                                        ("GRU", "joint"), ("RNN", "joint")])
+@pytest.mark.parametrize("norm", ["layer", "batch", "none"])
+def test_packed_recurrent_gemm_equals_plain_gemm(kind, terms, norm):
+    """The per-step GEMMs on MKL's packed matrix (forward: h W_hh^T, backward: ds W_hh) give what at::mm_out gives,
+    with padding, both directions, training and inference."""
+    torch.manual_seed(2)
+    first = make(kind, 24, 40, 2, norm=norm, norm_terms=terms, bidirectional=True, backend="fused")
+    x = torch.randn(30, 6, 24, requires_grad=True)
+    lengths = torch.tensor([30, 29, 17, 30, 2, 9])
+    results = []
+    for packed in (True, False):
+        m = copy.deepcopy(first)  # (batch norm's running statistics move in each run)
+        previous = NATIVE.set_packed_gemm(packed)
+        try:
+            with fused.force_engine("native"):
+                out, _ = m(x, lengths=lengths)
+                grads = torch.autograd.grad(out.pow(2).sum(), [x, *m.parameters()])
+                m.eval()
+                with torch.no_grad():
+                    infer, _ = m(x, lengths=lengths)
+                m.train()
+        finally:
+            NATIVE.set_packed_gemm(previous)
+        results.append([out, infer, *grads])
+    for a, b in zip(*results):
+        assert (a - b).norm() <= 1e-5 * b.norm(), ((a - b).norm() / b.norm()).item()

@@ -12,10 +12,13 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <dlfcn.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -394,6 +397,85 @@ inline void hold_row(const T* __restrict prev, T* __restrict next, T* __restrict
   if (out) std::fill(out, out + H, T(0));
 }
 
+// =========================================================================================== per-step GEMM
+// Every step multiplies by the same recurrent matrix. An ordinary sgemm repacks that matrix into its kernel's
+// layout on every call (at N=32, H=256 about a sixth of the step's GEMM time here); MKL's packed GEMM packs it
+// once per call instead, which is what oneDNN's RNN does for nn.LSTM. torch's x86 builds carry MKL inside
+// libtorch_cpu, so its cblas_sgemm_pack/compute are looked up there at run time; without them (other builds),
+// and for double, the steps run at::mm_out on a contiguous copy.
+
+namespace mkl {
+// CBLAS constants and the LP64 signatures (MKL_INT = int), as in MKL's mkl_cblas.h.
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162;
+using SizeFn = size_t (*)(int, int, int, int);
+using PackFn = void (*)(int, int, int, int, int, int, float, const float*, int, float*);
+using ComputeFn = void (*)(int, int, int, int, int, int, const float*, int, const float*, int, float, float*, int);
+
+struct Api {
+  SizeFn size = nullptr;
+  PackFn pack = nullptr;
+  ComputeFn compute = nullptr;
+  bool ok() const { return size && pack && compute; }
+};
+
+const Api& api() {
+  static const Api found = [] {
+    Api a;
+    void* lib = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
+    if (lib == nullptr) return a;
+    a.size = reinterpret_cast<SizeFn>(dlsym(lib, "cblas_sgemm_pack_get_size"));
+    a.pack = reinterpret_cast<PackFn>(dlsym(lib, "cblas_sgemm_pack"));
+    a.compute = reinterpret_cast<ComputeFn>(dlsym(lib, "cblas_sgemm_compute"));
+    return a.ok() ? a : Api{};
+  }();
+  return found;
+}
+
+bool enabled = true;  // set_packed_gemm(False): every step on at::mm_out (the tests compare the two)
+}  // namespace mkl
+
+// out (M, Nc) = a (M, K) · B (K, Nc) [+ add], for `steps` products with the same B in one call.
+template <typename T>
+class StepGemm {
+ public:
+  StepGemm(const at::Tensor& b, int64_t M, int64_t steps) : M_(M), K_(b.size(0)), N_(b.size(1)) {
+    const bool fits = std::max({M, K_, N_}) < (int64_t(1) << 30);
+    if constexpr (std::is_same_v<T, float>) {
+      if (mkl::enabled && mkl::api().ok() && steps >= 2 && M > 0 && K_ > 0 && N_ > 0 && fits) {
+        const bool rows = b.stride(1) == 1, cols = b.stride(0) == 1;
+        const at::Tensor src = rows || cols ? b : b.contiguous();
+        const bool trans = !rows && cols;  // B stored column by column: pack it as the transpose of its rows
+        const int ld = static_cast<int>(trans ? std::max(src.stride(1), K_) : std::max(src.stride(0), N_));
+        const size_t bytes = mkl::api().size(mkl::kBMatrix, M, N_, K_);
+        packed_ = at::empty({static_cast<int64_t>((bytes + sizeof(float) - 1) / sizeof(float))}, b.options());
+        mkl::api().pack(mkl::kRowMajor, mkl::kBMatrix, trans ? mkl::kTrans : mkl::kNoTrans, M, N_, K_, 1.0f,
+                        src.data_ptr<float>(), ld, packed_.data_ptr<float>());
+        return;
+      }
+    }
+    b_ = b.contiguous();
+  }
+
+  // a: rows contiguous; out: (M, Nc) contiguous and not overlapping a or add.
+  void operator()(at::Tensor& out, const at::Tensor& a, const at::Tensor* add = nullptr) const {
+    TORCH_CHECK(a.size(0) == M_ && a.stride(1) == 1 && out.is_contiguous(), "StepGemm: unexpected operands");
+    if (!packed_.defined()) {
+      if (add) at::addmm_out(out, *add, a, b_); else at::mm_out(out, a, b_);
+      return;
+    }
+    if constexpr (std::is_same_v<T, float>) {
+      if (add) out.copy_(*add);
+      mkl::api().compute(mkl::kRowMajor, mkl::kNoTrans, mkl::kPacked, M_, N_, K_, a.data_ptr<float>(),
+                         static_cast<int>(a.stride(0)), packed_.data_ptr<float>(), K_, add ? 1.0f : 0.0f,
+                         out.data_ptr<float>(), static_cast<int>(out.stride(0)));
+    }
+  }
+
+ private:
+  int64_t M_, K_, N_;
+  at::Tensor b_, packed_;
+};
+
 // =========================================================================================== LSTM
 
 // dout (T, N, H) is read row by row through its strides (rows contiguous): an expanded gradient stays expanded.
@@ -488,7 +570,7 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
   auto count_h = kind_h == BATCH ? at::zeros({T_}, o) : at::empty({0}, o);
   auto count_c = kind_c == BATCH ? at::zeros({T_}, o) : at::empty({0}, o);
   auto s = at::empty({N, G}, o), cnew = at::empty({N, H}, o), cout_buf = at::empty({N, H}, o);
-  const auto wt = w_hh.t().contiguous();  // (H, G): per-step GEMMs run faster than on a transposed view
+  const StepGemm<T> gemm(w_hh.t(), N, T_);  // s = h W_hh^T
   std::vector<T> colmean_h(G), colmean_c(H);
   T* cob = cout_buf.data_ptr<T>();
   const T *b = ptr<T>(bias), *gh = ptr<T>(gamma_h), *gc = ptr<T>(gamma_c), *bc = ptr<T>(beta_c),
@@ -500,7 +582,7 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
   for (int64_t t = 0; t < T_; ++t) {
     const int64_t tk = keep ? t : 0;
     const auto ht = h_all[t];
-    if (joint) at::addmm_out(s, xa[t], ht, wt); else at::mm_out(s, ht, wt);
+    if (joint) { const auto xt = xa[t]; gemm(s, ht, &xt); } else { gemm(s, ht); }
     const bool* m = mk ? mk + t * N : nullptr;
     const T* x = xa.data_ptr<T>() + t * N * G;
     T* a_t = acts.data_ptr<T>() + tk * N * G;
@@ -562,12 +644,16 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
         hold_row<T>(cp + n * H, crow, static_cast<T*>(nullptr), H);
       }
     };
-    if (has_c && per_col(kind_c)) {
+    // Batch statistics of the cell need every row's new cell first: two row passes. Given statistics do not.
+    if (has_c && kind_c == BATCH_FIXED) {
+      col_stats<T>(cn, N, H, m, ptr<T>(fmc) + t * H, ptr<T>(fvc) + t * H, eps, kind_c, colmean_c.data(), rc,
+                   static_cast<T*>(nullptr), static_cast<T*>(nullptr));
+    }
+    if (has_c && kind_c == BATCH) {
       for_rows(N, G, gates);
       const int64_t cnt = col_stats<T>(cn, N, H, m, ptr<T>(fmc) + t * H, ptr<T>(fvc) + t * H, eps, kind_c,
-                                       colmean_c.data(), rc, kind_c == BATCH ? ptr<T>(mean_c) + t * H : nullptr,
-                                       kind_c == BATCH ? ptr<T>(var_c) + t * H : nullptr);
-      if (kind_c == BATCH) count_c.data_ptr<T>()[t] = static_cast<T>(cnt);
+                                       colmean_c.data(), rc, ptr<T>(mean_c) + t * H, ptr<T>(var_c) + t * H);
+      count_c.data_ptr<T>()[t] = static_cast<T>(cnt);
       for_rows(N, H, finish);
     } else {
       for_rows(N, G, [&](int64_t n) {
@@ -593,6 +679,7 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
                                            int64_t kind_c, bool joint, bool carry) {
   const int64_t T_ = like.size(0), N = like.size(1), G = like.size(2), H = G / 4;
   const auto o = like.options();
+  const StepGemm<T> gemm(w_hh, N, T_);  // dh_prev = ds W_hh
   const bool has_h = gamma_h.numel() > 0, has_c = gamma_c.numel() > 0;
   auto dxa = at::empty_like(like);
   // da: d(pre-activation); ds: d(recurrent product h W_hh^T). Without a norm on the recurrent term ds = da = dxa;
@@ -707,7 +794,7 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
     add_col_sums<T>(da_t, has_h ? sh_t : nullptr, N, G, dbias.data_ptr<T>(), ptr<T>(dgamma_h));
     if (has_c) add_col_sums<T>(dcout_t, ch_t, N, H, dbeta_c.data_ptr<T>(), dgamma_c.data_ptr<T>());
     if (col_h) col_norm_bwd<T>(ds_t, sh_t, rh, N, G, m, static_cast<int64_t>(count_h.data_ptr<T>()[t]));
-    at::mm_out(dh_next, ring.step(t), w_hh);
+    gemm(dh_next, ring.step(t));
     ring.done(t, h_all);
     if (m != nullptr) {
       T* dhx = dh_next.data_ptr<T>();
@@ -741,14 +828,14 @@ std::vector<at::Tensor> gru_forward_impl(const at::Tensor& xa, const at::Tensor&
   auto mean_h = stats_buffer(kind_h, T_, G, o, 0), var_h = stats_buffer(kind_h, T_, G, o, 1);
   auto count_h = kind_h == BATCH ? at::zeros({T_}, o) : at::empty({0}, o);
   auto s = at::empty({N, G}, o);
-  const auto wt = w_hh.t().contiguous();  // (H, G): per-step GEMMs run faster than on a transposed view
+  const StepGemm<T> gemm(w_hh.t(), N, T_);  // s = h W_hh^T
   std::vector<T> colmean(G);
   const T *gh = ptr<T>(gamma_h), *bh = ptr<T>(bias_hh);
   const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   T* sp = s.data_ptr<T>();
   for (int64_t t = 0; t < T_; ++t) {
     const int64_t tk = keep ? t : 0;
-    at::mm_out(s, h_all[t], wt);
+    gemm(s, h_all[t]);
     const bool* m = mk ? mk + t * N : nullptr;
     T* rh = rstd_h.data_ptr<T>() + tk * rstd_h.size(1) * rstd_h.size(2);
     if (has_h && per_col(kind_h)) {
@@ -789,6 +876,7 @@ std::vector<at::Tensor> gru_backward_impl(const at::Tensor& dout, const at::Tens
   const int64_t T_ = like.size(0), N = like.size(1), G = like.size(2), H = G / 3;
   const bool has_h = gamma_h.numel() > 0;
   const auto o = like.options();
+  const StepGemm<T> gemm(w_hh, N, T_);  // dh_prev = ds W_hh
   // drec: d(recurrent term after its norm), one step's scratch; ds: d(recurrent product), in the ring (ds = drec
   // without a norm). The bias and gain gradients are summed step by step.
   auto dxa = at::empty_like(like);
@@ -834,7 +922,7 @@ std::vector<at::Tensor> gru_backward_impl(const at::Tensor& dout, const at::Tens
     });
     add_col_sums<T>(dr_t, has_h ? sh_t : nullptr, N, G, dbias.data_ptr<T>(), ptr<T>(dgamma));
     if (col_h) col_norm_bwd<T>(ds_t, sh_t, rh, N, G, m, static_cast<int64_t>(count_h.data_ptr<T>()[t]));
-    at::addmm_out(dh_next, direct, ring.step(t), w_hh);
+    gemm(dh_next, ring.step(t), &direct);
     ring.done(t, h_all);
     std::swap(dh, dh_next);
   }
@@ -861,7 +949,7 @@ std::vector<at::Tensor> rnn_forward_impl(const at::Tensor& xa, const at::Tensor&
   auto mean_h = stats_buffer(kind_h, T_, H, o, 0), var_h = stats_buffer(kind_h, T_, H, o, 1);
   auto count_h = kind_h == BATCH ? at::zeros({T_}, o) : at::empty({0}, o);
   auto s = at::empty({N, H}, o), pre_buf = at::empty({N, H}, o);
-  const auto wt = w_hh.t().contiguous();  // (H, G): per-step GEMMs run faster than on a transposed view
+  const StepGemm<T> gemm(w_hh.t(), N, T_);  // s = h W_hh^T
   std::vector<T> colmean(H);
   const T *gh = ptr<T>(gamma_h), *b = ptr<T>(bias);
   T* pre = pre_buf.data_ptr<T>();
@@ -869,7 +957,7 @@ std::vector<at::Tensor> rnn_forward_impl(const at::Tensor& xa, const at::Tensor&
   T* sp = s.data_ptr<T>();
   for (int64_t t = 0; t < T_; ++t) {
     const int64_t tk = keep ? t : 0;
-    if (joint) at::addmm_out(s, xa[t], h_all[t], wt); else at::mm_out(s, h_all[t], wt);
+    if (joint) { const auto xt = xa[t]; gemm(s, h_all[t], &xt); } else { gemm(s, h_all[t]); }
     const bool* m = mk ? mk + t * N : nullptr;
     T* rh = rstd_h.data_ptr<T>() + tk * rstd_h.size(1) * rstd_h.size(2);
     if (has_h && per_col(kind_h)) {
@@ -910,6 +998,7 @@ std::vector<at::Tensor> rnn_backward_impl(const at::Tensor& dout, const at::Tens
   const int64_t T_ = like.size(0), N = like.size(1), H = like.size(2);
   const bool has_h = gamma_h.numel() > 0;
   const auto o = like.options();
+  const StepGemm<T> gemm(w_hh, N, T_);  // dh_prev = ds W_hh
   // As in the LSTM: ds = da = dxa without a norm; joint: dxa = ds, da one step's scratch; separate: dxa = da and
   // ds in the ring.
   auto dxa = at::empty_like(like);
@@ -948,7 +1037,7 @@ std::vector<at::Tensor> rnn_backward_impl(const at::Tensor& dout, const at::Tens
     });
     add_col_sums<T>(da_t, has_h ? sh_t : nullptr, N, H, dbias.data_ptr<T>(), ptr<T>(dgamma));
     if (col_h) col_norm_bwd<T>(ds_t, sh_t, rh, N, H, m, static_cast<int64_t>(count_h.data_ptr<T>()[t]));
-    at::mm_out(dh_next, ring.step(t), w_hh);
+    gemm(dh_next, ring.step(t));
     ring.done(t, h_all);
     if (m != nullptr) {
       T* dhx = dh_next.data_ptr<T>();
@@ -1325,7 +1414,8 @@ std::vector<at::Tensor> gru_joint_forward_impl(const at::Tensor& xa, const at::T
   const int64_t Tk = keep ? T_ : 1;
   const auto o = xa.options();
   const bool has_g = gamma_g.numel() > 0, has_n = gamma_n.numel() > 0;
-  const bool col_g = has_g && per_col(kind_g), col_n = has_n && per_col(kind_n);
+  // Batch statistics need every row of the step first: extra row passes. Given statistics (eval) do not.
+  const bool col_g = has_g && kind_g == BATCH, col_n = has_n && kind_n == BATCH;
   auto h_all = at::empty({T_ + 1, N, H}, o);
   h_all[0].copy_(h0);
   auto acts = at::empty({Tk, N, G}, o), rec_n_all = at::empty({Tk, N, H}, o);
@@ -1336,7 +1426,7 @@ std::vector<at::Tensor> gru_joint_forward_impl(const at::Tensor& xa, const at::T
   auto count_g = kind_g == BATCH ? at::zeros({T_}, o) : at::empty({0}, o);
   auto count_n = kind_n == BATCH ? at::zeros({T_}, o) : at::empty({0}, o);
   auto s = at::empty({N, G}, o);
-  const auto wt = w_hh.t().contiguous();  // (H, G): per-step GEMMs run faster than on a transposed view
+  const StepGemm<T> gemm(w_hh.t(), N, T_);  // s = h W_hh^T
   std::vector<T> colmean_g(H2), colmean_n(H);
   const T *gg = ptr<T>(gamma_g), *gn = ptr<T>(gamma_n), *bi = ptr<T>(bias_ih), *bh = ptr<T>(bias_hh);
   const T* b_in = bi ? bi + H2 : nullptr;
@@ -1344,7 +1434,7 @@ std::vector<at::Tensor> gru_joint_forward_impl(const at::Tensor& xa, const at::T
   const T* sp = s.data_ptr<T>();
   for (int64_t t = 0; t < T_; ++t) {
     const int64_t tk = keep ? t : 0;
-    at::mm_out(s, h_all[t], wt);
+    gemm(s, h_all[t]);
     const bool* m = mk ? mk + t * N : nullptr;
     const T* x_t = xa.data_ptr<T>() + t * N * G;
     T* a_t = acts.data_ptr<T>() + tk * N * G;
@@ -1372,12 +1462,19 @@ std::vector<at::Tensor> gru_joint_forward_impl(const at::Tensor& xa, const at::T
       gru_joint_n_fwd<T>(v, gn, b_in, hp + n * H, a_t + n * G, hn + n * H, o_t + n * H, H);
       if (m != nullptr && !m[n]) hold_row<T>(hp + n * H, hn + n * H, o_t + n * H, H);
     };
+    if (has_g && kind_g == BATCH_FIXED) {
+      col_stats<T>(uh_t, N, H2, m, ptr<T>(fmg) + t * H2, ptr<T>(fvg) + t * H2, eps, kind_g, colmean_g.data(), rg,
+                   static_cast<T*>(nullptr), static_cast<T*>(nullptr));
+    }
+    if (has_n && kind_n == BATCH_FIXED) {
+      col_stats<T>(vh_t, N, H, m, ptr<T>(fmn) + t * H, ptr<T>(fvn) + t * H, eps, kind_n, colmean_n.data(), rn,
+                   static_cast<T*>(nullptr), static_cast<T*>(nullptr));
+    }
     if (col_g) {
       for_rows(N, H2, form_u);
-      const int64_t cnt = col_stats<T>(uh_t, N, H2, m, ptr<T>(fmg) + t * H2, ptr<T>(fvg) + t * H2, eps, kind_g,
-                                       colmean_g.data(), rg, kind_g == BATCH ? ptr<T>(mean_g) + t * H2 : nullptr,
-                                       kind_g == BATCH ? ptr<T>(var_g) + t * H2 : nullptr);
-      if (kind_g == BATCH) count_g.data_ptr<T>()[t] = static_cast<T>(cnt);
+      count_g.data_ptr<T>()[t] = static_cast<T>(col_stats<T>(uh_t, N, H2, m, ptr<T>(fmg) + t * H2,
+                                                              ptr<T>(fvg) + t * H2, eps, kind_g, colmean_g.data(),
+                                                              rg, ptr<T>(mean_g) + t * H2, ptr<T>(var_g) + t * H2));
     }
     auto front = [&](int64_t n) {
       if (!col_g) form_u(n);
@@ -1385,10 +1482,9 @@ std::vector<at::Tensor> gru_joint_forward_impl(const at::Tensor& xa, const at::T
     };
     if (col_n) {
       for_rows(N, G, front);
-      const int64_t cnt = col_stats<T>(vh_t, N, H, m, ptr<T>(fmn) + t * H, ptr<T>(fvn) + t * H, eps, kind_n,
-                                       colmean_n.data(), rn, kind_n == BATCH ? ptr<T>(mean_n) + t * H : nullptr,
-                                       kind_n == BATCH ? ptr<T>(var_n) + t * H : nullptr);
-      if (kind_n == BATCH) count_n.data_ptr<T>()[t] = static_cast<T>(cnt);
+      count_n.data_ptr<T>()[t] = static_cast<T>(col_stats<T>(vh_t, N, H, m, ptr<T>(fmn) + t * H, ptr<T>(fvn) + t * H,
+                                                              eps, kind_n, colmean_n.data(), rn, ptr<T>(mean_n) + t * H,
+                                                              ptr<T>(var_n) + t * H));
       for_rows(N, H, candidate);
     } else {
       for_rows(N, G, [&](int64_t n) {
@@ -1414,6 +1510,7 @@ std::vector<at::Tensor> gru_joint_backward_impl(const at::Tensor& dout, const at
   const int64_t T_ = like.size(0), N = like.size(1), G = like.size(2), H = G / 3, H2 = 2 * H;
   const bool has_g = gamma_g.numel() > 0, has_n = gamma_n.numel() > 0;
   const auto o = like.options();
+  const StepGemm<T> gemm(w_hh, N, T_);  // dh_prev = ds W_hh
   // dpre: d(pre-activations r, z, n), after the norms; ds: d(h W_hh^T); dxa = (du, dv).
   auto dxa = at::empty_like(like), ds_all = at::empty_like(like), dpre_all = at::empty_like(like);
   auto dh = dhT.clone(), dh_next = at::empty_like(dh), direct = at::empty_like(dh);
@@ -1500,7 +1597,7 @@ std::vector<at::Tensor> gru_joint_backward_impl(const at::Tensor& dout, const at
       col_norm_bwd<T>(du, uh_t, rg, N, H2, m, static_cast<int64_t>(count_g.data_ptr<T>()[t]));
       for_rows(N, H2, [&](int64_t n) { if (running(n)) place_du(n); });
     }
-    at::addmm_out(dh_next, direct, ds_all[t], w_hh);
+    gemm(dh_next, ds_all[t], &direct);
     std::swap(dh, dh_next);
   }
   auto dw = ds_all.reshape({T_ * N, G}).t().mm(h_all.narrow(0, 0, T_).reshape({T_ * N, H}));
@@ -1622,7 +1719,16 @@ std::vector<at::Tensor> gru_joint_backward(at::Tensor dout, at::Tensor dhT, at::
                                         uhat_all, vhat_all, rstd_g, rstd_n, count_g, count_n, kind_g, kind_n));
 }
 
+// Whether the per-step GEMMs may use MKL's packed GEMM (when torch carries it); returns the previous setting.
+bool set_packed_gemm(bool on) {
+  const bool was = mkl::enabled;
+  mkl::enabled = on;
+  return was;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("set_packed_gemm", &set_packed_gemm);
+  m.def("packed_gemm_available", [] { return mkl::api().ok(); });
   m.def("bn_steps_forward", &bn_steps_forward);
   m.def("bn_steps_backward", &bn_steps_backward);
   m.def("rms_norm_forward", &rms_norm_forward);
