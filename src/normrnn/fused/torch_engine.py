@@ -2,7 +2,8 @@
 
 This is the fallback when the C++ kernels cannot be built, and the executable specification they follow: the
 native engine (``csrc/engine.cpp``) has the same functions, arguments and results, step for step. (``keep=False``
-lets the native forward reuse one step's buffers when nothing will run backward; here it changes nothing.)
+lets the native forward reuse one step's buffers when nothing will run backward, and return only the last state
+as ``h_all``/``c_all``; callers read ``[-1]`` of those. Here it changes nothing.)
 
 Why it is faster than the reference loop: autograd records nothing per step. Forward keeps only what backward
 needs; backward runs one pass per step and computes the recurrent weight gradient as a single GEMM over all

@@ -540,6 +540,24 @@ struct DsRing {
 };
 
 
+// The states h_t (and c_t) of a forward call, (T+1, N, H): all of them when backward needs them, else only the
+// previous and the next, alternating (inference writes no T-long state besides its output).
+template <typename T>
+struct States {
+  at::Tensor all;
+  bool keep;
+  int64_t rows;
+  States(const at::Tensor& first, int64_t steps, bool keep_) : keep(keep_), rows(first.numel()) {
+    all = at::empty({keep ? steps + 1 : 2, first.size(0), first.size(1)}, first.options());
+    all[0].copy_(first);
+  }
+  int64_t index(int64_t t) const { return keep ? t : t % 2; }
+  at::Tensor step(int64_t t) const { return all[index(t)]; }
+  T* ptr(int64_t t) const { return all.data_ptr<T>() + index(t) * rows; }
+  // What the caller gets: every state, or (inference) the last one as a (1, N, H) tensor.
+  at::Tensor result(int64_t steps) const { return keep ? all : all.narrow(0, index(steps), 1); }
+};
+
 template <typename T>
 std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor& h0, const at::Tensor& c0,
                                           const at::Tensor& w_hh, const at::Tensor& bias, const at::Tensor& gamma_h,
@@ -558,9 +576,7 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
   const int64_t Tk = keep ? T_ : 1;
   const auto o = xa.options();
   const bool has_h = gamma_h.numel() > 0, has_c = gamma_c.numel() > 0, has_beta = beta_c.numel() > 0;
-  auto h_all = at::empty({T_ + 1, N, H}, o), c_all = at::empty({T_ + 1, N, H}, o);
-  h_all[0].copy_(h0);
-  c_all[0].copy_(c0);
+  const States<T> h_all(h0, T_, keep), c_all(c0, T_, keep);
   auto acts = at::empty({Tk, N, G}, o), shat_all = at::empty({Tk, N, G}, o);
   // tanh(c_out) is one step's scratch: backward recomputes it from chat (or c) rather than keep T steps of it.
   auto chat_all = at::empty({Tk, N, H}, o), tc_buf = at::empty({N, H}, o), out = at::empty({T_, N, H}, o);
@@ -581,7 +597,7 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
 
   for (int64_t t = 0; t < T_; ++t) {
     const int64_t tk = keep ? t : 0;
-    const auto ht = h_all[t];
+    const auto ht = h_all.step(t);
     if (joint) { const auto xt = xa[t]; gemm(s, ht, &xt); } else { gemm(s, ht); }
     const bool* m = mk ? mk + t * N : nullptr;
     const T* x = xa.data_ptr<T>() + t * N * G;
@@ -591,10 +607,10 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
     T* tc_t = tc_buf.data_ptr<T>();
     T* rh = rstd_h.data_ptr<T>() + tk * rstd_h.size(1) * rstd_h.size(2);
     T* rc = rstd_c.data_ptr<T>() + tk * rstd_c.size(1) * rstd_c.size(2);
-    const T* hp = h_all.data_ptr<T>() + t * N * H;
-    const T* cp = c_all.data_ptr<T>() + t * N * H;
-    T* hn = h_all.data_ptr<T>() + (t + 1) * N * H;
-    T* cnx = c_all.data_ptr<T>() + (t + 1) * N * H;
+    const T* hp = h_all.ptr(t);
+    const T* cp = c_all.ptr(t);
+    T* hn = h_all.ptr(t + 1);
+    T* cnx = c_all.ptr(t + 1);
     T* o_t = out.data_ptr<T>() + t * N * H;
     if (has_h && per_col(kind_h)) {
       const int64_t cnt = col_stats<T>(sp, N, G, m, ptr<T>(fmh) + t * G, ptr<T>(fvh) + t * G, eps, kind_h,
@@ -662,7 +678,8 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
       });
     }
   }
-  return {out, h_all, c_all, acts, shat_all, rstd_h, chat_all, rstd_c, at::empty({0}, o), mean_h, var_h, count_h,
+  return {out, h_all.result(T_), c_all.result(T_), acts, shat_all, rstd_h, chat_all, rstd_c, at::empty({0}, o),
+          mean_h, var_h, count_h,
           mean_c, var_c, count_c};
 }
 
@@ -820,8 +837,7 @@ std::vector<at::Tensor> gru_forward_impl(const at::Tensor& xa, const at::Tensor&
   const int64_t Tk = keep ? T_ : 1;
   const auto o = xa.options();
   const bool has_h = gamma_h.numel() > 0, has_b = bias_hh.numel() > 0;
-  auto h_all = at::empty({T_ + 1, N, H}, o);
-  h_all[0].copy_(h0);
+  const States<T> h_all(h0, T_, keep);
   auto acts = at::empty({Tk, N, G}, o), shat_all = at::empty({Tk, N, G}, o), rec_n_all = at::empty({Tk, N, H}, o);
   auto out = at::empty({T_, N, H}, o);
   auto rstd_h = rstd_buffer(kind_h, Tk, N, G, o);
@@ -835,7 +851,7 @@ std::vector<at::Tensor> gru_forward_impl(const at::Tensor& xa, const at::Tensor&
   T* sp = s.data_ptr<T>();
   for (int64_t t = 0; t < T_; ++t) {
     const int64_t tk = keep ? t : 0;
-    gemm(s, h_all[t]);
+    gemm(s, h_all.step(t));
     const bool* m = mk ? mk + t * N : nullptr;
     T* rh = rstd_h.data_ptr<T>() + tk * rstd_h.size(1) * rstd_h.size(2);
     if (has_h && per_col(kind_h)) {
@@ -848,8 +864,8 @@ std::vector<at::Tensor> gru_forward_impl(const at::Tensor& xa, const at::Tensor&
     T* a_t = acts.data_ptr<T>() + tk * N * G;
     T* sh_t = shat_all.data_ptr<T>() + tk * N * G;
     T* rn_t = rec_n_all.data_ptr<T>() + tk * N * H;
-    const T* hp = h_all.data_ptr<T>() + t * N * H;
-    T* hn = h_all.data_ptr<T>() + (t + 1) * N * H;
+    const T* hp = h_all.ptr(t);
+    T* hn = h_all.ptr(t + 1);
     T* o_t = out.data_ptr<T>() + t * N * H;
     for_rows(N, G, [&](int64_t n) {
       T* rec = sp + n * G;  // the recurrent term, normalized and shifted, in place
@@ -864,7 +880,7 @@ std::vector<at::Tensor> gru_forward_impl(const at::Tensor& xa, const at::Tensor&
       if (m != nullptr && !m[n]) hold_row<T>(hp + n * H, hn + n * H, o_t + n * H, H);
     });
   }
-  return {out, h_all, acts, rec_n_all, shat_all, rstd_h, mean_h, var_h, count_h};
+  return {out, h_all.result(T_), acts, rec_n_all, shat_all, rstd_h, mean_h, var_h, count_h};
 }
 
 template <typename T>
@@ -942,8 +958,7 @@ std::vector<at::Tensor> rnn_forward_impl(const at::Tensor& xa, const at::Tensor&
   const int64_t Tk = keep ? T_ : 1;
   const auto o = xa.options();
   const bool has_h = gamma_h.numel() > 0;
-  auto h_all = at::empty({T_ + 1, N, H}, o);
-  h_all[0].copy_(h0);
+  const States<T> h_all(h0, T_, keep);
   auto act = at::empty({Tk, N, H}, o), shat_all = at::empty({Tk, N, H}, o), out = at::empty({T_, N, H}, o);
   auto rstd_h = rstd_buffer(kind_h, Tk, N, H, o);
   auto mean_h = stats_buffer(kind_h, T_, H, o, 0), var_h = stats_buffer(kind_h, T_, H, o, 1);
@@ -957,7 +972,7 @@ std::vector<at::Tensor> rnn_forward_impl(const at::Tensor& xa, const at::Tensor&
   T* sp = s.data_ptr<T>();
   for (int64_t t = 0; t < T_; ++t) {
     const int64_t tk = keep ? t : 0;
-    if (joint) { const auto xt = xa[t]; gemm(s, h_all[t], &xt); } else { gemm(s, h_all[t]); }
+    if (joint) { const auto xt = xa[t]; gemm(s, h_all.step(t), &xt); } else { gemm(s, h_all.step(t)); }
     const bool* m = mk ? mk + t * N : nullptr;
     T* rh = rstd_h.data_ptr<T>() + tk * rstd_h.size(1) * rstd_h.size(2);
     if (has_h && per_col(kind_h)) {
@@ -969,8 +984,8 @@ std::vector<at::Tensor> rnn_forward_impl(const at::Tensor& xa, const at::Tensor&
     const T* x_t = xa.data_ptr<T>() + t * N * H;
     T* y_t = act.data_ptr<T>() + tk * N * H;
     T* sh_t = shat_all.data_ptr<T>() + tk * N * H;
-    const T* hp = h_all.data_ptr<T>() + t * N * H;
-    T* hn = h_all.data_ptr<T>() + (t + 1) * N * H;
+    const T* hp = h_all.ptr(t);
+    T* hn = h_all.ptr(t + 1);
     T* o_t = out.data_ptr<T>() + t * N * H;
     for_rows(N, H, [&](int64_t n) {
       T* srow = sp + n * H;
@@ -986,7 +1001,7 @@ std::vector<at::Tensor> rnn_forward_impl(const at::Tensor& xa, const at::Tensor&
       if (m != nullptr && !m[n]) hold_row<T>(hp + n * H, hn + n * H, o_t + n * H, H);
     });
   }
-  return {out, h_all, act, shat_all, rstd_h, mean_h, var_h, count_h};
+  return {out, h_all.result(T_), act, shat_all, rstd_h, mean_h, var_h, count_h};
 }
 
 template <typename T>
@@ -1416,8 +1431,7 @@ std::vector<at::Tensor> gru_joint_forward_impl(const at::Tensor& xa, const at::T
   const bool has_g = gamma_g.numel() > 0, has_n = gamma_n.numel() > 0;
   // Batch statistics need every row of the step first: extra row passes. Given statistics (eval) do not.
   const bool col_g = has_g && kind_g == BATCH, col_n = has_n && kind_n == BATCH;
-  auto h_all = at::empty({T_ + 1, N, H}, o);
-  h_all[0].copy_(h0);
+  const States<T> h_all(h0, T_, keep);
   auto acts = at::empty({Tk, N, G}, o), rec_n_all = at::empty({Tk, N, H}, o);
   auto uhat_all = at::empty({Tk, N, H2}, o), vhat_all = at::empty({Tk, N, H}, o), out = at::empty({T_, N, H}, o);
   auto rstd_g = rstd_buffer(kind_g, Tk, N, H2, o), rstd_n = rstd_buffer(kind_n, Tk, N, H, o);
@@ -1434,7 +1448,7 @@ std::vector<at::Tensor> gru_joint_forward_impl(const at::Tensor& xa, const at::T
   const T* sp = s.data_ptr<T>();
   for (int64_t t = 0; t < T_; ++t) {
     const int64_t tk = keep ? t : 0;
-    gemm(s, h_all[t]);
+    gemm(s, h_all.step(t));
     const bool* m = mk ? mk + t * N : nullptr;
     const T* x_t = xa.data_ptr<T>() + t * N * G;
     T* a_t = acts.data_ptr<T>() + tk * N * G;
@@ -1443,8 +1457,8 @@ std::vector<at::Tensor> gru_joint_forward_impl(const at::Tensor& xa, const at::T
     T* vh_t = vhat_all.data_ptr<T>() + tk * N * H;
     T* rg = rstd_g.data_ptr<T>() + tk * rstd_g.size(1) * rstd_g.size(2);
     T* rn = rstd_n.data_ptr<T>() + tk * rstd_n.size(1) * rstd_n.size(2);
-    const T* hp = h_all.data_ptr<T>() + t * N * H;
-    T* hn = h_all.data_ptr<T>() + (t + 1) * N * H;
+    const T* hp = h_all.ptr(t);
+    T* hn = h_all.ptr(t + 1);
     T* o_t = out.data_ptr<T>() + t * N * H;
     auto form_u = [&](int64_t n) {
       pre_activation<T>(uh_t + n * H2, sp + n * G, static_cast<const T*>(nullptr), static_cast<const T*>(nullptr),
@@ -1493,7 +1507,8 @@ std::vector<at::Tensor> gru_joint_forward_impl(const at::Tensor& xa, const at::T
       });
     }
   }
-  return {out, h_all, acts, rec_n_all, uhat_all, vhat_all, rstd_g, rstd_n, mean_g, var_g, count_g, mean_n, var_n,
+  return {out, h_all.result(T_), acts, rec_n_all, uhat_all, vhat_all, rstd_g, rstd_n, mean_g, var_g, count_g, mean_n,
+          var_n,
           count_n};
 }
 
