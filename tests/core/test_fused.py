@@ -351,15 +351,20 @@ def test_native_build_retries_without_openmp(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize("norm", ["layer", "rms"])
+@pytest.mark.parametrize("norm", ["layer", "rms", "batch"])
 def test_inference_normalizes_the_input_term_inside_the_loop(engine, norm):
-    """Without autograd an LSTM's per-row x-term norm runs inside the time loop on the raw projection (one pass
-    less); it must equal the reference, with padding and in both directions."""
+    """Without autograd an LSTM's x-term norm (per row, or batch norm's running statistics in eval) runs inside the
+    time loop on the raw projection (one pass less); it must equal the reference, with padding, in both
+    directions, and past the steps batch norm has statistics for."""
     torch.manual_seed(8)
     ref = normrnn.LSTM(4, 6, 2, norm=norm, bidirectional=True, backend="reference", dtype=torch.float64)
     randomize_norms(ref)
+    if norm == "batch":  # running statistics for 5 steps, then eval: steps 6 and 7 reuse the last ones
+        ref(torch.randn(5, 8, 4, dtype=torch.float64))
+        ref.eval()
     fast = normrnn.LSTM(4, 6, 2, norm=norm, bidirectional=True, backend="fused", dtype=torch.float64)
     fast.load_state_dict(ref.state_dict())
+    fast.train(ref.training)
     x = torch.randn(7, 3, 4, dtype=torch.float64)
     lengths = torch.tensor([7, 4, 2])
     expected, (h, c) = ref(x, lengths=lengths)

@@ -147,10 +147,11 @@ def _apply(function, flags, *tensors):
 class _LSTMFunction(torch.autograd.Function):
     @staticmethod
     def infer(flags, xa, h0, c0, w_hh, bias, gamma_h, gamma_c, beta_c, mask, fmh, fvh, fmc, fvc):
-        # flags may carry a 6th and 7th entry, (gamma_x, kind_x): xa is then the raw projection, normalized in the loop
-        gamma_x, kind_x = flags[5:] or (_empty(xa), NONE)
+        # flags may carry four more entries, (gamma_x, kind_x, fix_mean_x, fix_var_x): xa is then the raw projection,
+        # normalized in the loop
+        x_norm = flags[5:] or (_empty(xa), NONE, _empty(xa), _empty(xa))
         r = engine(xa.device).lstm_forward(xa, h0, c0, w_hh, bias, gamma_h, gamma_c, beta_c, mask, fmh, fvh, fmc, fvc,
-                                           *flags[:5], False, gamma_x, kind_x)
+                                           *flags[:5], False, *x_norm)
         return r[0], r[1][-1], r[2][-1], *r[9:15]
 
     @staticmethod
@@ -159,7 +160,8 @@ class _LSTMFunction(torch.autograd.Function):
         eng = engine(xa.device)
         (out, h_all, c_all, acts, shat, rstd_h, chat, rstd_c, tc, mean_h, var_h, count_h, mean_c, var_c,
          count_c) = eng.lstm_forward(xa, h0, c0, w_hh, bias, gamma_h, gamma_c, beta_c, mask, fmh, fvh, fmc, fvc,
-                                     kind_h, kind_c, joint, carry, eps, True, _empty(xa), NONE)
+                                     kind_h, kind_c, joint, carry, eps, True, _empty(xa), NONE, _empty(xa),
+                                     _empty(xa))
         ctx.flags, ctx.eng = flags, eng
         # The input term xa is not kept: backward needs only its shape, which acts has too.
         ctx.save_for_backward(w_hh, gamma_h, gamma_c, beta_c, mask, h_all, c_all, acts, shat, rstd_h, chat, rstd_c,
@@ -338,9 +340,10 @@ def run_direction(p: CellParams, x: Tensor, state: State, mask: Optional[Tensor]
         x = reverse_padded(x, lengths)
     T = x.shape[0]
     steps = torch.arange(start, start + T, device=x.device)
-    # Inference of an LSTM with a per-row x-term norm: the loop normalizes the raw projection row by row.
+    # Inference of an LSTM whose x-term norm needs no batch statistics (layer, rms, batch norm in eval): the loop
+    # normalizes the raw projection row by row, one pass over T*N*4H values less.
     kind_x = _kind(p.norm_ih) if p.mode == "LSTM" and not torch.is_grad_enabled() else NONE
-    x_in_loop = kind_x in (LAYER, RMS) and getattr(p.norm_ih, "bias", None) is None
+    x_in_loop = kind_x in (LAYER, RMS, BATCH_FIXED) and getattr(p.norm_ih, "bias", None) is None
     xp = torch.nn.functional.linear(x, p.weight_ih) if x_in_loop else _input_term(p, x, start, mask)
     m = _empty(x).bool() if mask is None else mask.contiguous()
     joint = p.norm_gates is not None
@@ -356,7 +359,8 @@ def run_direction(p: CellParams, x: Tensor, state: State, mask: Optional[Tensor]
         beta_c = _or_empty(getattr(p.norm_cell, "bias", None), x)
         fmc, fvc = _fixed_stats(p.norm_cell, steps, x)
         flags = (kind_h, kind_c, joint, p.carry_normalized_cell, eps)
-        flags += (p.norm_ih.weight, kind_x) if x_in_loop else ()
+        if x_in_loop:
+            flags += (p.norm_ih.weight, kind_x, *(t.contiguous() for t in _fixed_stats(p.norm_ih, steps, x)))
         out, hT, cT, mean_h, var_h, count_h, mean_c, var_c, count_c = _apply(
             _LSTMFunction, flags, xp.contiguous(), h0, state[1].contiguous(), w_hh, _sum_bias(p, x), gamma_h, gamma_c,
             beta_c, m, fmh, fvh, fmc, fvc)

@@ -565,12 +565,14 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
                                           const at::Tensor& mask, const at::Tensor& fmh, const at::Tensor& fvh,
                                           const at::Tensor& fmc, const at::Tensor& fvc, int64_t kind_h,
                                           int64_t kind_c, bool joint, bool carry, double eps_, bool keep,
-                                          const at::Tensor& gamma_x, int64_t kind_x) {
+                                          const at::Tensor& gamma_x, int64_t kind_x, const at::Tensor& fmx,
+                                          const at::Tensor& fvx) {
   const int64_t T_ = xa.size(0), N = xa.size(1), G = xa.size(2), H = G / 4;
-  // kind_x (inference only): xa is the raw projection, normalized here row by row (per-row kinds) and scaled by
-  // gamma_x, which saves a full pass over T*N*4H values; xa is the caller's scratch and is overwritten.
-  TORCH_CHECK(kind_x == NONE || (!keep && !joint && per_row(kind_x)), "lstm_forward: kind_x needs keep=False, "
-              "separate terms and a per-row norm");
+  // kind_x (inference only): xa is the raw projection, normalized here row by row (per-row kinds, or batch norm
+  // with the given statistics fmx/fvx (T, G)) and scaled by gamma_x, which saves a full pass over T*N*4H values;
+  // xa is the caller's scratch and is overwritten.
+  TORCH_CHECK(kind_x == NONE || (!keep && !joint && (per_row(kind_x) || kind_x == BATCH_FIXED)),
+              "lstm_forward: kind_x needs keep=False, separate terms and a per-row norm or given statistics");
   const T eps = static_cast<T>(eps_);
   // Without backward to feed (inference), the per-step buffers hold one step and are reused.
   const int64_t Tk = keep ? T_ : 1;
@@ -587,7 +589,7 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
   auto count_c = kind_c == BATCH ? at::zeros({T_}, o) : at::empty({0}, o);
   auto s = at::empty({N, G}, o), cnew = at::empty({N, H}, o), cout_buf = at::empty({N, H}, o);
   const StepGemm<T> gemm(w_hh.t(), N, T_);  // s = h W_hh^T
-  std::vector<T> colmean_h(G), colmean_c(H);
+  std::vector<T> colmean_h(G), colmean_c(H), colmean_x(kind_x == BATCH_FIXED ? G : 0), colrstd_x(colmean_x.size());
   T* cob = cout_buf.data_ptr<T>();
   const T *b = ptr<T>(bias), *gh = ptr<T>(gamma_h), *gc = ptr<T>(gamma_c), *bc = ptr<T>(beta_c),
           *gx = ptr<T>(gamma_x);
@@ -612,6 +614,10 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
     T* hn = h_all.ptr(t + 1);
     T* cnx = c_all.ptr(t + 1);
     T* o_t = out.data_ptr<T>() + t * N * H;
+    if (kind_x == BATCH_FIXED) {
+      col_stats<T>(x, N, G, m, ptr<T>(fmx) + t * G, ptr<T>(fvx) + t * G, eps, kind_x, colmean_x.data(),
+                   colrstd_x.data(), static_cast<T*>(nullptr), static_cast<T*>(nullptr));
+    }
     if (has_h && per_col(kind_h)) {
       const int64_t cnt = col_stats<T>(sp, N, G, m, ptr<T>(fmh) + t * G, ptr<T>(fvh) + t * G, eps, kind_h,
                                        colmean_h.data(), rh, kind_h == BATCH ? ptr<T>(mean_h) + t * G : nullptr,
@@ -624,8 +630,7 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
       const T* xr = x + n * G;
       if (kind_x != NONE) {
         T r;
-        normalize_row(xr, G, kind_x, eps, static_cast<const T*>(nullptr), static_cast<const T*>(nullptr),
-                      const_cast<T*>(xr), &r);
+        normalize_row(xr, G, kind_x, eps, colmean_x.data(), colrstd_x.data(), const_cast<T*>(xr), &r);
       }
       const T* xadd = joint || kind_x != NONE ? nullptr : xr;
       if (has_h) {
@@ -1636,10 +1641,10 @@ std::vector<at::Tensor> lstm_forward(at::Tensor xa, at::Tensor h0, at::Tensor c0
                                      at::Tensor gamma_h, at::Tensor gamma_c, at::Tensor beta_c, at::Tensor mask,
                                      at::Tensor fmh, at::Tensor fvh, at::Tensor fmc, at::Tensor fvc, int64_t kind_h,
                                      int64_t kind_c, bool joint, bool carry, double eps, bool keep,
-                                     at::Tensor gamma_x, int64_t kind_x) {
+                                     at::Tensor gamma_x, int64_t kind_x, at::Tensor fmx, at::Tensor fvx) {
   return NORMRNN_DISPATCH(xa, "lstm_forward",
       lstm_forward_impl<scalar_t>(xa, h0, c0, w_hh, bias, gamma_h, gamma_c, beta_c, mask, fmh, fvh, fmc, fvc,
-                                  kind_h, kind_c, joint, carry, eps, keep, gamma_x, kind_x));
+                                  kind_h, kind_c, joint, carry, eps, keep, gamma_x, kind_x, fmx, fvx));
 }
 
 std::vector<at::Tensor> lstm_backward(at::Tensor dout, at::Tensor dhT, at::Tensor dcT, at::Tensor like,
