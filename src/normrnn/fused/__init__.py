@@ -163,21 +163,22 @@ class _LSTMFunction(torch.autograd.Function):
                                      kind_h, kind_c, joint, carry, eps, True, _empty(xa), NONE, _empty(xa),
                                      _empty(xa))
         ctx.flags, ctx.eng = flags, eng
-        # The input term xa is not kept: backward needs only its shape, which acts has too.
+        # The input term xa is not kept: backward needs only its shape, which acts has too. Nor is chat when the raw
+        # cell is carried: backward renormalizes c_all, with the column means the batch kinds used.
+        mean_c_used = mean_c if kind_c == BATCH else fmc
         ctx.save_for_backward(w_hh, gamma_h, gamma_c, beta_c, mask, h_all, c_all, acts, shat, rstd_h, chat, rstd_c,
-                              tc, count_h, count_c)
+                              mean_c_used, count_h, count_c)
         ctx.mark_non_differentiable(mean_h, var_h, count_h, mean_c, var_c, count_c)
         return out, h_all[-1].clone(), c_all[-1].clone(), mean_h, var_h, count_h, mean_c, var_c, count_c
 
     @staticmethod
     def backward(ctx, dout, dhT, dcT, *_):
         kind_h, kind_c, joint, carry, _eps = ctx.flags
-        (w_hh, gamma_h, gamma_c, beta_c, mask, h_all, c_all, acts, shat, rstd_h, chat, rstd_c, tc, count_h,
+        (w_hh, gamma_h, gamma_c, beta_c, mask, h_all, c_all, acts, shat, rstd_h, chat, rstd_c, mean_c, count_h,
          count_c) = ctx.saved_tensors
         dxa, dh0, dc0, dw, db, dgh, dgc, dbc = ctx.eng.lstm_backward(
             _rows(dout), dhT.contiguous(), dcT.contiguous(), acts, w_hh, gamma_h, gamma_c, beta_c, mask, h_all,
-            c_all,
-            acts, shat, rstd_h, chat, rstd_c, tc, count_h, count_c, kind_h, kind_c, joint, carry)
+            c_all, acts, shat, rstd_h, chat, rstd_c, mean_c, count_h, count_c, kind_h, kind_c, joint, carry)
         return _needed(ctx, None, dxa, dh0, dc0, dw, db, dgh, dgc, dbc, None, None, None, None, None)
 
 

@@ -155,7 +155,8 @@ def lstm_forward(xa: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bias: Tensor,
         xa = norm_forward(xa.reshape(T * N, G), kind_x, None, xa, xa, eps)[0].view(T, N, G) * gamma_x
     h_all, c_all = xa.new_empty(T + 1, N, H), xa.new_empty(T + 1, N, H)
     h_all[0], c_all[0] = h0, c0
-    acts, shat_all, chat_all = xa.new_empty(T, N, G), xa.new_empty(T, N, G), xa.new_empty(T, N, H)
+    acts, chat_all = xa.new_empty(T, N, G), xa.new_empty(T, N, H)
+    shat_all = xa.new_empty(T, N, G) if gamma_h.numel() else xa.new_empty(0)  # (no norm: nothing to keep)
     rstd_h = xa.new_empty(T, *((N, 1) if kind_h in (LAYER, RMS) else (1, G)))
     rstd_c = xa.new_empty(T, *((N, 1) if kind_c in (LAYER, RMS) else (1, H)))
     mean_h, var_h, count_h = _stats(T, G, xa, kind_h)
@@ -194,21 +195,35 @@ def lstm_forward(xa: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bias: Tensor,
             keep = m.unsqueeze(1)
             h_all[t + 1] = torch.where(keep, o * tc, h)
             c_all[t + 1] = torch.where(keep, c_keep, c)
-    out = h_all[1:].clone() if mask.numel() == 0 else o_masked(h_all, mask)
-    return [out, h_all, c_all, acts, shat_all, rstd_h, chat_all, rstd_c, xa.new_empty(0), mean_h, var_h, count_h,
-            mean_c, var_c, count_c]
+    out = h_all[1:] if mask.numel() == 0 else o_masked(h_all, mask)  # (a view of the states: no second copy)
+    # chat is returned only when the normalized cell is carried: else backward renormalizes c_all (_renormalized)
+    return [out, h_all, c_all, acts, shat_all, rstd_h, chat_all if carry else xa.new_empty(0), rstd_c,
+            xa.new_empty(0), mean_h, var_h, count_h, mean_c, var_c, count_c]
+
+
+def _renormalized(c: Tensor, kind: int, rstd: Tensor, mean: Tensor) -> Tensor:
+    """ĉ of every step again from the raw cells c (T, N, H), with the rstd forward kept and, for the batch kinds,
+    the column means it used (T, H)."""
+    if kind == LAYER:
+        return (c - c.mean(-1, keepdim=True)) * rstd
+    if kind == RMS:
+        return c * rstd
+    return (c - mean.unsqueeze(1)) * rstd
 
 
 def lstm_backward(dout: Tensor, dhT: Tensor, dcT: Tensor, like: Tensor, w_hh: Tensor, gamma_h: Tensor,
                   gamma_c: Tensor, beta_c: Tensor, mask: Tensor, h_all: Tensor, c_all: Tensor, acts: Tensor,
-                  shat_all: Tensor, rstd_h: Tensor, chat_all: Tensor, rstd_c: Tensor, tc_all: Tensor,
+                  shat_all: Tensor, rstd_h: Tensor, chat_all: Tensor, rstd_c: Tensor, mean_c: Tensor,
                   count_h: Tensor, count_c: Tensor, kind_h: int, kind_c: int, joint: bool, carry: bool) -> list[Tensor]:
     """Gradients of :func:`lstm_forward`: [dxa, dh0, dc0, dw_hh, dbias, dgamma_h, dgamma_c, dbeta_c].
 
     ``like``: any tensor shaped as the input term (T, N, 4H), for sizes and dtype only (the autograd node passes
-    ``acts`` rather than keep the input term alive)."""
+    ``acts`` rather than keep the input term alive). ``chat_all`` empty (the raw cell carried): ĉ is recomputed
+    from c_all; ``mean_c`` (T, H) holds the column means the batch kinds used (batch statistics or given)."""
     T, N, G = like.shape
     H = G // 4
+    if gamma_c.numel() and not chat_all.numel():
+        chat_all = _renormalized(c_all[1:], kind_c, rstd_c, mean_c)
     dxa = torch.empty_like(like)
     # d(pre-activation) and d(recurrent product h W_hhᵀ) of every step; separate terms: dxa = da, joint: dxa = ds
     da_all = torch.empty_like(like) if joint and gamma_h.numel() else dxa
@@ -280,7 +295,8 @@ def gru_forward(xa: Tensor, h0: Tensor, w_hh: Tensor, bias_hh: Tensor, gamma_h: 
     H = G // 3
     h_all = xa.new_empty(T + 1, N, H)
     h_all[0] = h0
-    acts, shat_all, rec_n_all = xa.new_empty(T, N, G), xa.new_empty(T, N, G), xa.new_empty(T, N, H)
+    acts, rec_n_all = xa.new_empty(T, N, G), xa.new_empty(T, N, H)
+    shat_all = xa.new_empty(T, N, G) if gamma_h.numel() else xa.new_empty(0)
     rstd_h = xa.new_empty(T, *((N, 1) if kind_h in (LAYER, RMS) else (1, G)))
     mean_h, var_h, count_h = _stats(T, G, xa, kind_h)
     out = xa.new_empty(T, N, H)
@@ -460,7 +476,8 @@ def rnn_forward(xa: Tensor, h0: Tensor, w_hh: Tensor, bias: Tensor, gamma_h: Ten
     T, N, H = xa.shape
     h_all = xa.new_empty(T + 1, N, H)
     h_all[0] = h0
-    act_all, shat_all = xa.new_empty(T, N, H), xa.new_empty(T, N, H)
+    act_all = xa.new_empty(T, N, H)
+    shat_all = xa.new_empty(T, N, H) if gamma_h.numel() else xa.new_empty(0)
     rstd_h = xa.new_empty(T, *((N, 1) if kind_h in (LAYER, RMS) else (1, H)))
     mean_h, var_h, count_h = _stats(T, H, xa, kind_h)
     out = xa.new_empty(T, N, H)

@@ -13,11 +13,13 @@
 #include <ATen/Parallel.h>
 
 #include <dlfcn.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -193,6 +195,12 @@ inline T* ptr(const at::Tensor& t) {
   return t.numel() ? t.data_ptr<T>() : nullptr;
 }
 
+// `offset` elements into t, or null when t is empty (a buffer the configuration does not need).
+template <typename T>
+inline T* ptr(const at::Tensor& t, int64_t offset) {
+  return t.numel() ? t.data_ptr<T>() + offset : nullptr;
+}
+
 at::Tensor stats_buffer(int64_t kind, int64_t T_, int64_t F, const at::TensorOptions& o, double fill) {
   return kind == BATCH ? at::full({T_, F}, fill, o) : at::empty({0}, o);
 }
@@ -208,6 +216,21 @@ inline void normalize_row(const T* srow, int64_t F, int64_t kind, T eps, const T
                           T* shat_row, T* rstd_row) {
   if (per_row(kind)) {
     *rstd_row = row_norm_fwd(srow, F, kind, eps, shat_row);
+  } else {
+#pragma omp simd
+    for (int64_t f = 0; f < F; ++f) shat_row[f] = (srow[f] - colmean[f]) * colrstd[f];
+  }
+}
+
+// shat of one row again, from the raw row and the rstd (per-row kinds) or column mean and rstd forward used: the
+// same operations as normalize_row, so the same values bit for bit, without keeping T steps of shat.
+template <typename T>
+inline void renormalize_row(const T* srow, int64_t F, int64_t kind, const T* colmean, const T* colrstd,
+                            T rstd_row, T* shat_row) {
+  if (per_row(kind)) {
+    const T mean = kind == LAYER ? lane_sum<T>(F, [&](int64_t i) { return srow[i]; }) / F : T(0);
+#pragma omp simd
+    for (int64_t f = 0; f < F; ++f) shat_row[f] = (srow[f] - mean) * rstd_row;
   } else {
 #pragma omp simd
     for (int64_t f = 0; f < F; ++f) shat_row[f] = (srow[f] - colmean[f]) * colrstd[f];
@@ -262,7 +285,7 @@ inline void affine(T* __restrict out, const T* __restrict x, const T* __restrict
   for (int64_t f = 0; f < F; ++f) out[f] = (gamma ? gamma[f] * x[f] : x[f]) + (beta ? beta[f] : T(0));
 }
 
-// h = o * tanh(c_out); the output row gets h too.
+// h = o * tanh(c_out); the output row gets h too (unless it is null: the output is the kept states themselves).
 template <typename T>
 inline void lstm_h_fwd(const T* __restrict o, const T* __restrict cout, T* __restrict tc, T* __restrict h,
                        T* __restrict out, int64_t H) {
@@ -271,8 +294,8 @@ inline void lstm_h_fwd(const T* __restrict o, const T* __restrict cout, T* __res
     const T th = tanh_(cout[j]);
     tc[j] = th;
     h[j] = o[j] * th;
-    out[j] = o[j] * th;
   }
+  if (out != nullptr) std::copy(h, h + H, out);
 }
 
 // d(c_out) = dh * o * (1 - tanh^2) (+ dc when the carried cell is c_out).
@@ -450,11 +473,13 @@ class StepGemm {
         const at::Tensor src = rows || cols ? b : b.contiguous();
         const bool trans = !rows && cols;  // B stored column by column: pack it as the transpose of its rows
         const int ld = static_cast<int>(trans ? std::max(src.stride(1), K_) : std::max(src.stride(0), N_));
-        const size_t bytes = mkl::api().size(mkl::kBMatrix, M, N_, K_);
-        packed_ = at::empty({static_cast<int64_t>((bytes + sizeof(float) - 1) / sizeof(float))}, b.options());
-        mkl::api().pack(mkl::kRowMajor, mkl::kBMatrix, trans ? mkl::kTrans : mkl::kNoTrans, M, N_, K_, 1.0f,
-                        src.data_ptr<float>(), ld, packed_.data_ptr<float>());
-        return;
+        packed_ = std::make_shared<Mapping>(mkl::api().size(mkl::kBMatrix, M, N_, K_));
+        if (packed_->data != nullptr) {
+          mkl::api().pack(mkl::kRowMajor, mkl::kBMatrix, trans ? mkl::kTrans : mkl::kNoTrans, M, N_, K_, 1.0f,
+                          src.data_ptr<float>(), ld, static_cast<float*>(packed_->data));
+          return;
+        }
+        packed_.reset();
       }
     }
     b_ = b.contiguous();
@@ -463,21 +488,40 @@ class StepGemm {
   // a: rows contiguous; out: (M, Nc) contiguous and not overlapping a or add.
   void operator()(at::Tensor& out, const at::Tensor& a, const at::Tensor* add = nullptr) const {
     TORCH_CHECK(a.size(0) == M_ && a.stride(1) == 1 && out.is_contiguous(), "StepGemm: unexpected operands");
-    if (!packed_.defined()) {
+    if (!packed_) {
       if (add) at::addmm_out(out, *add, a, b_); else at::mm_out(out, a, b_);
       return;
     }
     if constexpr (std::is_same_v<T, float>) {
       if (add) out.copy_(*add);
       mkl::api().compute(mkl::kRowMajor, mkl::kNoTrans, mkl::kPacked, M_, N_, K_, a.data_ptr<float>(),
-                         static_cast<int>(a.stride(0)), packed_.data_ptr<float>(), K_, add ? 1.0f : 0.0f,
+                         static_cast<int>(a.stride(0)), static_cast<const float*>(packed_->data), K_,
+                         add ? 1.0f : 0.0f,
                          out.data_ptr<float>(), static_cast<int>(out.stride(0)));
     }
   }
 
  private:
+  // MKL's packed layout reserves several MiB more than the matrix (8.8 MiB for a 512 x 128 one), of which it
+  // touches about the matrix's size. Mapped pages of its own, returned on destruction, leave malloc's heap and
+  // its mmap threshold as they were; from malloc, the same buffer raised the peak memory of a 200 x 8 x 128
+  // training step by ~5 MiB (measured).
+  struct Mapping {
+    void* data = nullptr;
+    size_t bytes = 0;
+    explicit Mapping(size_t n) : bytes(n) {
+      void* p = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      data = p == MAP_FAILED ? nullptr : p;
+    }
+    ~Mapping() {
+      if (data != nullptr) munmap(data, bytes);
+    }
+    Mapping(const Mapping&) = delete;
+    Mapping& operator=(const Mapping&) = delete;
+  };
   int64_t M_, K_, N_;
-  at::Tensor b_, packed_;
+  at::Tensor b_;
+  std::shared_ptr<Mapping> packed_;
 };
 
 // =========================================================================================== LSTM
@@ -583,9 +627,14 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
   const auto o = xa.options();
   const bool has_h = gamma_h.numel() > 0, has_c = gamma_c.numel() > 0, has_beta = beta_c.numel() > 0;
   const States<T> h_all(h0, T_, keep), c_all(c0, T_, keep);
-  auto acts = at::empty({Tk, N, G}, o), shat_all = at::empty({Tk, N, G}, o);
+  // Kept states and no padding: the output h_1..h_T is a view of them, not a second (T, N, H) copy.
+  const bool out_is_h = keep && mask.numel() == 0;
+  const at::Tensor out = out_is_h ? h_all.all.narrow(0, 1, T_) : at::empty({T_, N, H}, o);
+  auto acts = at::empty({Tk, N, G}, o), shat_all = has_h ? at::empty({Tk, N, G}, o) : at::empty({0}, o);
   // tanh(c_out) is one step's scratch: backward recomputes it from chat (or c) rather than keep T steps of it.
-  auto chat_all = at::empty({Tk, N, H}, o), tc_buf = at::empty({N, H}, o), out = at::empty({T_, N, H}, o);
+  // So is chat when the carried cell is the raw one: backward renormalizes c_all's rows (renormalize_row).
+  const bool keep_chat = keep && carry;
+  auto chat_all = at::empty({keep_chat ? T_ : 1, N, H}, o), tc_buf = at::empty({N, H}, o);
   auto rstd_h = rstd_buffer(kind_h, Tk, N, G, o), rstd_c = rstd_buffer(kind_c, Tk, N, H, o);
   auto mean_h = stats_buffer(kind_h, T_, G, o, 0), var_h = stats_buffer(kind_h, T_, G, o, 1);
   auto mean_c = stats_buffer(kind_c, T_, H, o, 0), var_c = stats_buffer(kind_c, T_, H, o, 1);
@@ -608,8 +657,8 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
     const bool* m = mk ? mk + t * N : nullptr;
     const T* x = xa.data_ptr<T>() + t * N * G;
     T* a_t = acts.data_ptr<T>() + tk * N * G;
-    T* shat_t = shat_all.data_ptr<T>() + tk * N * G;
-    T* chat_t = chat_all.data_ptr<T>() + tk * N * H;
+    T* shat_t = ptr<T>(shat_all, tk * N * G);
+    T* chat_t = chat_all.data_ptr<T>() + (keep_chat ? t : 0) * N * H;
     T* tc_t = tc_buf.data_ptr<T>();
     T* rh = rstd_h.data_ptr<T>() + tk * rstd_h.size(1) * rstd_h.size(2);
     T* rc = rstd_c.data_ptr<T>() + tk * rstd_c.size(1) * rstd_c.size(2);
@@ -617,7 +666,7 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
     const T* cp = c_all.ptr(t);
     T* hn = h_all.ptr(t + 1);
     T* cnx = c_all.ptr(t + 1);
-    T* o_t = out.data_ptr<T>() + t * N * H;
+    T* o_t = out_is_h ? nullptr : out.data_ptr<T>() + t * N * H;
     if (kind_x == BATCH_FIXED) {
       col_stats<T>(x, N, G, m, ptr<T>(fmx) + t * G, ptr<T>(fvx) + t * G, eps, kind_x, colmean_x.data(),
                    colrstd_x.data(), static_cast<T*>(nullptr), static_cast<T*>(nullptr));
@@ -658,7 +707,7 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
       }
       T* hrow = hn + n * H;
       T* crow = cnx + n * H;
-      T* orow = o_t + n * H;
+      T* orow = o_t ? o_t + n * H : nullptr;
       T* cout = has_c ? cob + n * H : cr;
       if (has_c) affine<T>(cout, ch, gc, has_beta ? bc : nullptr, H);
       lstm_h_fwd<T>(og, cout, tc, hrow, orow, H);
@@ -687,9 +736,9 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
       });
     }
   }
-  return {out, h_all.result(T_), c_all.result(T_), acts, shat_all, rstd_h, chat_all, rstd_c, at::empty({0}, o),
-          mean_h, var_h, count_h,
-          mean_c, var_c, count_c};
+  return {out, h_all.result(T_), c_all.result(T_), acts, shat_all, rstd_h,
+          keep_chat ? chat_all : at::empty({0}, o), rstd_c, at::empty({0}, o), mean_h, var_h, count_h, mean_c, var_c,
+          count_c};
 }
 
 template <typename T>
@@ -700,7 +749,7 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
                                            const at::Tensor& h_all, const at::Tensor& c_all,
                                            const at::Tensor& acts, const at::Tensor& shat_all,
                                            const at::Tensor& rstd_h, const at::Tensor& chat_all,
-                                           const at::Tensor& rstd_c, const at::Tensor& tc_all,
+                                           const at::Tensor& rstd_c, const at::Tensor& mean_c,
                                            const at::Tensor& count_h, const at::Tensor& count_c, int64_t kind_h,
                                            int64_t kind_c, bool joint, bool carry) {
   const int64_t T_ = like.size(0), N = like.size(1), G = like.size(2), H = G / 4;
@@ -720,6 +769,10 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
   auto dbeta_c = has_c ? at::zeros({H}, o) : at::empty({0}, o);
   auto dh = dhT.clone(), dc = dcT.clone(), dh_next = at::empty_like(dh), dc_next = at::empty_like(dc);
   auto dcnew = at::empty({N, H}, o), tc_step = at::empty({N, H}, o);
+  // Without chat_all (the raw cell is carried): each step's chat renormalized from c_all, with mean_c (T, H), the
+  // column means the batch kinds used.
+  const bool renorm_c = has_c && chat_all.numel() == 0;
+  auto chat_step = renorm_c ? at::zeros({N, H}, o) : at::empty({0}, o);  // (finished rows read it: finite)
   const T *gh = ptr<T>(gamma_h), *gc = ptr<T>(gamma_c), *bc = ptr<T>(beta_c);
   const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   T* dcn = dcnew.data_ptr<T>();
@@ -729,8 +782,8 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
   for (int64_t t = T_ - 1; t >= 0; --t) {
     const bool* m = mk ? mk + t * N : nullptr;
     const T* a_t = acts.data_ptr<T>() + t * N * G;
-    const T* ch_t = chat_all.data_ptr<T>() + t * N * H;
-    const T* sh_t = shat_all.data_ptr<T>() + t * N * G;
+    T* ch_t = renorm_c ? chat_step.data_ptr<T>() : (has_c ? chat_all.data_ptr<T>() + t * N * H : nullptr);
+    const T* sh_t = ptr<T>(shat_all, t * N * G);
     const T* rh = rstd_h.data_ptr<T>() + t * rstd_h.size(1) * rstd_h.size(2);
     const T* rc = rstd_c.data_ptr<T>() + t * rstd_c.size(1) * rstd_c.size(2);
     const T* cp = c_all.data_ptr<T>() + t * N * H;
@@ -749,7 +802,12 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
       T* tc = tc_t + n * H;
       // tanh(c_out) again: c_out = gamma_c * chat + beta_c, or the new raw cell (what c_all holds for a running row)
       if (has_c) {
-        const T* ch = ch_t + n * H;
+        T* ch = ch_t + n * H;
+        if (renorm_c) {
+          renormalize_row(c_all.data_ptr<T>() + ((t + 1) * N + n) * H, H, kind_c,
+                          per_col(kind_c) ? mean_c.data_ptr<T>() + t * H : static_cast<const T*>(nullptr), rc,
+                          per_row(kind_c) ? rc[n] : T(0), ch);
+        }
 #pragma omp simd
         for (int64_t j = 0; j < H; ++j) tc[j] = tanh_(gc[j] * ch[j] + (bc ? bc[j] : T(0)));
       } else {
@@ -847,7 +905,8 @@ std::vector<at::Tensor> gru_forward_impl(const at::Tensor& xa, const at::Tensor&
   const auto o = xa.options();
   const bool has_h = gamma_h.numel() > 0, has_b = bias_hh.numel() > 0;
   const States<T> h_all(h0, T_, keep);
-  auto acts = at::empty({Tk, N, G}, o), shat_all = at::empty({Tk, N, G}, o), rec_n_all = at::empty({Tk, N, H}, o);
+  auto acts = at::empty({Tk, N, G}, o), rec_n_all = at::empty({Tk, N, H}, o);
+  auto shat_all = has_h ? at::empty({Tk, N, G}, o) : at::empty({0}, o);
   auto out = at::empty({T_, N, H}, o);
   auto rstd_h = rstd_buffer(kind_h, Tk, N, G, o);
   auto mean_h = stats_buffer(kind_h, T_, G, o, 0), var_h = stats_buffer(kind_h, T_, G, o, 1);
@@ -871,7 +930,7 @@ std::vector<at::Tensor> gru_forward_impl(const at::Tensor& xa, const at::Tensor&
     }
     const T* x_t = xa.data_ptr<T>() + t * N * G;
     T* a_t = acts.data_ptr<T>() + tk * N * G;
-    T* sh_t = shat_all.data_ptr<T>() + tk * N * G;
+    T* sh_t = ptr<T>(shat_all, tk * N * G);
     T* rn_t = rec_n_all.data_ptr<T>() + tk * N * H;
     const T* hp = h_all.ptr(t);
     T* hn = h_all.ptr(t + 1);
@@ -916,7 +975,7 @@ std::vector<at::Tensor> gru_backward_impl(const at::Tensor& dout, const at::Tens
     const bool* m = mk ? mk + t * N : nullptr;
     const T* a_t = acts.data_ptr<T>() + t * N * G;
     const T* rn_t = rec_n_all.data_ptr<T>() + t * N * H;
-    const T* sh_t = shat_all.data_ptr<T>() + t * N * G;
+    const T* sh_t = ptr<T>(shat_all, t * N * G);
     const T* rh = rstd_h.data_ptr<T>() + t * rstd_h.size(1) * rstd_h.size(2);
     const T* hp = h_all.data_ptr<T>() + t * N * H;
     const T* do_t = dout.data_ptr<T>() + t * dout.stride(0);
@@ -968,7 +1027,8 @@ std::vector<at::Tensor> rnn_forward_impl(const at::Tensor& xa, const at::Tensor&
   const auto o = xa.options();
   const bool has_h = gamma_h.numel() > 0;
   const States<T> h_all(h0, T_, keep);
-  auto act = at::empty({Tk, N, H}, o), shat_all = at::empty({Tk, N, H}, o), out = at::empty({T_, N, H}, o);
+  auto act = at::empty({Tk, N, H}, o), out = at::empty({T_, N, H}, o);
+  auto shat_all = has_h ? at::empty({Tk, N, H}, o) : at::empty({0}, o);
   auto rstd_h = rstd_buffer(kind_h, Tk, N, H, o);
   auto mean_h = stats_buffer(kind_h, T_, H, o, 0), var_h = stats_buffer(kind_h, T_, H, o, 1);
   auto count_h = kind_h == BATCH ? at::zeros({T_}, o) : at::empty({0}, o);
@@ -992,7 +1052,7 @@ std::vector<at::Tensor> rnn_forward_impl(const at::Tensor& xa, const at::Tensor&
     }
     const T* x_t = xa.data_ptr<T>() + t * N * H;
     T* y_t = act.data_ptr<T>() + tk * N * H;
-    T* sh_t = shat_all.data_ptr<T>() + tk * N * H;
+    T* sh_t = ptr<T>(shat_all, tk * N * H);
     const T* hp = h_all.ptr(t);
     T* hn = h_all.ptr(t + 1);
     T* o_t = out.data_ptr<T>() + t * N * H;
@@ -1036,7 +1096,7 @@ std::vector<at::Tensor> rnn_backward_impl(const at::Tensor& dout, const at::Tens
   for (int64_t t = T_ - 1; t >= 0; --t) {
     const bool* m = mk ? mk + t * N : nullptr;
     const T* y_t = act.data_ptr<T>() + t * N * H;
-    const T* sh_t = shat_all.data_ptr<T>() + t * N * H;
+    const T* sh_t = ptr<T>(shat_all, t * N * H);
     const T* rh = rstd_h.data_ptr<T>() + t * rstd_h.size(1) * rstd_h.size(2);
     const T* do_t = dout.data_ptr<T>() + t * dout.stride(0);
     T* ds_t = ring.slot(t);
@@ -1651,12 +1711,12 @@ std::vector<at::Tensor> lstm_backward(at::Tensor dout, at::Tensor dhT, at::Tenso
                                       at::Tensor w_hh, at::Tensor gamma_h, at::Tensor gamma_c, at::Tensor beta_c,
                                       at::Tensor mask,
                                       at::Tensor h_all, at::Tensor c_all, at::Tensor acts, at::Tensor shat_all,
-                                      at::Tensor rstd_h, at::Tensor chat_all, at::Tensor rstd_c, at::Tensor tc_all,
+                                      at::Tensor rstd_h, at::Tensor chat_all, at::Tensor rstd_c, at::Tensor mean_c,
                                       at::Tensor count_h, at::Tensor count_c, int64_t kind_h, int64_t kind_c,
                                       bool joint, bool carry) {
   return NORMRNN_DISPATCH(like, "lstm_backward",
       lstm_backward_impl<scalar_t>(dout, dhT, dcT, like, w_hh, gamma_h, gamma_c, beta_c, mask, h_all, c_all, acts, shat_all,
-                                   rstd_h, chat_all, rstd_c, tc_all, count_h, count_c, kind_h, kind_c, joint,
+                                   rstd_h, chat_all, rstd_c, mean_c, count_h, count_c, kind_h, kind_c, joint,
                                    carry));
 }
 
