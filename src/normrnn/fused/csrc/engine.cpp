@@ -618,8 +618,8 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
                                           const at::Tensor& fvx) {
   const int64_t T_ = xa.size(0), N = xa.size(1), G = xa.size(2), H = G / 4;
   // kind_x (inference only): xa is the raw projection, normalized here row by row (per-row kinds, or batch norm
-  // with the given statistics fmx/fvx (T, G)) and scaled by gamma_x, which saves a full pass over T*N*4H values;
-  // xa is the caller's scratch and is overwritten.
+  // with the given statistics fmx/fvx (T, G)) into one step's scratch and scaled by gamma_x, which saves a full
+  // pass over T*N*4H values; xa itself is left as it is.
   TORCH_CHECK(kind_x == NONE || (!keep && !joint && (per_row(kind_x) || kind_x == BATCH_FIXED)),
               "lstm_forward: kind_x needs keep=False, separate terms and a per-row norm or given statistics");
   const T eps = static_cast<T>(eps_);
@@ -628,6 +628,7 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
   const auto o = xa.options();
   const bool has_h = gamma_h.numel() > 0, has_c = gamma_c.numel() > 0, has_beta = beta_c.numel() > 0;
   const States<T> h_all(h0, T_, keep), c_all(c0, T_, keep);
+  auto xhat_buf = kind_x != NONE ? at::empty({N, G}, o) : at::empty({0}, o);
   // Kept states and no padding: the output h_1..h_T is a view of them, not a second (T, N, H) copy.
   const bool out_is_h = keep && mask.numel() == 0;
   const at::Tensor out = out_is_h ? h_all.all.narrow(0, 1, T_) : at::empty({T_, N, H}, o);
@@ -684,7 +685,9 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
       const T* xr = x + n * G;
       if (kind_x != NONE) {
         T r;
-        normalize_row(xr, G, kind_x, eps, colmean_x.data(), colrstd_x.data(), const_cast<T*>(xr), &r);
+        T* xh = xhat_buf.data_ptr<T>() + n * G;
+        normalize_row(xr, G, kind_x, eps, colmean_x.data(), colrstd_x.data(), xh, &r);
+        xr = xh;
       }
       const T* xadd = joint || kind_x != NONE ? nullptr : xr;
       if (has_h) {
