@@ -144,7 +144,8 @@ def lstm_forward(xa: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bias: Tensor,
     gamma_x here instead of before the call.
     Returns [out (T,N,H), h_all (T+1,N,H), c_all (T+1,N,H), acts (T,N,4H), shat (T,N,4H), rstd_h, chat (T,N,H),
     rstd_c, tc, mean_h, var_h, count_h, mean_c, var_c, count_c]; tc is empty: backward recomputes tanh(c_out)
-    from chat (or c) rather than keep T steps of it.
+    from chat (or c) rather than keep T steps of it; so are chat unless the normalized cell is carried (backward
+    renormalizes c_all) and shat without a recurrent-term norm. Without padding, out is a view of h_all[1:].
     """
     T, N, G = xa.shape
     H = G // 4
