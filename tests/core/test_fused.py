@@ -350,6 +350,27 @@ def test_native_build_retries_without_openmp(monkeypatch, tmp_path):
     assert "no compiler" in native.failure()
 
 
+def test_native_build_leaves_its_flags_alone(monkeypatch, tmp_path):
+    """torch's cpp_extension.load appends its libraries to the extra_ldflags list it is given; the build must pass
+    copies, or the module's flags (and so build_dir(), the cache key) change for the rest of the process."""
+    native = fused.native
+
+    class AppendingCppExtension:
+        @staticmethod
+        def load(**kwargs):
+            kwargs["extra_ldflags"].append("-ltorch_cpu")
+            kwargs["extra_cflags"].append("-DX")
+            return "module"
+
+    monkeypatch.setenv("NORMRNN_BUILD", str(tmp_path))
+    monkeypatch.setattr(native, "OPENMP", ["-fopenmp"])
+    monkeypatch.setattr(native, "_import_cpp_extension", lambda: AppendingCppExtension)
+    before = native.build_dir(True)
+    assert native._build() == "module"
+    assert native.OPENMP == ["-fopenmp"] and "-DX" not in native.FLAGS
+    assert native.build_dir(True) == before
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("norm", ["layer", "rms", "batch"])
 def test_inference_normalizes_the_input_term_inside_the_loop(engine, norm):

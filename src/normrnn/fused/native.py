@@ -86,8 +86,10 @@ def _build() -> Optional[ModuleType]:
                   flush=True)
         extra = OPENMP if openmp else []
         try:
+            # (copies: cpp_extension appends torch's libraries to extra_ldflags in place, which changed OPENMP and
+            # with it build_dir()'s answer for the rest of the process)
             return _import_cpp_extension().load(name="normrnn_engine", sources=[str(SOURCE)],
-                                                extra_cflags=FLAGS + extra, extra_ldflags=extra,
+                                                extra_cflags=FLAGS + extra, extra_ldflags=list(extra),
                                                 build_directory=str(where), verbose=False)
         except Exception as e:  # no compiler, no ninja, a failed build: the reference loop does the same work
             error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
