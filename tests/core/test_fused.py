@@ -373,10 +373,9 @@ def test_native_build_leaves_its_flags_alone(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("norm", ["layer", "rms", "batch"])
-def test_inference_normalizes_the_input_term_inside_the_loop(engine, norm):
-    """Without autograd an LSTM's x-term norm (per row, or batch norm's running statistics in eval) runs inside the
-    time loop on the raw projection (one pass less); it must equal the reference, with padding, in both
-    directions, and past the steps batch norm has statistics for."""
+def test_inference_equals_reference_with_padding(engine, norm):
+    """Without autograd (the kernels keep one step's buffers and two states) an LSTM equals the reference, with
+    padding, in both directions, and past the steps batch norm has running statistics for."""
     torch.manual_seed(8)
     ref = normrnn.LSTM(4, 6, 2, norm=norm, bidirectional=True, backend="reference", dtype=torch.float64)
     randomize_norms(ref)

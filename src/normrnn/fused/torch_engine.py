@@ -132,16 +132,12 @@ def _split_finished(dh: Tensor, dh_step: Tensor, m: Optional[Tensor]) -> tuple[T
 def lstm_forward(xa: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bias: Tensor, gamma_h: Tensor, gamma_c: Tensor,
                  beta_c: Tensor, mask: Tensor, fix_mean_h: Tensor, fix_var_h: Tensor, fix_mean_c: Tensor,
                  fix_var_c: Tensor, kind_h: int, kind_c: int, joint: bool, carry: bool, eps: float,
-                 keep: bool = True, gamma_x: Optional[Tensor] = None, kind_x: int = NONE,
-                 fix_mean_x: Optional[Tensor] = None, fix_var_x: Optional[Tensor] = None) -> list[Tensor]:
+                 keep: bool = True) -> list[Tensor]:
     """LSTM over T steps.
 
     xa (T, N, 4H): the input term (normalized when the terms are separate); bias (4H,) is added after the norm;
     gamma_h (4H,) or empty (no norm); gamma_c/beta_c (H,) or empty (no cell norm); mask (T, N) bool or empty;
     fix_* (T, F): the batch kind's per-step statistics for eval/fallback, or empty.
-    kind_x/gamma_x (inference, keep=False, separate terms): xa is the raw projection, normalized per row (layer or
-    rms) or with the given per-step statistics fix_mean_x/fix_var_x (T, 4H) (batch norm in eval), and scaled by
-    gamma_x here instead of before the call.
     Returns [out (T,N,H), h_all (T+1,N,H), c_all (T+1,N,H), acts (T,N,4H), shat (T,N,4H), rstd_h, chat (T,N,H),
     rstd_c, tc, mean_h, var_h, count_h, mean_c, var_c, count_c]; tc is empty: backward recomputes tanh(c_out)
     from chat (or c) rather than keep T steps of it; so are chat unless the normalized cell is carried (backward
@@ -149,11 +145,6 @@ def lstm_forward(xa: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bias: Tensor,
     """
     T, N, G = xa.shape
     H = G // 4
-    # inference: xa is the raw projection, normalized here (the native engine does it row by row, step by step)
-    if kind_x == BATCH_FIXED:
-        xa = (xa - fix_mean_x.unsqueeze(1)) * torch.rsqrt(fix_var_x.unsqueeze(1) + eps) * gamma_x
-    elif kind_x != NONE:
-        xa = norm_forward(xa.reshape(T * N, G), kind_x, None, xa, xa, eps)[0].view(T, N, G) * gamma_x
     h_all, c_all = xa.new_empty(T + 1, N, H), xa.new_empty(T + 1, N, H)
     h_all[0], c_all[0] = h0, c0
     acts, chat_all = xa.new_empty(T, N, G), xa.new_empty(T, N, H)

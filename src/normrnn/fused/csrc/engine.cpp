@@ -613,22 +613,14 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
                                           const at::Tensor& gamma_c, const at::Tensor& beta_c,
                                           const at::Tensor& mask, const at::Tensor& fmh, const at::Tensor& fvh,
                                           const at::Tensor& fmc, const at::Tensor& fvc, int64_t kind_h,
-                                          int64_t kind_c, bool joint, bool carry, double eps_, bool keep,
-                                          const at::Tensor& gamma_x, int64_t kind_x, const at::Tensor& fmx,
-                                          const at::Tensor& fvx) {
+                                          int64_t kind_c, bool joint, bool carry, double eps_, bool keep) {
   const int64_t T_ = xa.size(0), N = xa.size(1), G = xa.size(2), H = G / 4;
-  // kind_x (inference only): xa is the raw projection, normalized here row by row (per-row kinds, or batch norm
-  // with the given statistics fmx/fvx (T, G)) into one step's scratch and scaled by gamma_x, which saves a full
-  // pass over T*N*4H values; xa itself is left as it is.
-  TORCH_CHECK(kind_x == NONE || (!keep && !joint && (per_row(kind_x) || kind_x == BATCH_FIXED)),
-              "lstm_forward: kind_x needs keep=False, separate terms and a per-row norm or given statistics");
   const T eps = static_cast<T>(eps_);
   // Without backward to feed (inference), the per-step buffers hold one step and are reused.
   const int64_t Tk = keep ? T_ : 1;
   const auto o = xa.options();
   const bool has_h = gamma_h.numel() > 0, has_c = gamma_c.numel() > 0, has_beta = beta_c.numel() > 0;
   const States<T> h_all(h0, T_, keep), c_all(c0, T_, keep);
-  auto xhat_buf = kind_x != NONE ? at::empty({N, G}, o) : at::empty({0}, o);
   // Kept states and no padding: the output h_1..h_T is a view of them, not a second (T, N, H) copy.
   const bool out_is_h = keep && mask.numel() == 0;
   const at::Tensor out = out_is_h ? h_all.all.narrow(0, 1, T_) : at::empty({T_, N, H}, o);
@@ -644,10 +636,9 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
   auto count_c = kind_c == BATCH ? at::zeros({T_}, o) : at::empty({0}, o);
   auto s = at::empty({N, G}, o), cnew = at::empty({N, H}, o), cout_buf = at::empty({N, H}, o);
   const StepGemm<T> gemm(w_hh.t(), N, T_);  // s = h W_hh^T
-  std::vector<T> colmean_h(G), colmean_c(H), colmean_x(kind_x == BATCH_FIXED ? G : 0), colrstd_x(colmean_x.size());
+  std::vector<T> colmean_h(G), colmean_c(H);
   T* cob = cout_buf.data_ptr<T>();
-  const T *b = ptr<T>(bias), *gh = ptr<T>(gamma_h), *gc = ptr<T>(gamma_c), *bc = ptr<T>(beta_c),
-          *gx = ptr<T>(gamma_x);
+  const T *b = ptr<T>(bias), *gh = ptr<T>(gamma_h), *gc = ptr<T>(gamma_c), *bc = ptr<T>(beta_c);
   const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   T* sp = s.data_ptr<T>();
   T* cn = cnew.data_ptr<T>();
@@ -669,10 +660,6 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
     T* hn = h_all.ptr(t + 1);
     T* cnx = c_all.ptr(t + 1);
     T* o_t = out_is_h ? nullptr : out.data_ptr<T>() + t * N * H;
-    if (kind_x == BATCH_FIXED) {
-      col_stats<T>(x, N, G, m, ptr<T>(fmx) + t * G, ptr<T>(fvx) + t * G, eps, kind_x, colmean_x.data(),
-                   colrstd_x.data(), static_cast<T*>(nullptr), static_cast<T*>(nullptr));
-    }
     if (has_h && per_col(kind_h)) {
       const int64_t cnt = col_stats<T>(sp, N, G, m, ptr<T>(fmh) + t * G, ptr<T>(fvh) + t * G, eps, kind_h,
                                        colmean_h.data(), rh, kind_h == BATCH ? ptr<T>(mean_h) + t * G : nullptr,
@@ -682,14 +669,7 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
     auto gates = [&](int64_t n) {
       const T* srow = sp + n * G;
       T* a = a_t + n * G;
-      const T* xr = x + n * G;
-      if (kind_x != NONE) {
-        T r;
-        T* xh = xhat_buf.data_ptr<T>() + n * G;
-        normalize_row(xr, G, kind_x, eps, colmean_x.data(), colrstd_x.data(), xh, &r);
-        xr = xh;
-      }
-      const T* xadd = joint || kind_x != NONE ? nullptr : xr;
+      const T* xadd = joint ? nullptr : x + n * G;
       if (has_h) {
         T* sh = shat_t + n * G;
         normalize_row(srow, G, kind_h, eps, colmean_h.data(), rh, sh, rh + n);
@@ -697,7 +677,6 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
       } else {
         pre_activation<T>(a, srow, nullptr, b, xadd, G);
       }
-      if (kind_x != NONE) add_scaled<T>(a, xr, gx, G);
       lstm_gates_fwd<T>(a, a + H, a + 2 * H, a + 3 * H, cp + n * H, cn + n * H, H);
     };
     auto finish = [&](int64_t n) {
@@ -1704,11 +1683,10 @@ std::vector<at::Tensor> gru_joint_backward_impl(const at::Tensor& dout, const at
 std::vector<at::Tensor> lstm_forward(at::Tensor xa, at::Tensor h0, at::Tensor c0, at::Tensor w_hh, at::Tensor bias,
                                      at::Tensor gamma_h, at::Tensor gamma_c, at::Tensor beta_c, at::Tensor mask,
                                      at::Tensor fmh, at::Tensor fvh, at::Tensor fmc, at::Tensor fvc, int64_t kind_h,
-                                     int64_t kind_c, bool joint, bool carry, double eps, bool keep,
-                                     at::Tensor gamma_x, int64_t kind_x, at::Tensor fmx, at::Tensor fvx) {
+                                     int64_t kind_c, bool joint, bool carry, double eps, bool keep) {
   return NORMRNN_DISPATCH(xa, "lstm_forward",
       lstm_forward_impl<scalar_t>(xa, h0, c0, w_hh, bias, gamma_h, gamma_c, beta_c, mask, fmh, fvh, fmc, fvc,
-                                  kind_h, kind_c, joint, carry, eps, keep, gamma_x, kind_x, fmx, fvx));
+                                  kind_h, kind_c, joint, carry, eps, keep));
 }
 
 std::vector<at::Tensor> lstm_backward(at::Tensor dout, at::Tensor dhT, at::Tensor dcT, at::Tensor like,
