@@ -99,10 +99,13 @@ def _fixed_stats(norm, steps: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
     """Batch norm's per-step running statistics (T, F), read where batch statistics are unusable or in eval."""
     if not isinstance(norm, RecurrentBatchNorm):
         return _empty(like), _empty(like)
-    if norm.training and steps.device.type == "cpu" and steps.numel() and int(steps[-1]) < norm.max_steps:
-        # Consecutive steps that all own a row: a view of the buffers, not a (T, F) copy of each.
-        first = int(steps[0])
-        return norm.running_mean[first:first + steps.numel()], norm.running_var[first:first + steps.numel()]
+    if steps.device.type == "cpu" and steps.numel():
+        # Consecutive steps that each read their own row (training: below max_steps; eval: also below the steps
+        # trained so far): a view of the buffers, not a (T, F) copy of each.
+        first, last = int(steps[0]), int(steps[-1])
+        own = norm.max_steps if norm.training else min(norm.max_steps, max(int(norm.steps_tracked), 1))
+        if last < own:
+            return norm.running_mean[first:last + 1], norm.running_var[first:last + 1]
     idx = torch.clamp(steps, max=norm.max_steps - 1) if norm.training else norm.stat_index(steps)
     return norm.running_mean[idx], norm.running_var[idx]
 

@@ -1305,18 +1305,22 @@ std::vector<at::Tensor> bn_steps_forward_impl(const at::Tensor& x, const at::Ten
   const T eps = static_cast<T>(eps_);
   const auto o = x.options();
   auto y = at::empty_like(x), mean = at::empty({T_, F}, o), rstd = at::empty({T_, F}, o);
-  auto mean_out = at::zeros({T_, F}, o), var_out = at::ones({T_, F}, o), count = at::zeros({T_}, o);
+  // The statistics to report for the running averages (training only: col_stats fills every step's row).
+  auto mean_out = training ? at::empty({T_, F}, o) : at::empty({0}, o);
+  auto var_out = training ? at::empty({T_, F}, o) : at::empty({0}, o);
+  auto count = training ? at::empty({T_}, o) : at::empty({0}, o);
   const T* xp = x.data_ptr<T>();
   const T* w = ptr<T>(weight);
   const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
-  T *yp = y.data_ptr<T>(), *mp = mean.data_ptr<T>(), *rp = rstd.data_ptr<T>(), *cp = count.data_ptr<T>();
-  T *mo = mean_out.data_ptr<T>(), *vo = var_out.data_ptr<T>();
+  T *yp = y.data_ptr<T>(), *mp = mean.data_ptr<T>(), *rp = rstd.data_ptr<T>(), *cp = ptr<T>(count);
+  T *mo = ptr<T>(mean_out), *vo = ptr<T>(var_out);
   at::parallel_for(0, T_, 1, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const T* xt = xp + t * N * F;
-      cp[t] = static_cast<T>(col_stats<T>(xt, N, F, mk ? mk + t * N : nullptr, fix_mean.data_ptr<T>() + t * F,
-                                          fix_var.data_ptr<T>() + t * F, eps, training ? BATCH : BATCH_FIXED,
-                                          mp + t * F, rp + t * F, mo + t * F, vo + t * F));
+      const int64_t cnt = col_stats<T>(xt, N, F, mk ? mk + t * N : nullptr, fix_mean.data_ptr<T>() + t * F,
+                                       fix_var.data_ptr<T>() + t * F, eps, training ? BATCH : BATCH_FIXED,
+                                       mp + t * F, rp + t * F, mo ? mo + t * F : nullptr, vo ? vo + t * F : nullptr);
+      if (cp) cp[t] = static_cast<T>(cnt);
       for (int64_t n = 0; n < N; ++n) {
         normalize_row(xt + n * F, F, BATCH_FIXED, eps, mp + t * F, rp + t * F, yp + (t * N + n) * F,
                       static_cast<T*>(nullptr));
@@ -1334,7 +1338,7 @@ std::vector<at::Tensor> bn_steps_backward_impl(const at::Tensor& dy, const at::T
   const int64_t T_ = x.size(0), N = x.size(1), F = x.size(2);
   auto dx = at::empty_like(x), dw_steps = at::zeros({T_, F}, x.options());
   const T *xp = x.data_ptr<T>(), *dyp = dy.data_ptr<T>(), *w = ptr<T>(weight), *mp = mean.data_ptr<T>(),
-          *rp = rstd.data_ptr<T>(), *cp = count.data_ptr<T>();
+          *rp = rstd.data_ptr<T>(), *cp = ptr<T>(count);
   const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   T* dxp = dx.data_ptr<T>();
   T* dwp = dw_steps.data_ptr<T>();
