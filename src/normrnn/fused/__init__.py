@@ -99,15 +99,7 @@ def _fixed_stats(norm, steps: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
     """Batch norm's per-step running statistics (T, F), read where batch statistics are unusable or in eval."""
     if not isinstance(norm, RecurrentBatchNorm):
         return _empty(like), _empty(like)
-    if steps.device.type == "cpu" and steps.numel():
-        # Consecutive steps that each read their own row (training: below max_steps; eval: also below the steps
-        # trained so far): a view of the buffers, not a (T, F) copy of each.
-        first, last = int(steps[0]), int(steps[-1])
-        own = norm.max_steps if norm.training else min(norm.max_steps, max(int(norm.steps_tracked), 1))
-        if last < own:
-            return norm.running_mean[first:last + 1], norm.running_var[first:last + 1]
-    idx = torch.clamp(steps, max=norm.max_steps - 1) if norm.training else norm.stat_index(steps)
-    return norm.running_mean[idx], norm.running_var[idx]
+    return norm.running_statistics(steps)
 
 
 def _update_running(norm, mean: Tensor, var: Tensor, count: Tensor, steps: Tensor) -> None:
@@ -164,7 +156,8 @@ class _LSTMFunction(torch.autograd.Function):
         ctx.flags, ctx.eng = flags, eng
         # The input term xa is not kept: backward needs only its shape, which acts has too. Nor is chat when the raw
         # cell is carried: backward renormalizes c_all, with the column means the batch kinds used.
-        mean_c_used = mean_c if kind_c == BATCH else fmc
+        # (fmc may be a view of the running statistics, which a later training step updates in place: a copy)
+        mean_c_used = mean_c if kind_c == BATCH else fmc.clone()
         ctx.save_for_backward(w_hh, gamma_h, gamma_c, beta_c, mask, h_all, c_all, acts, shat, rstd_h, chat, rstd_c,
                               mean_c_used, count_h, count_c)
         ctx.mark_non_differentiable(mean_h, var_h, count_h, mean_c, var_c, count_c)
