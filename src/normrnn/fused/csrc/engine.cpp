@@ -201,8 +201,10 @@ inline T* ptr(const at::Tensor& t, int64_t offset) {
   return t.numel() ? t.data_ptr<T>() + offset : nullptr;
 }
 
-at::Tensor stats_buffer(int64_t kind, int64_t T_, int64_t F, const at::TensorOptions& o, double fill) {
-  return kind == BATCH ? at::full({T_, F}, fill, o) : at::empty({0}, o);
+// A step's batch statistics to report (T, F), batch kind only: col_stats writes every step's row (the batch's,
+// or the given ones where fewer than two rows run), so nothing needs filling first.
+at::Tensor stats_buffer(int64_t kind, int64_t T_, int64_t F, const at::TensorOptions& o) {
+  return kind == BATCH ? at::empty({T_, F}, o) : at::empty({0}, o);
 }
 
 at::Tensor rstd_buffer(int64_t kind, int64_t T_, int64_t N, int64_t F, const at::TensorOptions& o) {
@@ -630,8 +632,8 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
   const bool keep_chat = keep && carry;
   auto chat_all = at::empty({keep_chat ? T_ : 1, N, H}, o), tc_buf = at::empty({N, H}, o);
   auto rstd_h = rstd_buffer(kind_h, Tk, N, G, o), rstd_c = rstd_buffer(kind_c, Tk, N, H, o);
-  auto mean_h = stats_buffer(kind_h, T_, G, o, 0), var_h = stats_buffer(kind_h, T_, G, o, 1);
-  auto mean_c = stats_buffer(kind_c, T_, H, o, 0), var_c = stats_buffer(kind_c, T_, H, o, 1);
+  auto mean_h = stats_buffer(kind_h, T_, G, o), var_h = stats_buffer(kind_h, T_, G, o);
+  auto mean_c = stats_buffer(kind_c, T_, H, o), var_c = stats_buffer(kind_c, T_, H, o);
   auto count_h = kind_h == BATCH ? at::zeros({T_}, o) : at::empty({0}, o);
   auto count_c = kind_c == BATCH ? at::zeros({T_}, o) : at::empty({0}, o);
   auto s = at::empty({N, G}, o), cnew = at::empty({N, H}, o), cout_buf = at::empty({N, H}, o);
@@ -892,7 +894,7 @@ std::vector<at::Tensor> gru_forward_impl(const at::Tensor& xa, const at::Tensor&
   auto shat_all = has_h ? at::empty({Tk, N, G}, o) : at::empty({0}, o);
   auto out = at::empty({T_, N, H}, o);
   auto rstd_h = rstd_buffer(kind_h, Tk, N, G, o);
-  auto mean_h = stats_buffer(kind_h, T_, G, o, 0), var_h = stats_buffer(kind_h, T_, G, o, 1);
+  auto mean_h = stats_buffer(kind_h, T_, G, o), var_h = stats_buffer(kind_h, T_, G, o);
   auto count_h = kind_h == BATCH ? at::zeros({T_}, o) : at::empty({0}, o);
   auto s = at::empty({N, G}, o);
   const StepGemm<T> gemm(w_hh.t(), N, T_);  // s = h W_hh^T
@@ -1013,7 +1015,7 @@ std::vector<at::Tensor> rnn_forward_impl(const at::Tensor& xa, const at::Tensor&
   auto act = at::empty({Tk, N, H}, o), out = at::empty({T_, N, H}, o);
   auto shat_all = has_h ? at::empty({Tk, N, H}, o) : at::empty({0}, o);
   auto rstd_h = rstd_buffer(kind_h, Tk, N, H, o);
-  auto mean_h = stats_buffer(kind_h, T_, H, o, 0), var_h = stats_buffer(kind_h, T_, H, o, 1);
+  auto mean_h = stats_buffer(kind_h, T_, H, o), var_h = stats_buffer(kind_h, T_, H, o);
   auto count_h = kind_h == BATCH ? at::zeros({T_}, o) : at::empty({0}, o);
   auto s = at::empty({N, H}, o), pre_buf = at::empty({N, H}, o);
   const StepGemm<T> gemm(w_hh.t(), N, T_);  // s = h W_hh^T
@@ -1487,8 +1489,8 @@ std::vector<at::Tensor> gru_joint_forward_impl(const at::Tensor& xa, const at::T
   auto acts = at::empty({Tk, N, G}, o), rec_n_all = at::empty({Tk, N, H}, o);
   auto uhat_all = at::empty({Tk, N, H2}, o), vhat_all = at::empty({Tk, N, H}, o), out = at::empty({T_, N, H}, o);
   auto rstd_g = rstd_buffer(kind_g, Tk, N, H2, o), rstd_n = rstd_buffer(kind_n, Tk, N, H, o);
-  auto mean_g = stats_buffer(kind_g, T_, H2, o, 0), var_g = stats_buffer(kind_g, T_, H2, o, 1);
-  auto mean_n = stats_buffer(kind_n, T_, H, o, 0), var_n = stats_buffer(kind_n, T_, H, o, 1);
+  auto mean_g = stats_buffer(kind_g, T_, H2, o), var_g = stats_buffer(kind_g, T_, H2, o);
+  auto mean_n = stats_buffer(kind_n, T_, H, o), var_n = stats_buffer(kind_n, T_, H, o);
   auto count_g = kind_g == BATCH ? at::zeros({T_}, o) : at::empty({0}, o);
   auto count_n = kind_n == BATCH ? at::zeros({T_}, o) : at::empty({0}, o);
   auto s = at::empty({N, G}, o);
