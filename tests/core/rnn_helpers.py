@@ -1,4 +1,6 @@
 """Small shared builders for the core tests."""
+import itertools
+
 import torch
 
 import normrnn
@@ -22,3 +24,29 @@ def randomize_norms(module: torch.nn.Module) -> None:
         for name, p in module.named_parameters():
             if name.startswith("norm_") or ".norm" in name or name.split(".")[0].startswith("norm"):
                 p.uniform_(0.5, 1.5) if name.endswith("weight") else p.uniform_(-0.5, 0.5)
+
+
+def fused_variants():
+    """(kind, norm, norm_terms, extra options) of every variant the fused backend covers."""
+    for kind, norm, terms in itertools.product(["LSTM", "GRU", "RNN"], ["layer", "rms", "batch", "none"],
+                                               ["separate", "joint"]):
+        yield kind, norm, terms, {}
+    for norm in ["layer", "batch", "rms"]:
+        yield "LSTM", norm, "separate", dict(norm_cell=False)
+        yield "LSTM", norm, "separate", dict(carry_normalized_cell=True)
+    yield "RNN", "layer", "separate", dict(nonlinearity="relu")
+    yield "LSTM", "layer", "separate", dict(bias=False)
+    yield "GRU", "layer", "separate", dict(bias=False)
+    yield "GRU", "layer", "joint", dict(bias=False)
+    yield "GRU", "batch", "joint", dict(bias=False)
+
+
+def outputs_and_grads(m, x, hx, lengths, weights):
+    """Outputs and final states of ``m(x, hx, lengths=lengths)``, and the gradients of a weighted sum of them
+    with respect to the input, the initial state and every parameter."""
+    out, h = m(x, hx, lengths=lengths)
+    states = h if isinstance(h, tuple) else (h,)
+    # random weights on every output, padded positions included: their gradient must be dropped, not leaked
+    loss = (out * weights).sum() + sum((s * (k + 2)).sum() for k, s in enumerate(states))
+    inputs = [x] + list(hx if isinstance(hx, tuple) else (hx,)) + list(m.parameters())
+    return [out, *states], torch.autograd.grad(loss, inputs)

@@ -1,6 +1,5 @@
 """The fused backend (both engines) against the readable reference loop, for every variant it covers."""
 import copy
-import itertools
 
 import pytest
 import torch
@@ -9,36 +8,13 @@ import normrnn
 from normrnn import fused, reference
 from normrnn.cells import CellParams
 from normrnn.norms import IdentityNorm
-from rnn_helpers import initial_state, make, randomize_norms
+from rnn_helpers import fused_variants, initial_state, make, outputs_and_grads, randomize_norms
 
 ENGINES = ["torch"] + (["native"] if fused.native.load() is not None else [])
 
 
-def _variants():
-    for kind, norm, terms in itertools.product(["LSTM", "GRU", "RNN"], ["layer", "rms", "batch", "none"],
-                                               ["separate", "joint"]):
-        yield kind, norm, terms, {}
-    for norm in ["layer", "batch", "rms"]:
-        yield "LSTM", norm, "separate", dict(norm_cell=False)
-        yield "LSTM", norm, "separate", dict(carry_normalized_cell=True)
-    yield "RNN", "layer", "separate", dict(nonlinearity="relu")
-    yield "LSTM", "layer", "separate", dict(bias=False)
-    yield "GRU", "layer", "separate", dict(bias=False)
-    yield "GRU", "layer", "joint", dict(bias=False)
-    yield "GRU", "batch", "joint", dict(bias=False)
-
-
-def _grads(m, x, hx, lengths, weights):
-    out, h = m(x, hx, lengths=lengths)
-    states = h if isinstance(h, tuple) else (h,)
-    # random weights on every output, padded positions included: their gradient must be dropped, not leaked
-    loss = (out * weights).sum() + sum((s * (k + 2)).sum() for k, s in enumerate(states))
-    inputs = [x] + list(hx if isinstance(hx, tuple) else (hx,)) + list(m.parameters())
-    return [out, *states], torch.autograd.grad(loss, inputs)
-
-
 @pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize("kind,norm,terms,extra", list(_variants()), ids=str)
+@pytest.mark.parametrize("kind,norm,terms,extra", list(fused_variants()), ids=str)
 @pytest.mark.parametrize("training", [True, False])
 def test_fused_equals_reference(engine, kind, norm, terms, extra, training):
     torch.manual_seed(0)
@@ -56,8 +32,8 @@ def test_fused_equals_reference(engine, kind, norm, terms, extra, training):
     lengths = torch.tensor([7, 3, 1, 5])
     weights = torch.randn(7, 4, 10, dtype=torch.float64)
     with fused.force_engine(engine):
-        outs_f, grads_f = _grads(fast, x, hx, lengths, weights)
-    outs_r, grads_r = _grads(ref, x, hx, lengths, weights)
+        outs_f, grads_f = outputs_and_grads(fast, x, hx, lengths, weights)
+    outs_r, grads_r = outputs_and_grads(ref, x, hx, lengths, weights)
     for a, b in zip(outs_f + list(grads_f), outs_r + list(grads_r)):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
     for a, b in zip(fast.buffers(), ref.buffers()):  # batch norm's running statistics move identically

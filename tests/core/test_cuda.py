@@ -1,0 +1,131 @@
+"""On a CUDA device the layers run the fused backend's PyTorch engine (the C++ kernels are CPU code). Every variant
+must there equal the readable reference loop run on the CPU: outputs, final states, gradients and batch norm's
+running statistics, in training and in eval, with padding and both directions.
+
+Skipped where no GPU is present (CI has none); on a GPU machine: ``pytest tests/core/test_cuda.py``. The checks
+take the device as an argument, so ``check_*("cpu")`` runs the same comparison without a GPU.
+"""
+import pytest
+import torch
+from torch.autograd import gradcheck
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import normrnn
+from rnn_helpers import fused_variants, initial_state, make, outputs_and_grads, randomize_norms
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _on(device, value):
+    if isinstance(value, tuple):
+        return tuple(_on(device, v) for v in value)
+    return value.detach().to(device).requires_grad_(value.requires_grad)
+
+
+def check_against_cpu_reference(device: str, backend: str, kind: str, norm: str, terms: str, extra: dict,
+                                training: bool) -> None:
+    torch.manual_seed(0)
+    kw = dict(norm=norm, norm_terms=terms, dtype=torch.float64, bidirectional=True, **extra)
+    ref = make(kind, 3, 5, 2, backend="reference", **kw)
+    randomize_norms(ref)
+    if norm == "batch":  # non-trivial running statistics for eval and for steps with < 2 running sequences
+        ref(torch.randn(7, 6, 3, dtype=torch.float64))
+    other = make(kind, 3, 5, 2, backend=backend, device=device, **kw)
+    other.load_state_dict(ref.state_dict())
+    ref.train(training), other.train(training)
+    if backend == "fused" and device != "cpu":
+        assert other.active_backend() == "fused-torch"
+    x = torch.randn(7, 4, 3, dtype=torch.float64, requires_grad=True)
+    hx = initial_state(kind, 4, 4, 5, torch.float64)
+    hx = tuple(s.requires_grad_() for s in hx) if isinstance(hx, tuple) else hx.requires_grad_()
+    lengths = torch.tensor([7, 3, 1, 5])
+    weights = torch.randn(7, 4, 10, dtype=torch.float64)
+    outs_o, grads_o = outputs_and_grads(other, _on(device, x), _on(device, hx), lengths, weights.to(device))
+    outs_r, grads_r = outputs_and_grads(ref, x, hx, lengths, weights)
+    for a, b in zip(outs_o + list(grads_o), outs_r + list(grads_r)):
+        assert a.device.type == torch.device(device).type
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-9, atol=1e-10)
+    for a, b in zip(other.buffers(), ref.buffers()):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-12, atol=1e-12)
+
+
+def check_float32_realistic_shape(device: str, kind: str, norm: str) -> None:
+    """float32 on the device against the float32 reference on the CPU, relative 1e-4 in norm."""
+    torch.manual_seed(1)
+    ref = make(kind, 64, 128, norm=norm, backend="reference")
+    other = make(kind, 64, 128, norm=norm, device=device)
+    other.load_state_dict(ref.state_dict())
+    x = torch.randn(50, 16, 64, requires_grad=True)
+    xd = _on(device, x)
+    out_o, _ = other(xd)
+    g_o = torch.autograd.grad(out_o.pow(2).mean(), [xd, *other.parameters()])
+    out_r, _ = ref(x)
+    g_r = torch.autograd.grad(out_r.pow(2).mean(), [x, *ref.parameters()])
+    for a, b in zip([out_o, *g_o], [out_r, *g_r]):
+        assert (a.cpu() - b).norm() <= 1e-4 * b.norm(), ((a.cpu() - b).norm() / b.norm()).item()
+
+
+def check_gradcheck(device: str, norm: str) -> None:
+    """float64 gradcheck of a 2-layer bidirectional LSTM with padding, on the device."""
+    torch.manual_seed(2)
+    m = normrnn.LSTM(3, 4, 2, norm=norm, bidirectional=True, dtype=torch.float64, device=device)
+    randomize_norms(m)
+    params = list(m.parameters())
+    names = [n for n, _ in m.named_parameters()]
+    x = torch.randn(5, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
+    lengths = torch.tensor([5, 2, 4])
+
+    def fn(x, *ps):
+        out, (h, c) = torch.func.functional_call(m, dict(zip(names, ps)), (x,), dict(lengths=lengths))
+        return out, h, c
+
+    assert gradcheck(fn, (x, *params), eps=1e-6, atol=1e-5, rtol=1e-3, fast_mode=True)
+
+
+def check_packed_and_streaming(device: str, norm: str) -> None:
+    """A PackedSequence on the device equals padding + lengths; ``step`` equals the sequence in eval."""
+    torch.manual_seed(4)
+    m = normrnn.LSTM(4, 6, norm=norm, device=device)
+    if norm == "batch":
+        m(torch.randn(9, 5, 4, device=device))
+    x = torch.randn(9, 3, 4, device=device)
+    lengths = torch.tensor([9, 4, 6])
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    out_p, (h_p, _) = m(packed)
+    padded, got_lengths = pad_packed_sequence(out_p)
+    out_l, (h_l, _) = m(x, lengths=lengths)
+    assert torch.equal(got_lengths, lengths)
+    mask = (torch.arange(9)[:, None] < lengths).to(device)[..., None]
+    torch.testing.assert_close(padded * mask, out_l * mask, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h_p, h_l, rtol=1e-5, atol=1e-6)
+    m.eval()
+    with torch.no_grad():
+        expected, _ = m(x)
+        state, steps = None, []
+        for t in range(x.shape[0]):
+            y, state = m.step(x[t], state)
+            steps.append(y)
+    torch.testing.assert_close(torch.stack(steps), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+@pytest.mark.parametrize("kind,norm,terms,extra", list(fused_variants()), ids=str)
+@pytest.mark.parametrize("training", [True, False])
+def test_cuda_equals_cpu_reference(backend, kind, norm, terms, extra, training):
+    check_against_cpu_reference("cuda", backend, kind, norm, terms, extra, training)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("norm", ["layer", "rms", "batch"])
+def test_cuda_float32_realistic_shape(kind, norm):
+    check_float32_realistic_shape("cuda", kind, norm)
+
+
+@pytest.mark.parametrize("norm", ["layer", "rms", "batch", "none"])
+def test_cuda_gradcheck(norm):
+    check_gradcheck("cuda", norm)
+
+
+@pytest.mark.parametrize("norm", ["layer", "batch", "none"])
+def test_cuda_packed_sequence_and_streaming(norm):
+    check_packed_and_streaming("cuda", norm)
