@@ -423,3 +423,54 @@ def test_packed_recurrent_gemm_equals_plain_gemm(kind, terms, norm):
         results.append([out, infer, *grads])
     for a, b in zip(*results):
         assert (a - b).norm() <= 1e-5 * b.norm(), ((a - b).norm() / b.norm()).item()
+
+
+# ---------------------------------------------------------------------------------------------- inference input term
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("kind,terms", [("LSTM", "separate"), ("LSTM", "joint"), ("GRU", "separate"),
+                                        ("GRU", "joint"), ("RNN", "separate")])
+@pytest.mark.parametrize("norm", ["layer", "rms", "batch", "none"])
+def test_no_grad_calls_of_several_shapes_equal_the_reference(engine, kind, terms, norm):
+    """Without a graph the native engine projects (and normalizes) the input term in memory it keeps between
+    calls. Calls of other shapes, both directions, two layers, padding, and outputs of an earlier call must be
+    unaffected by the reuse; batch norm in training mode (batch statistics) takes the ordinary path."""
+    torch.manual_seed(11)
+    kw = dict(norm=norm, norm_terms=terms, dtype=torch.float64, bidirectional=True)
+    ref = make(kind, 3, 5, 2, backend="reference", **kw)
+    randomize_norms(ref)
+    if norm == "batch":
+        ref(torch.randn(9, 6, 3, dtype=torch.float64))
+    fast = make(kind, 3, 5, 2, backend="fused", **kw)
+    fast.load_state_dict(ref.state_dict())
+    for training in (False, True):
+        ref.train(training), fast.train(training)
+        kept = []
+        for T, N in [(7, 4), (3, 2), (9, 5), (7, 4)]:
+            x = torch.randn(T, N, 3, dtype=torch.float64)
+            lengths = torch.randint(1, T + 1, (N,))
+            lengths[0] = T
+            with torch.no_grad():
+                expected = ref(x, lengths=lengths)[0]
+                with fused.force_engine(engine):
+                    got = fast(x, lengths=lengths)[0]
+            torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+            kept.append((got, got.clone()))
+        for got, copy in kept:  # no later call wrote into an earlier output
+            assert torch.equal(got, copy)
+        for a, b in zip(fast.buffers(), ref.buffers()):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(fused.native.load() is None, reason="native kernels not built here")
+@pytest.mark.parametrize("kind", [fused.torch_engine.LAYER, fused.torch_engine.RMS, fused.torch_engine.BATCH_FIXED])
+@pytest.mark.parametrize("gain", [True, False])
+def test_native_input_term_norm_equals_its_specification(kind, gain):
+    torch.manual_seed(12)
+    x = torch.randn(6, 5, 70, dtype=torch.float64) * 3 + 1
+    w = torch.rand(70, dtype=torch.float64) + 0.5 if gain else torch.empty(0, dtype=torch.float64)
+    fm, fv = torch.randn(6, 70, dtype=torch.float64), torch.rand(6, 70, dtype=torch.float64) + 0.1
+    a, b = x.clone(), x.clone()
+    fused.native.load().norm_rows_(a, w, kind, 1e-5, fm, fv)
+    fused.torch_engine.norm_rows_(b, w, kind, 1e-5, fm, fv)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert not torch.equal(a, x)

@@ -77,6 +77,19 @@ def norm_backward(dshat: Tensor, shat: Tensor, rstd: Tensor, kind: int, mask: Op
     return dshat
 
 
+def norm_rows_(x: Tensor, weight: Tensor, kind: int, eps: float, fix_mean: Tensor, fix_var: Tensor) -> None:
+    """The input term's norm in inference, in place: x (T, N, F) ← norm(x) · weight (an empty weight: no gain).
+    kind: layer or rms per row, or batch with the given per-step statistics fix_mean/fix_var (T, F)."""
+    if kind not in (LAYER, RMS, BATCH_FIXED):
+        raise ValueError("norm_rows_: layer, rms or batch norm with given statistics only")
+    T, N, F = x.shape
+    if kind == BATCH_FIXED:
+        y = (x - fix_mean.unsqueeze(1)) * torch.rsqrt(fix_var.unsqueeze(1) + eps)
+    else:
+        y = norm_forward(x.reshape(T * N, F), kind, None, fix_mean, fix_var, eps)[0].view(T, N, F)
+    x.copy_(y * weight if weight.numel() else y)
+
+
 def _stats(T: int, F: int, like: Tensor, kind: int):
     if kind != BATCH:
         return like.new_empty(0), like.new_empty(0), like.new_empty(0)

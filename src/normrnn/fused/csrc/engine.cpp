@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <type_traits>
 #include <vector>
 
@@ -475,8 +476,8 @@ class StepGemm {
         const at::Tensor src = rows || cols ? b : b.contiguous();
         const bool trans = !rows && cols;  // B stored column by column: pack it as the transpose of its rows
         const int ld = static_cast<int>(trans ? std::max(src.stride(1), K_) : std::max(src.stride(0), N_));
-        packed_ = std::make_shared<Mapping>(mkl::api().size(mkl::kBMatrix, M, N_, K_));
-        if (packed_->data != nullptr) {
+        packed_ = acquire(mkl::api().size(mkl::kBMatrix, M, N_, K_));
+        if (packed_ != nullptr) {
           mkl::api().pack(mkl::kRowMajor, mkl::kBMatrix, trans ? mkl::kTrans : mkl::kNoTrans, M, N_, K_, 1.0f,
                           src.data_ptr<float>(), ld, static_cast<float*>(packed_->data));
           return;
@@ -487,27 +488,36 @@ class StepGemm {
     b_ = b.contiguous();
   }
 
-  // a: rows contiguous; out: (M, Nc) contiguous and not overlapping a or add.
-  void operator()(at::Tensor& out, const at::Tensor& a, const at::Tensor* add = nullptr) const {
-    TORCH_CHECK(a.size(0) == M_ && a.stride(1) == 1 && out.is_contiguous(), "StepGemm: unexpected operands");
-    if (!packed_) {
-      if (add) at::addmm_out(out, *add, a, b_); else at::mm_out(out, a, b_);
-      return;
-    }
+  // out (M, Nc) contiguous; a (M, K) with rows `lda` apart; add (M, Nc) contiguous or null; out overlaps neither.
+  // Raw pointers: a step's operands are rows of larger buffers, and a Tensor view per operand and step cost
+  // about 1.5 us each (~5% of a step at N=8, H=128).
+  void operator()(T* out, const T* a, int64_t lda, const T* add = nullptr) const {
     if constexpr (std::is_same_v<T, float>) {
-      if (add) out.copy_(*add);
-      mkl::api().compute(mkl::kRowMajor, mkl::kNoTrans, mkl::kPacked, M_, N_, K_, a.data_ptr<float>(),
-                         static_cast<int>(a.stride(0)), static_cast<const float*>(packed_->data), K_,
-                         add ? 1.0f : 0.0f,
-                         out.data_ptr<float>(), static_cast<int>(out.stride(0)));
+      if (packed_) {
+        if (add) std::memcpy(out, add, sizeof(T) * M_ * N_);
+        mkl::api().compute(mkl::kRowMajor, mkl::kNoTrans, mkl::kPacked, M_, N_, K_, a, static_cast<int>(lda),
+                           static_cast<const float*>(packed_->data), K_, add ? 1.0f : 0.0f, out,
+                           static_cast<int>(N_));
+        return;
+      }
+    }
+    const auto o = b_.options();
+    auto out_t = at::from_blob(out, {M_, N_}, o);
+    const auto a_t = at::from_blob(const_cast<T*>(a), {M_, K_}, {lda, 1}, o);
+    if (add) {
+      at::addmm_out(out_t, at::from_blob(const_cast<T*>(add), {M_, N_}, o), a_t, b_);
+    } else {
+      at::mm_out(out_t, a_t, b_);
     }
   }
 
  private:
   // MKL's packed layout reserves several MiB more than the matrix (8.8 MiB for a 512 x 128 one), of which it
-  // touches about the matrix's size. Mapped pages of its own, returned on destruction, leave malloc's heap and
-  // its mmap threshold as they were; from malloc, the same buffer raised the peak memory of a 200 x 8 x 128
-  // training step by ~5 MiB (measured).
+  // touches about the matrix's size. Mapped pages of its own leave malloc's heap and its mmap threshold as they
+  // were; from malloc, the same buffer raised the peak memory of a 200 x 8 x 128 training step by ~5 MiB
+  // (measured). A few released mappings are kept for the next call: a fresh one pays mmap, a page fault per
+  // touched page and munmap's TLB shootdown at every call (inference at 200 x 8 x 128, measured: 350 against
+  // 210 us a call at T=2, 3.9 against 3.2 ms at T=200).
   struct Mapping {
     void* data = nullptr;
     size_t bytes = 0;
@@ -521,6 +531,39 @@ class StepGemm {
     Mapping(const Mapping&) = delete;
     Mapping& operator=(const Mapping&) = delete;
   };
+  static constexpr size_t kKeptMappings = 4;
+  // (Never destroyed: a mapping let go during the process's exit must still find them.)
+  static std::mutex& pool_lock() {
+    static auto* m = new std::mutex;
+    return *m;
+  }
+  static std::vector<std::unique_ptr<Mapping>>& pool() {
+    static auto* kept = new std::vector<std::unique_ptr<Mapping>>;
+    return *kept;
+  }
+  // A mapping of `bytes` (a kept one if there is one), returned to the pool when the last user lets go.
+  static std::shared_ptr<Mapping> acquire(size_t bytes) {
+    std::unique_ptr<Mapping> got;
+    {
+      std::lock_guard<std::mutex> g(pool_lock());
+      auto& kept = pool();
+      for (auto it = kept.begin(); it != kept.end(); ++it) {
+        if ((*it)->bytes == bytes) {
+          got = std::move(*it);
+          kept.erase(it);
+          break;
+        }
+      }
+    }
+    if (!got) got = std::make_unique<Mapping>(bytes);
+    if (got->data == nullptr) return nullptr;
+    return std::shared_ptr<Mapping>(got.release(), [](Mapping* m) {
+      std::lock_guard<std::mutex> g(pool_lock());
+      auto& kept = pool();
+      if (kept.size() >= kKeptMappings) kept.erase(kept.begin());  // the oldest goes
+      kept.emplace_back(m);
+    });
+  }
   int64_t M_, K_, N_;
   at::Tensor b_;
   std::shared_ptr<Mapping> packed_;
@@ -577,7 +620,6 @@ struct DsRing {
   const at::Tensor& buffer() const { return full.defined() ? full : ring; }
   int64_t index(int64_t t) const { return full.defined() ? t : t % K; }
   T* slot(int64_t t) const { return buffer().template data_ptr<T>() + index(t) * N * G; }
-  at::Tensor step(int64_t t) const { return buffer()[index(t)]; }
   // After step t (backward runs t = T-1 .. 0): flush the ring once t starts a block of K steps.
   void done(int64_t t, const at::Tensor& h_all) {
     if (full.defined() || t % K != 0) return;
@@ -603,7 +645,6 @@ struct States {
     all[0].copy_(first);
   }
   int64_t index(int64_t t) const { return keep ? t : t % 2; }
-  at::Tensor step(int64_t t) const { return all[index(t)]; }
   T* ptr(int64_t t) const { return all.data_ptr<T>() + index(t) * rows; }
   // What the caller gets: every state, or (inference) the last one as a (1, N, H) tensor.
   at::Tensor result(int64_t steps) const { return keep ? all : all.narrow(0, index(steps), 1); }
@@ -647,8 +688,7 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
 
   for (int64_t t = 0; t < T_; ++t) {
     const int64_t tk = keep ? t : 0;
-    const auto ht = h_all.step(t);
-    if (joint) { const auto xt = xa[t]; gemm(s, ht, &xt); } else { gemm(s, ht); }
+    gemm(sp, h_all.ptr(t), H, joint ? xa.data_ptr<T>() + t * N * G : nullptr);
     const bool* m = mk ? mk + t * N : nullptr;
     const T* x = xa.data_ptr<T>() + t * N * G;
     T* a_t = acts.data_ptr<T>() + tk * N * G;
@@ -863,7 +903,7 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
     add_col_sums<T>(da_t, has_h ? sh_t : nullptr, N, G, dbias.data_ptr<T>(), ptr<T>(dgamma_h));
     if (has_c) add_col_sums<T>(dcout_t, ch_t, N, H, dbeta_c.data_ptr<T>(), dgamma_c.data_ptr<T>());
     if (col_h) col_norm_bwd<T>(ds_t, sh_t, rh, N, G, m, static_cast<int64_t>(count_h.data_ptr<T>()[t]));
-    gemm(dh_next, ring.step(t));
+    gemm(dh_next.data_ptr<T>(), ring.slot(t), ring.G);
     ring.done(t, h_all);
     if (m != nullptr) {
       T* dhx = dh_next.data_ptr<T>();
@@ -904,7 +944,7 @@ std::vector<at::Tensor> gru_forward_impl(const at::Tensor& xa, const at::Tensor&
   T* sp = s.data_ptr<T>();
   for (int64_t t = 0; t < T_; ++t) {
     const int64_t tk = keep ? t : 0;
-    gemm(s, h_all.step(t));
+    gemm(s.data_ptr<T>(), h_all.ptr(t), H);
     const bool* m = mk ? mk + t * N : nullptr;
     T* rh = rstd_h.data_ptr<T>() + tk * rstd_h.size(1) * rstd_h.size(2);
     if (has_h && per_col(kind_h)) {
@@ -991,7 +1031,7 @@ std::vector<at::Tensor> gru_backward_impl(const at::Tensor& dout, const at::Tens
     });
     add_col_sums<T>(dr_t, has_h ? sh_t : nullptr, N, G, dbias.data_ptr<T>(), ptr<T>(dgamma));
     if (col_h) col_norm_bwd<T>(ds_t, sh_t, rh, N, G, m, static_cast<int64_t>(count_h.data_ptr<T>()[t]));
-    gemm(dh_next, ring.step(t), &direct);
+    gemm(dh_next.data_ptr<T>(), ring.slot(t), ring.G, direct.data_ptr<T>());
     ring.done(t, h_all);
     std::swap(dh, dh_next);
   }
@@ -1026,7 +1066,7 @@ std::vector<at::Tensor> rnn_forward_impl(const at::Tensor& xa, const at::Tensor&
   T* sp = s.data_ptr<T>();
   for (int64_t t = 0; t < T_; ++t) {
     const int64_t tk = keep ? t : 0;
-    if (joint) { const auto xt = xa[t]; gemm(s, h_all.step(t), &xt); } else { gemm(s, h_all.step(t)); }
+    gemm(sp, h_all.ptr(t), H, joint ? xa.data_ptr<T>() + t * N * H : nullptr);
     const bool* m = mk ? mk + t * N : nullptr;
     T* rh = rstd_h.data_ptr<T>() + tk * rstd_h.size(1) * rstd_h.size(2);
     if (has_h && per_col(kind_h)) {
@@ -1106,7 +1146,7 @@ std::vector<at::Tensor> rnn_backward_impl(const at::Tensor& dout, const at::Tens
     });
     add_col_sums<T>(da_t, has_h ? sh_t : nullptr, N, H, dbias.data_ptr<T>(), ptr<T>(dgamma));
     if (col_h) col_norm_bwd<T>(ds_t, sh_t, rh, N, H, m, static_cast<int64_t>(count_h.data_ptr<T>()[t]));
-    gemm(dh_next, ring.step(t));
+    gemm(dh_next.data_ptr<T>(), ring.slot(t), ring.G);
     ring.done(t, h_all);
     if (m != nullptr) {
       T* dhx = dh_next.data_ptr<T>();
@@ -1292,6 +1332,53 @@ std::vector<at::Tensor> rms_norm_backward_impl(const at::Tensor& dy, const at::T
     }
   });
   return {dx, w ? partial.sum(0) : at::empty({0}, x.options())};
+}
+
+
+// =========================================================================================== input term, inference
+// The input term's norm for all steps, in place on W_ih x (T, N, F), times the gain: layer or RMS norm per row,
+// or batch norm with given per-step statistics (eval). Inference only: nothing is kept for backward, and no
+// second (T, N, F) buffer is allocated (a fresh one costs its page faults at every call).
+
+template <typename T>
+void norm_rows_inplace_impl(const at::Tensor& x, const at::Tensor& weight, int64_t kind, double eps_,
+                            const at::Tensor& fix_mean, const at::Tensor& fix_var) {
+  const int64_t T_ = x.size(0), N = x.size(1), F = x.size(2);
+  const T eps = static_cast<T>(eps_);
+  T* xp = x.data_ptr<T>();
+  const T* w = ptr<T>(weight);
+  if (per_row(kind)) {
+    for_rows(T_ * N, F, [&](int64_t r) {
+      T* __restrict row = xp + r * F;
+      const T mean = kind == LAYER ? lane_sum<T>(F, [&](int64_t f) { return row[f]; }) / F : T(0);
+      const T var = lane_sum<T>(F, [&](int64_t f) { return (row[f] - mean) * (row[f] - mean); });
+      const T rr = T(1) / std::sqrt(var / F + eps);
+      if (w) {
+#pragma omp simd
+        for (int64_t f = 0; f < F; ++f) row[f] = (row[f] - mean) * rr * w[f];
+      } else {
+#pragma omp simd
+        for (int64_t f = 0; f < F; ++f) row[f] = (row[f] - mean) * rr;
+      }
+    });
+    return;
+  }
+  TORCH_CHECK(kind == BATCH_FIXED, "norm_rows_: layer, rms or batch norm with given statistics only");
+  const T* fm = fix_mean.data_ptr<T>();
+  const T* fv = fix_var.data_ptr<T>();
+  at::parallel_for(0, T_, std::max<int64_t>(1, 16384 / std::max<int64_t>(N * F, 1)), [&](int64_t b, int64_t e) {
+    std::vector<T> scale(F);
+    for (int64_t t = b; t < e; ++t) {
+      const T* __restrict mean = fm + t * F;
+      for (int64_t f = 0; f < F; ++f) scale[f] = (w ? w[f] : T(1)) / std::sqrt(fv[t * F + f] + eps);
+      const T* __restrict sc = scale.data();
+      for (int64_t n = 0; n < N; ++n) {
+        T* __restrict row = xp + (t * N + n) * F;
+#pragma omp simd
+        for (int64_t f = 0; f < F; ++f) row[f] = (row[f] - mean[f]) * sc[f];
+      }
+    }
+  });
 }
 
 
@@ -1502,7 +1589,7 @@ std::vector<at::Tensor> gru_joint_forward_impl(const at::Tensor& xa, const at::T
   const T* sp = s.data_ptr<T>();
   for (int64_t t = 0; t < T_; ++t) {
     const int64_t tk = keep ? t : 0;
-    gemm(s, h_all.step(t));
+    gemm(s.data_ptr<T>(), h_all.ptr(t), H);
     const bool* m = mk ? mk + t * N : nullptr;
     const T* x_t = xa.data_ptr<T>() + t * N * G;
     T* a_t = acts.data_ptr<T>() + tk * N * G;
@@ -1666,7 +1753,7 @@ std::vector<at::Tensor> gru_joint_backward_impl(const at::Tensor& dout, const at
       col_norm_bwd<T>(du, uh_t, rg, N, H2, m, static_cast<int64_t>(count_g.data_ptr<T>()[t]));
       for_rows(N, H2, [&](int64_t n) { if (running(n)) place_du(n); });
     }
-    gemm(dh_next, ds_all[t], &direct);
+    gemm(dh_next.data_ptr<T>(), ds_all.data_ptr<T>() + t * N * G, G, direct.data_ptr<T>());
     std::swap(dh, dh_next);
   }
   auto dw = ds_all.reshape({T_ * N, G}).t().mm(h_all.narrow(0, 0, T_).reshape({T_ * N, H}));
@@ -1755,6 +1842,12 @@ std::vector<at::Tensor> rms_norm_backward(at::Tensor dy, at::Tensor x, at::Tenso
   return NORMRNN_DISPATCH(x, "rms_norm_backward", rms_norm_backward_impl<scalar_t>(dy, x, weight, rstd));
 }
 
+void norm_rows_(at::Tensor x, at::Tensor weight, int64_t kind, double eps, at::Tensor fix_mean,
+                at::Tensor fix_var) {
+  TORCH_CHECK(x.dim() == 3 && x.is_contiguous(), "norm_rows_: x must be a contiguous (T, N, F) tensor");
+  NORMRNN_DISPATCH(x, "norm_rows_", norm_rows_inplace_impl<scalar_t>(x, weight, kind, eps, fix_mean, fix_var));
+}
+
 std::vector<at::Tensor> bn_steps_forward(at::Tensor x, at::Tensor weight, at::Tensor mask, at::Tensor fix_mean,
                                          at::Tensor fix_var, double eps, bool training) {
   return NORMRNN_DISPATCH(x, "bn_steps_forward",
@@ -1797,6 +1890,7 @@ bool set_packed_gemm(bool on) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_packed_gemm", &set_packed_gemm);
   m.def("packed_gemm_available", [] { return mkl::api().ok(); });
+  m.def("norm_rows_", &norm_rows_);
   m.def("bn_steps_forward", &bn_steps_forward);
   m.def("bn_steps_backward", &bn_steps_backward);
   m.def("rms_norm_forward", &rms_norm_forward);
