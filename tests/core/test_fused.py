@@ -474,3 +474,41 @@ def test_native_input_term_norm_equals_its_specification(kind, gain):
     fused.torch_engine.norm_rows_(b, w, kind, 1e-5, fm, fv)
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     assert not torch.equal(a, x)
+
+
+@pytest.mark.skipif(NATIVE is None, reason="native kernels not built here")
+@pytest.mark.parametrize("norm", ["layer", "rms", "batch", "none"])
+@pytest.mark.parametrize("extra", [{}, dict(norm_terms="joint"), dict(carry_normalized_cell=True),
+                                   dict(norm_cell=False)], ids=str)
+def test_rows_in_groups_per_thread_equal_shared_steps(norm, extra):
+    """Without batch statistics, the LSTM forward runs one group of rows per thread, each with its own time loop
+    and GEMM: outputs, states and gradients must equal the shared-step loop, with padding, an odd batch, both
+    directions, training (batch norm: shared, its statistics cross rows) and inference."""
+    torch.manual_seed(5)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert NATIVE.row_groups(7, 40, False) == 2 and NATIVE.row_groups(7, 40, True) == 1
+        first = normrnn.LSTM(24, 40, 2, norm=norm, bidirectional=True, backend="fused", dtype=torch.float64,
+                             **extra)
+        randomize_norms(first)
+        x = torch.randn(30, 7, 24, dtype=torch.float64, requires_grad=True)
+        lengths = torch.tensor([30, 29, 17, 30, 2, 9, 30])
+        results = []
+        for split in (True, False):
+            m = copy.deepcopy(first)
+            previous = NATIVE.set_split_rows(split)
+            try:
+                with fused.force_engine("native"):
+                    out, (h, c) = m(x, lengths=lengths)
+                    grads = torch.autograd.grad(out.pow(2).sum() + h.sum() + c.sum(), [x, *m.parameters()])
+                    m.eval()
+                    with torch.no_grad():
+                        infer, (hi, ci) = m(x, lengths=lengths)
+            finally:
+                NATIVE.set_split_rows(previous)
+            results.append([out, h, c, infer, hi, ci, *grads])
+        for a, b in zip(*results):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+    finally:
+        torch.set_num_threads(before)
