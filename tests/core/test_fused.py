@@ -512,3 +512,27 @@ def test_rows_in_groups_per_thread_equal_shared_steps(norm, extra):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(NATIVE is None, reason="native kernels not built here")
+@pytest.mark.parametrize("first", [0, 3, 6])
+def test_native_running_average_update_equals_its_specification(first):
+    """Rows of steps with fewer than two sequences, and steps past max_steps, stay as they were."""
+    torch.manual_seed(13)
+    rm, rv = torch.randn(8, 5, dtype=torch.float64), torch.rand(8, 5, dtype=torch.float64) + 0.5
+    mean, var = torch.randn(4, 5, dtype=torch.float64), torch.rand(4, 5, dtype=torch.float64)
+    count = torch.tensor([3.0, 1.0, 2.0, 5.0], dtype=torch.float64)
+    results = []
+    for eng in (NATIVE, fused.torch_engine):
+        a, b = rm.clone(), rv.clone()
+        results.append((eng.bn_update_running_(a, b, mean, var, count, first, 0.1), a, b))
+    (n1, a1, b1), (n2, a2, b2) = results
+    assert n1 == n2 == {0: 4, 3: 7, 6: 7}[first]
+    torch.testing.assert_close(a1, a2, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(b1, b2, rtol=1e-14, atol=1e-14)
+    changed = (a1 != rm).any(1)
+    expected = torch.zeros(8, dtype=torch.bool)
+    for t, c in enumerate(count.tolist()):
+        if c >= 2 and first + t < 8:
+            expected[first + t] = True
+    assert torch.equal(changed, expected)

@@ -105,10 +105,14 @@ def _fixed_stats(norm, steps: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _update_running(norm, mean: Tensor, var: Tensor, count: Tensor, steps: Tensor) -> None:
+    """Batch norm's running averages after a training call over the consecutive ``steps``, from the statistics
+    (T, F) and counts (T,) the kernels report."""
     if isinstance(norm, RecurrentBatchNorm) and norm.training:
-        count = count.unsqueeze(1)
         with torch.no_grad():
-            norm._update_running(mean, var, count, count >= 2, steps, torch.clamp(steps, max=norm.max_steps - 1))
+            longest = engine(mean.device).bn_update_running_(norm.running_mean, norm.running_var, mean, var, count,
+                                                             int(steps[0]), norm.momentum)
+            if longest > int(norm.steps_tracked):
+                norm.steps_tracked.fill_(longest)
 
 
 def _gain(norm) -> Optional[Tensor]:

@@ -1436,6 +1436,43 @@ void norm_rows_inplace_impl(const at::Tensor& x, const at::Tensor& weight, int64
 }
 
 
+// =========================================================================================== running averages
+// Batch norm's running statistics after a training call over the steps first .. first + T - 1, as
+// RecurrentBatchNorm._update_running computes them: each row first + t < max_steps whose step had two or more
+// running sequences moves toward that step's mean and unbiased variance. One pass instead of a dozen small ATen
+// calls per norm (three norms per layer and direction). Returns 1 + the last step updated, or 0.
+template <typename T>
+int64_t bn_update_running_impl(const at::Tensor& rm, const at::Tensor& rv, const at::Tensor& mean,
+                               const at::Tensor& var, const at::Tensor& count, int64_t first, double momentum) {
+  const int64_t rows = rm.size(0), F = rm.size(1), T_ = mean.size(0);
+  T* pm = rm.data_ptr<T>();
+  T* pv = rv.data_ptr<T>();
+  const T* mp = mean.data_ptr<T>();
+  const T* vp = var.data_ptr<T>();
+  const T* cp = count.data_ptr<T>();
+  const T w = static_cast<T>(momentum), keep = static_cast<T>(1.0 - momentum);
+  int64_t longest = 0;
+  for (int64_t t = 0; t < T_ && first + t < rows; ++t) {
+    if (first + t < 0 || cp[t] < 2) continue;
+    const T k = w * cp[t] / (cp[t] - 1);
+    T* __restrict rmr = pm + (first + t) * F;
+    T* __restrict rvr = pv + (first + t) * F;
+    const T* __restrict mr = mp + t * F;
+    const T* __restrict vr = vp + t * F;
+#pragma omp simd
+    for (int64_t f = 0; f < F; ++f) {
+      rmr[f] = w < T(0.5) ? rmr[f] + w * (mr[f] - rmr[f]) : mr[f] - (mr[f] - rmr[f]) * keep;  // torch's lerp
+      rvr[f] = rvr[f] * keep + vr[f] * k;
+    }
+    longest = first + t + 1;
+  }
+  // What ATen's in-place ops do: a tensor autograd saved that is (a view of) these buffers is now stale.
+  rm.unsafeGetTensorImpl()->bump_version();
+  rv.unsafeGetTensorImpl()->bump_version();
+  return longest;
+}
+
+
 // =========================================================================================== batch norm over steps
 // The input term's recurrent batch norm for all T steps at once: per step, statistics over the running
 // sequences (or the given ones), parallel over steps. Replaces about fifteen full-size ATen passes.
@@ -1909,6 +1946,15 @@ void norm_rows_(at::Tensor x, at::Tensor weight, int64_t kind, double eps, at::T
   NORMRNN_DISPATCH(x, "norm_rows_", norm_rows_inplace_impl<scalar_t>(x, weight, kind, eps, fix_mean, fix_var));
 }
 
+int64_t bn_update_running_(at::Tensor running_mean, at::Tensor running_var, at::Tensor mean, at::Tensor var,
+                           at::Tensor count, int64_t first, double momentum) {
+  TORCH_CHECK(running_mean.is_contiguous() && running_var.is_contiguous() && mean.is_contiguous() &&
+                  var.is_contiguous() && count.is_contiguous(), "bn_update_running_: contiguous tensors only");
+  return AT_DISPATCH_FLOATING_TYPES(running_mean.scalar_type(), "bn_update_running_", [&] {
+    return bn_update_running_impl<scalar_t>(running_mean, running_var, mean, var, count, first, momentum);
+  });
+}
+
 std::vector<at::Tensor> bn_steps_forward(at::Tensor x, at::Tensor weight, at::Tensor mask, at::Tensor fix_mean,
                                          at::Tensor fix_var, double eps, bool training) {
   return NORMRNN_DISPATCH(x, "bn_steps_forward",
@@ -1960,6 +2006,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("row_groups", [](int64_t N, int64_t H, bool cross_row) { return RowGroups(N, H, cross_row).count; });
   m.def("packed_gemm_available", [] { return mkl::api().ok(); });
   m.def("norm_rows_", &norm_rows_);
+  m.def("bn_update_running_", &bn_update_running_);
   m.def("bn_steps_forward", &bn_steps_forward);
   m.def("bn_steps_backward", &bn_steps_backward);
   m.def("rms_norm_forward", &rms_norm_forward);
