@@ -489,6 +489,7 @@ def test_rows_in_groups_per_thread_equal_shared_steps(norm, extra):
     torch.set_num_threads(2)
     try:
         assert NATIVE.row_groups(7, 40, False) == 2 and NATIVE.row_groups(7, 40, True) == 1
+        assert NATIVE.row_groups(3, 40, False) == 1 and NATIVE.row_groups(7, 400, False) == 1
         first = normrnn.LSTM(24, 40, 2, norm=norm, bidirectional=True, backend="fused", dtype=torch.float64,
                              **extra)
         randomize_norms(first)
