@@ -303,7 +303,8 @@ class _Scratch(threading.local):
         key = (like.device, like.dtype)
         buf = self.buffers.get(key)
         if buf is None or buf.numel() < numel:
-            self.buffers[key] = buf = None  # free the smaller one first
+            del buf
+            self.buffers.pop(key, None)  # the smaller one goes before the larger one is allocated
             self.buffers[key] = buf = like.new_empty(numel)
         return buf[:numel].view(shape)
 
