@@ -186,6 +186,30 @@ void col_norm_bwd(T* ds, const T* shat, const T* rstd, int64_t N, int64_t F, con
   });
 }
 
+// The same from d (N, F) before its gain, with the step's column sums of d and d * shat over all rows given
+// (finished rows hold 0): out = rstd * (d * gain - gain * sum_d / count - shat * gain * sum_d_shat / count) on
+// running rows, 0 on finished ones. The sums are those the bias and gain gradients need anyway, so the backward
+// of batch norm costs one pass over the step instead of three.
+template <typename T>
+void col_norm_bwd_from_sums(T* out, const T* d, const T* gain, const T* shat, const T* rstd, const T* sum_d,
+                            const T* sum_d_shat, int64_t N, int64_t F, const bool* m, int64_t count) {
+  const T inv = T(1) / count;
+  for_cols(N, F, [&](int64_t b, int64_t e) {
+    for (int64_t n = 0; n < N; ++n) {
+      T* __restrict o = out + n * F;
+      if (m != nullptr && !m[n]) {
+        std::fill(o + b, o + e, T(0));
+        continue;
+      }
+      const T* __restrict dr = d + n * F;
+      const T* __restrict sh = shat + n * F;
+#pragma omp simd
+      for (int64_t f = b; f < e; ++f)
+        o[f] = rstd[f] * gain[f] * (dr[f] - sum_d[f] * inv - sh[f] * sum_d_shat[f] * inv);
+    }
+  });
+}
+
 // Run f(n) for every row, in parallel when the step has enough work to pay for it.
 template <typename F>
 inline void for_rows(int64_t N, int64_t width, const F& f) {
@@ -580,6 +604,13 @@ class StepGemm {
 // The bias and gain gradients are summed step by step (add_col_sums) and the recurrent term's gradient ds, which
 // dW_hh needs, lives in dxa where it equals it, else in a ring of a few steps (DsRing).
 
+// acc += v (F).
+template <typename T>
+inline void add_to(T* __restrict acc, const T* __restrict v, int64_t F) {
+#pragma omp simd
+  for (int64_t f = 0; f < F; ++f) acc[f] += v[f];
+}
+
 // sum += column sums of d (R, F); prod += column sums of d * x. Parallel over columns; sum or prod may be null.
 template <typename T>
 void add_col_sums(const T* d, const T* x, int64_t R, int64_t F, T* sum, T* prod) {
@@ -859,6 +890,10 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
   T* dcn = dcnew.data_ptr<T>();
   T* dcout_t = has_c ? dcout_step.data_ptr<T>() : nullptr;
   T* tc_t = tc_step.data_ptr<T>();
+  // One step's column sums (batch statistics): of d(pre-activation) and of it times shat; of d(c_out) and of it
+  // times chat.
+  std::vector<T> sum_a(kind_h == BATCH ? G : 0), sum_a_hat(kind_h == BATCH ? G : 0);
+  std::vector<T> sum_c(kind_c == BATCH ? H : 0), sum_c_hat(kind_c == BATCH ? H : 0);
 
   for (int64_t t = T_ - 1; t >= 0; --t) {
     const bool* m = mk ? mk + t * N : nullptr;
@@ -921,10 +956,7 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
                         dar, dcx + n * H, H);
       if (has_h && !col_h) {
         denormalize_row(dar, gh, sh_t + n * G, per_row(kind_h) ? rh[n] : T(0), rh, G, kind_h, dsr);
-      } else if (has_h) {
-#pragma omp simd
-        for (int64_t f = 0; f < G; ++f) dsr[f] = dar[f] * gh[f];
-      }
+      }  // (with batch statistics, ds comes after the step's column sums: col_norm_bwd_from_sums)
     };
     // A finished sequence: nothing flows into the step, the state's gradient passes through.
     auto finished = [&](int64_t n) {
@@ -938,12 +970,13 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
 
     if (col_c) {
       for_rows(N, H, [&](int64_t n) { if (running(n)) cell_out(n); else finished(n); });
-      // column-normalize d(c_out)·gamma_c into dcnew
-      for (int64_t n = 0; n < N; ++n) {
-#pragma omp simd
-        for (int64_t j = 0; j < H; ++j) dcn[n * H + j] = dcout_t[n * H + j] * gc[j];
-      }
-      col_norm_bwd<T>(dcn, ch_t, rc, N, H, m, static_cast<int64_t>(count_c.data_ptr<T>()[t]));
+      // The step's column sums of d(c_out) and d(c_out) * chat: the gradients of beta_c and gamma_c, and what
+      // batch norm's backward needs to turn d(c_out) into dcnew.
+      std::fill(sum_c.begin(), sum_c.end(), T(0));
+      std::fill(sum_c_hat.begin(), sum_c_hat.end(), T(0));
+      add_col_sums<T>(dcout_t, ch_t, N, H, sum_c.data(), sum_c_hat.data());
+      col_norm_bwd_from_sums<T>(dcn, dcout_t, gc, ch_t, rc, sum_c.data(), sum_c_hat.data(), N, H, m,
+                                static_cast<int64_t>(count_c.data_ptr<T>()[t]));
       for_rows(N, G, [&](int64_t n) { if (running(n)) gates(n); });
     } else {
       for_rows(N, G, [&](int64_t n) {
@@ -955,10 +988,25 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
         }
       });
     }
-    // The bias and gain gradients of this step (finished rows hold zeros).
-    add_col_sums<T>(da_t, has_h ? sh_t : nullptr, N, G, dbias.data_ptr<T>(), ptr<T>(dgamma_h));
-    if (has_c) add_col_sums<T>(dcout_t, ch_t, N, H, dbeta_c.data_ptr<T>(), dgamma_c.data_ptr<T>());
-    if (col_h) col_norm_bwd<T>(ds_t, sh_t, rh, N, G, m, static_cast<int64_t>(count_h.data_ptr<T>()[t]));
+    // The bias and gain gradients of this step (finished rows hold zeros); with batch statistics the step's own
+    // sums, which batch norm's backward needs too.
+    if (col_h) {
+      std::fill(sum_a.begin(), sum_a.end(), T(0));
+      std::fill(sum_a_hat.begin(), sum_a_hat.end(), T(0));
+      add_col_sums<T>(da_t, sh_t, N, G, sum_a.data(), sum_a_hat.data());
+      add_to(dbias.data_ptr<T>(), sum_a.data(), G);
+      add_to(dgamma_h.data_ptr<T>(), sum_a_hat.data(), G);
+      col_norm_bwd_from_sums<T>(ds_t, da_t, gh, sh_t, rh, sum_a.data(), sum_a_hat.data(), N, G, m,
+                                static_cast<int64_t>(count_h.data_ptr<T>()[t]));
+    } else {
+      add_col_sums<T>(da_t, has_h ? sh_t : nullptr, N, G, dbias.data_ptr<T>(), ptr<T>(dgamma_h));
+    }
+    if (col_c) {
+      add_to(dbeta_c.data_ptr<T>(), sum_c.data(), H);
+      add_to(dgamma_c.data_ptr<T>(), sum_c_hat.data(), H);
+    } else if (has_c) {
+      add_col_sums<T>(dcout_t, ch_t, N, H, dbeta_c.data_ptr<T>(), dgamma_c.data_ptr<T>());
+    }
     gemm(dh_next.data_ptr<T>(), ring.slot(t), ring.G);
     ring.done(t, h_all);
     if (m != nullptr) {
