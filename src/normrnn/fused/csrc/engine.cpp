@@ -285,12 +285,36 @@ inline void denormalize_row(const T* dz, const T* gamma, const T* shat_row, T rs
 // ------------------------------------------------------------------------------------------- cell kernels
 // Each is one vectorizable loop over a row; pointers name disjoint ranges (hence __restrict).
 
+// fn(std::bool_constant<a>{}, ...) for the run-time flags a, b, c: a loop written once, compiled per combination.
+template <typename Fn>
+inline void with_flags(bool a, bool b, bool c, const Fn& fn) {
+  using Y = std::true_type;
+  using N = std::false_type;
+  if (a) {
+    if (b) { if (c) fn(Y{}, Y{}, Y{}); else fn(Y{}, Y{}, N{}); }
+    else   { if (c) fn(Y{}, N{}, Y{}); else fn(Y{}, N{}, N{}); }
+  } else {
+    if (b) { if (c) fn(N{}, Y{}, Y{}); else fn(N{}, Y{}, N{}); }
+    else   { if (c) fn(N{}, N{}, Y{}); else fn(N{}, N{}, N{}); }
+  }
+}
+
 // a = gamma * z + b (+ x): a gate pre-activation row from the (normalized) recurrent term z.
 template <typename T>
 inline void pre_activation(T* __restrict a, const T* __restrict z, const T* __restrict gamma, const T* __restrict b,
                            const T* __restrict x, int64_t F) {
+  // One loop per combination of present operands: a test of a pointer inside the vector loop made it load
+  // under a mask (RMS norm's absent cell bias made its kernel ~10% slower than layer norm's; now 5% faster
+  // in inference, 4% in training at 100 x 32 x 256, A/B in one process).
+  with_flags(gamma != nullptr, b != nullptr, x != nullptr, [&](auto has_g, auto has_b, auto has_x) {
 #pragma omp simd
-  for (int64_t f = 0; f < F; ++f) a[f] = (gamma ? gamma[f] * z[f] : z[f]) + (b ? b[f] : T(0)) + (x ? x[f] : T(0));
+    for (int64_t f = 0; f < F; ++f) {
+      T v = has_g() ? gamma[f] * z[f] : z[f];
+      if constexpr (has_b()) v += b[f];
+      if constexpr (has_x()) v += x[f];
+      a[f] = v;
+    }
+  });
 }
 
 // LSTM gates in place (i, f, g, o activations) and the new cell c = f * c_prev + i * g.
@@ -312,8 +336,14 @@ inline void lstm_gates_fwd(T* __restrict ai, T* __restrict af, T* __restrict ag,
 template <typename T>
 inline void affine(T* __restrict out, const T* __restrict x, const T* __restrict gamma, const T* __restrict beta,
                    int64_t F) {
+  with_flags(gamma != nullptr, beta != nullptr, false, [&](auto has_g, auto has_b, auto) {
 #pragma omp simd
-  for (int64_t f = 0; f < F; ++f) out[f] = (gamma ? gamma[f] * x[f] : x[f]) + (beta ? beta[f] : T(0));
+    for (int64_t f = 0; f < F; ++f) {
+      T v = has_g() ? gamma[f] * x[f] : x[f];
+      if constexpr (has_b()) v += beta[f];
+      out[f] = v;
+    }
+  });
 }
 
 // h = o * tanh(c_out); the output row gets h too (unless it is null: the output is the kept states themselves).
