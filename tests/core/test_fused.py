@@ -510,7 +510,7 @@ def test_rows_in_groups_per_thread_equal_shared_steps(norm, extra):
                 NATIVE.set_split_rows(previous)
             results.append([out, h, c, infer, hi, ci, *grads])
         for a, b in zip(*results):
-            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11)  # (GEMMs of other row counts round otherwise)
     finally:
         torch.set_num_threads(before)
 

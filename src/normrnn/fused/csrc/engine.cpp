@@ -564,7 +564,8 @@ class StepGemm {
         packed_.reset();
       }
     }
-    b_ = b.detach().contiguous();  // (autograd's mode is per thread: a worker's may be on)
+    // A view, transposed or not (BLAS takes either): a contiguous copy of W_hh cost more than a one-step call.
+    b_ = b.detach();  // (autograd's mode is per thread: a worker's may be on)
   }
 
   // out (M, Nc) contiguous; a (M, K) with rows `lda` apart; add (M, Nc) contiguous or null; out overlaps neither.
