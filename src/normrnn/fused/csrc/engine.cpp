@@ -79,14 +79,20 @@ inline T lane_sum(int64_t n, const Term& term) {
   return acc[0];
 }
 
-// Normalize one row s (F) into shat; returns 1/sqrt(var + eps) (layer) or 1/sqrt(mean square + eps) (rms).
+// Normalize one row s (F) into shat (may be s itself), times gain when one is given; returns 1/sqrt(var + eps)
+// (layer) or 1/sqrt(mean square + eps) (rms).
 template <typename T>
-inline T row_norm_fwd(const T* s, int64_t F, int64_t kind, T eps, T* shat) {
+inline T row_norm_fwd(const T* s, int64_t F, int64_t kind, T eps, T* shat, const T* gain = nullptr) {
   const T mean = kind == LAYER ? lane_sum<T>(F, [&](int64_t i) { return s[i]; }) / F : T(0);
   const T var = lane_sum<T>(F, [&](int64_t i) { return (s[i] - mean) * (s[i] - mean); });
   const T r = T(1) / std::sqrt(var / F + eps);
+  if (gain) {  // (one loop per case: see pre_activation)
 #pragma omp simd
-  for (int64_t i = 0; i < F; ++i) shat[i] = (s[i] - mean) * r;
+    for (int64_t i = 0; i < F; ++i) shat[i] = (s[i] - mean) * r * gain[i];
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < F; ++i) shat[i] = (s[i] - mean) * r;
+  }
   return r;
 }
 
@@ -298,28 +304,22 @@ inline void pre_activation_rows(T* __restrict a, const T* __restrict z, const T*
   }
 }
 
+template <bool kGain, typename T>
+inline void pre_activation_gain(T* a, const T* z, const T* gamma, const T* b, const T* x, int64_t F) {
+  if (b) {
+    x ? pre_activation_rows<kGain, true, true>(a, z, gamma, b, x, F)
+      : pre_activation_rows<kGain, true, false>(a, z, gamma, b, x, F);
+  } else {
+    x ? pre_activation_rows<kGain, false, true>(a, z, gamma, b, x, F)
+      : pre_activation_rows<kGain, false, false>(a, z, gamma, b, x, F);
+  }
+}
+
 // One loop per combination of present operands: a test of a pointer inside the vector loop made it load under
 // a mask (RMS norm's absent cell bias made its kernel ~10% slower than layer norm's).
 template <typename T>
-inline void pre_activation(T* __restrict a, const T* __restrict z, const T* __restrict gamma, const T* __restrict b,
-                           const T* __restrict x, int64_t F) {
-  if (gamma) {
-    if (b) {
-      x ? pre_activation_rows<true, true, true>(a, z, gamma, b, x, F)
-        : pre_activation_rows<true, true, false>(a, z, gamma, b, x, F);
-    } else {
-      x ? pre_activation_rows<true, false, true>(a, z, gamma, b, x, F)
-        : pre_activation_rows<true, false, false>(a, z, gamma, b, x, F);
-    }
-  } else {
-    if (b) {
-      x ? pre_activation_rows<false, true, true>(a, z, gamma, b, x, F)
-        : pre_activation_rows<false, true, false>(a, z, gamma, b, x, F);
-    } else {
-      x ? pre_activation_rows<false, false, true>(a, z, gamma, b, x, F)
-        : pre_activation_rows<false, false, false>(a, z, gamma, b, x, F);
-    }
-  }
+inline void pre_activation(T* a, const T* z, const T* gamma, const T* b, const T* x, int64_t F) {
+  gamma ? pre_activation_gain<true>(a, z, gamma, b, x, F) : pre_activation_gain<false>(a, z, gamma, b, x, F);
 }
 
 // LSTM gates in place (i, f, g, o activations) and the new cell c = f * c_prev + i * g.
@@ -1509,19 +1509,7 @@ void norm_rows_inplace_impl(const at::Tensor& x, const at::Tensor& weight, int64
   T* xp = x.data_ptr<T>();
   const T* w = ptr<T>(weight);
   if (per_row(kind)) {
-    for_rows(T_ * N, F, [&](int64_t r) {
-      T* __restrict row = xp + r * F;
-      const T mean = kind == LAYER ? lane_sum<T>(F, [&](int64_t f) { return row[f]; }) / F : T(0);
-      const T var = lane_sum<T>(F, [&](int64_t f) { return (row[f] - mean) * (row[f] - mean); });
-      const T rr = T(1) / std::sqrt(var / F + eps);
-      if (w) {
-#pragma omp simd
-        for (int64_t f = 0; f < F; ++f) row[f] = (row[f] - mean) * rr * w[f];
-      } else {
-#pragma omp simd
-        for (int64_t f = 0; f < F; ++f) row[f] = (row[f] - mean) * rr;
-      }
-    });
+    for_rows(T_ * N, F, [&](int64_t r) { row_norm_fwd(xp + r * F, F, kind, eps, xp + r * F, w); });
     return;
   }
   TORCH_CHECK(kind == BATCH_FIXED, "norm_rows_: layer, rms or batch norm with given statistics only");
