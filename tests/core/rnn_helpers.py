@@ -50,3 +50,29 @@ def outputs_and_grads(m, x, hx, lengths, weights):
     loss = (out * weights).sum() + sum((s * (k + 2)).sum() for k, s in enumerate(states))
     inputs = [x] + list(hx if isinstance(hx, tuple) else (hx,)) + list(m.parameters())
     return [out, *states], torch.autograd.grad(loss, inputs)
+
+
+def reference_and_twin(kind: str, norm: str, terms: str, extra: dict, training: bool, backend: str = "fused",
+                       device=None):
+    """A 2-layer bidirectional float64 layer (3 -> 5) on the reference loop, its norms moved off their initial
+    values (batch norm: with running statistics), and its twin with ``backend`` on ``device``, loaded with the
+    same state; both in training or eval mode. Then the inputs of :func:`twin_inputs`."""
+    torch.manual_seed(0)
+    kw = dict(norm=norm, norm_terms=terms, dtype=torch.float64, bidirectional=True, **extra)
+    ref = make(kind, 3, 5, 2, backend="reference", **kw)
+    randomize_norms(ref)
+    if norm == "batch":  # non-trivial running statistics for eval and for steps with < 2 running sequences
+        ref(torch.randn(7, 6, 3, dtype=torch.float64))
+    twin = make(kind, 3, 5, 2, backend=backend, device=device, **kw)
+    twin.load_state_dict(ref.state_dict())
+    ref.train(training), twin.train(training)
+    return ref, twin
+
+
+def twin_inputs(kind: str):
+    """Input (7, 4, 3), initial state, lengths and output weights for :func:`reference_and_twin`'s layers, on the
+    CPU, with the input and the state requiring gradients."""
+    x = torch.randn(7, 4, 3, dtype=torch.float64, requires_grad=True)
+    hx = initial_state(kind, 4, 4, 5, torch.float64)
+    hx = tuple(s.requires_grad_() for s in hx) if isinstance(hx, tuple) else hx.requires_grad_()
+    return x, hx, torch.tensor([7, 3, 1, 5]), torch.randn(7, 4, 10, dtype=torch.float64)

@@ -11,7 +11,7 @@ from torch.autograd import gradcheck
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import normrnn
-from rnn_helpers import fused_variants, initial_state, make, outputs_and_grads, randomize_norms
+from rnn_helpers import fused_variants, make, outputs_and_grads, randomize_norms, reference_and_twin, twin_inputs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -24,22 +24,10 @@ def _on(device, value):
 
 def check_against_cpu_reference(device: str, backend: str, kind: str, norm: str, terms: str, extra: dict,
                                 training: bool) -> None:
-    torch.manual_seed(0)
-    kw = dict(norm=norm, norm_terms=terms, dtype=torch.float64, bidirectional=True, **extra)
-    ref = make(kind, 3, 5, 2, backend="reference", **kw)
-    randomize_norms(ref)
-    if norm == "batch":  # non-trivial running statistics for eval and for steps with < 2 running sequences
-        ref(torch.randn(7, 6, 3, dtype=torch.float64))
-    other = make(kind, 3, 5, 2, backend=backend, device=device, **kw)
-    other.load_state_dict(ref.state_dict())
-    ref.train(training), other.train(training)
+    ref, other = reference_and_twin(kind, norm, terms, extra, training, backend, device)
     if backend == "fused" and device != "cpu":
         assert other.active_backend() == "fused-torch"
-    x = torch.randn(7, 4, 3, dtype=torch.float64, requires_grad=True)
-    hx = initial_state(kind, 4, 4, 5, torch.float64)
-    hx = tuple(s.requires_grad_() for s in hx) if isinstance(hx, tuple) else hx.requires_grad_()
-    lengths = torch.tensor([7, 3, 1, 5])
-    weights = torch.randn(7, 4, 10, dtype=torch.float64)
+    x, hx, lengths, weights = twin_inputs(kind)
     outs_o, grads_o = outputs_and_grads(other, _on(device, x), _on(device, hx), lengths, weights.to(device))
     outs_r, grads_r = outputs_and_grads(ref, x, hx, lengths, weights)
     for a, b in zip(outs_o + list(grads_o), outs_r + list(grads_r)):

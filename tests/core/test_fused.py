@@ -7,8 +7,9 @@ import torch
 import normrnn
 from normrnn import fused, reference
 from normrnn.cells import CellParams
-from normrnn.norms import IdentityNorm
-from rnn_helpers import fused_variants, initial_state, make, outputs_and_grads, randomize_norms
+from normrnn.norms import IdentityNorm, RecurrentBatchNorm
+from rnn_helpers import (fused_variants, make, outputs_and_grads, randomize_norms, reference_and_twin,
+                         twin_inputs)
 
 ENGINES = ["torch"] + (["native"] if fused.native.load() is not None else [])
 
@@ -17,20 +18,8 @@ ENGINES = ["torch"] + (["native"] if fused.native.load() is not None else [])
 @pytest.mark.parametrize("kind,norm,terms,extra", list(fused_variants()), ids=str)
 @pytest.mark.parametrize("training", [True, False])
 def test_fused_equals_reference(engine, kind, norm, terms, extra, training):
-    torch.manual_seed(0)
-    kw = dict(norm=norm, norm_terms=terms, dtype=torch.float64, bidirectional=True, **extra)
-    ref = make(kind, 3, 5, 2, backend="reference", **kw)
-    randomize_norms(ref)
-    if norm == "batch":  # non-trivial running statistics for eval and for steps with < 2 running sequences
-        ref(torch.randn(7, 6, 3, dtype=torch.float64))
-    fast = make(kind, 3, 5, 2, backend="fused", **kw)
-    fast.load_state_dict(ref.state_dict())
-    ref.train(training), fast.train(training)
-    x = torch.randn(7, 4, 3, dtype=torch.float64, requires_grad=True)
-    hx = initial_state(kind, 4, 4, 5, torch.float64)
-    hx = tuple(s.requires_grad_() for s in hx) if isinstance(hx, tuple) else hx.requires_grad_()
-    lengths = torch.tensor([7, 3, 1, 5])
-    weights = torch.randn(7, 4, 10, dtype=torch.float64)
+    ref, fast = reference_and_twin(kind, norm, terms, extra, training)
+    x, hx, lengths, weights = twin_inputs(kind)
     with fused.force_engine(engine):
         outs_f, grads_f = outputs_and_grads(fast, x, hx, lengths, weights)
     outs_r, grads_r = outputs_and_grads(ref, x, hx, lengths, weights)
@@ -455,8 +444,8 @@ def test_no_grad_calls_of_several_shapes_equal_the_reference(engine, kind, terms
                     got = fast(x, lengths=lengths)[0]
             torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
             kept.append((got, got.clone()))
-        for got, copy in kept:  # no later call wrote into an earlier output
-            assert torch.equal(got, copy)
+        for got, snapshot in kept:  # no later call wrote into an earlier output
+            assert torch.equal(got, snapshot)
         for a, b in zip(fast.buffers(), ref.buffers()):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
@@ -518,16 +507,21 @@ def test_rows_in_groups_per_thread_equal_shared_steps(norm, extra):
 @pytest.mark.skipif(NATIVE is None, reason="native kernels not built here")
 @pytest.mark.parametrize("first", [0, 3, 6])
 def test_native_running_average_update_equals_its_specification(first):
-    """Rows of steps with fewer than two sequences, and steps past max_steps, stay as they were."""
+    """The native update against RecurrentBatchNorm._update_running, its specification: rows of steps with fewer
+    than two sequences, and steps past max_steps, stay as they were."""
     torch.manual_seed(13)
     rm, rv = torch.randn(8, 5, dtype=torch.float64), torch.rand(8, 5, dtype=torch.float64) + 0.5
     mean, var = torch.randn(4, 5, dtype=torch.float64), torch.rand(4, 5, dtype=torch.float64)
     count = torch.tensor([3.0, 1.0, 2.0, 5.0], dtype=torch.float64)
-    results = []
-    for eng in (NATIVE, fused.torch_engine):
-        a, b = rm.clone(), rv.clone()
-        results.append((eng.bn_update_running_(a, b, mean, var, count, first, 0.1), a, b))
-    (n1, a1, b1), (n2, a2, b2) = results
+    a1, b1 = rm.clone(), rv.clone()
+    n1 = NATIVE.bn_update_running_(a1, b1, mean, var, count, first, 0.1)
+    norm = RecurrentBatchNorm(5, max_steps=8, momentum=0.1, dtype=torch.float64)
+    with torch.no_grad():
+        norm.running_mean.copy_(rm), norm.running_var.copy_(rv)
+        steps = torch.arange(first, first + 4)
+        norm._update_running(mean, var, count.unsqueeze(1), count.unsqueeze(1) >= 2, steps,
+                             torch.clamp(steps, max=7))
+    a2, b2, n2 = norm.running_mean, norm.running_var, int(norm.steps_tracked)
     assert n1 == n2 == {0: 4, 3: 7, 6: 7}[first]
     torch.testing.assert_close(a1, a2, rtol=1e-14, atol=1e-14)
     torch.testing.assert_close(b1, b2, rtol=1e-14, atol=1e-14)

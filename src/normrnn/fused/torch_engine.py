@@ -90,21 +90,6 @@ def norm_rows_(x: Tensor, weight: Tensor, kind: int, eps: float, fix_mean: Tenso
     x.copy_(y * weight if weight.numel() else y)
 
 
-def bn_update_running_(running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor, count: Tensor,
-                       first: int, momentum: float) -> int:
-    """Batch norm's running statistics after a training call over steps ``first`` .. ``first + T - 1``: rows
-    below max_steps whose step counted two or more sequences move toward its mean (T, F) and unbiased variance.
-    Returns 1 + the last step updated, or 0."""
-    rows = torch.arange(first, first + mean.shape[0], device=mean.device)
-    own = ((count >= 2) & (rows < running_mean.shape[0]) & (rows >= 0)).nonzero().squeeze(1)
-    if own.numel() == 0:
-        return 0
-    c = count[own].unsqueeze(1)
-    running_mean[rows[own]] = running_mean[rows[own]].lerp(mean[own], momentum)
-    running_var[rows[own]] = running_var[rows[own]] * (1 - momentum) + var[own] * (momentum * c / (c - 1))
-    return int(rows[own].max()) + 1
-
-
 def _stats(T: int, F: int, like: Tensor, kind: int):
     if kind != BATCH:
         return like.new_empty(0), like.new_empty(0), like.new_empty(0)
