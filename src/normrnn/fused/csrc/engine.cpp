@@ -36,7 +36,10 @@ inline bool per_col(int64_t k) { return k == BATCH || k == BATCH_FIXED; }
 // double: libm, since double is for gradient checks, not speed.
 
 inline float fast_exp(float x) {
-  x = std::min(88.0f, std::max(-87.0f, x));
+  // Clamped so 2^n stays a normal float, written so a NaN fails both tests and stays NaN: std::max(-87, NaN) is
+  // -87, which made a NaN input a plausible number and hid divergence from the user and from GradScaler.
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 88.0f ? 88.0f : x;
   // round to nearest by adding 1.5 * 2^23: unlike std::floor, the compiler vectorizes this
   const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
@@ -1648,8 +1651,10 @@ std::vector<at::Tensor> bn_steps_backward_impl(const at::Tensor& dy, const at::T
       const T inv = batch_stats ? T(1) / cp[t] : T(0);
       for (int64_t f = 0; f < F; ++f) {
         dw[f] = s2[f];
-        s1[f] *= g[f] * inv;  // mean over running rows of dy * gain (0 with given statistics)
-        s2[f] *= g[f] * inv;  // ... of dy * gain * x-hat
+        // mean over running rows of dy * gain, and of dy * gain * x-hat; 0 with given statistics, set rather
+        // than multiplied by 0, which would spread one sequence's NaN into every other sequence's gradient
+        s1[f] = batch_stats ? s1[f] * g[f] * inv : T(0);
+        s2[f] = batch_stats ? s2[f] * g[f] * inv : T(0);
       }
       for (int64_t n = 0; n < N; ++n) {
         T* __restrict dxr = dxp + (t * N + n) * F;
@@ -1659,6 +1664,11 @@ std::vector<at::Tensor> bn_steps_backward_impl(const at::Tensor& dy, const at::T
         }
         const T* __restrict xr = xp + (t * N + n) * F;
         const T* __restrict dr = dyp + (t * N + n) * F;
+        if (!batch_stats) {  // (x-hat times a zero mean would make an infinite x-hat NaN where autograd has 0)
+#pragma omp simd
+          for (int64_t f = 0; f < F; ++f) dxr[f] = r[f] * dr[f] * g[f];
+          continue;
+        }
 #pragma omp simd
         for (int64_t f = 0; f < F; ++f)
           dxr[f] = r[f] * (dr[f] * g[f] - s1[f] - (xr[f] - mu[f]) * r[f] * s2[f]);
