@@ -23,6 +23,7 @@ from .fused import unsupported_reason as fused_unsupported
 from .fused.stream import invalidate as invalidate_stream_plans
 from .fused.stream import stream_step as fused_stream_step
 from .reference import run_direction
+from .tracing import is_exporting
 
 BACKENDS = ("auto", "fused", "reference")
 
@@ -157,7 +158,7 @@ class _NormRNNBase(nn.Module):
         if state is not None and not isinstance(state, StreamState):
             raise TypeError("state must be the StreamState returned by the previous step() call, or None")
         hx, start = (None, 0) if state is None else state
-        fast = fused_stream_step(self, input, hx, start) if self.mode == "LSTM" else None
+        fast = fused_stream_step(self, input, hx, start) if self.mode == "LSTM" and not is_exporting() else None
         if fast is not None:
             return fast[0], StreamState(fast[1], start + 1)
         batch = prepare_input(self, input.unsqueeze(1) if self.batch_first else input.unsqueeze(0), hx)
@@ -168,7 +169,7 @@ class _NormRNNBase(nn.Module):
     def uses_fused(self) -> bool:
         """Whether ``forward`` runs the fused kernels (see ``backend``); ``backend="fused"`` on a configuration
         they do not cover is an error."""
-        if self._backend == "reference":
+        if self._backend == "reference" or is_exporting():  # (an exported graph holds ATen ops only)
             return False
         # Synced batch norm all-reduces its training statistics; eval reads running stats, which fused covers.
         sync = self.options.sync_stats and self.options.norm == "batch" and self.training
