@@ -23,7 +23,7 @@ def test_compare_and_rules():
     assert equivalent(compare([0.50, 0.51, 0.50], [0.505, 0.50, 0.51]), margin=0.05)
     single = compare([1.0], [0.0])
     assert math.isinf(single["se"]) and not better(single)  # one seed: no spread, nothing significant
-    assert fmt([1.0, 3.0]) == "2.000 ± 1.414" and fmt([float("nan")]) == "diverged"
+    assert fmt([1.0, 3.0]) == "2.000 ± 1.414 SD" and fmt([float("nan")]) == "diverged"
 
 
 def _c1_records(acc: dict) -> list[Record]:
