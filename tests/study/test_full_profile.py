@@ -7,7 +7,7 @@ import pytest
 
 from normrnn.cli import main
 from normrnn.study import experiments
-from normrnn.study.claims import MODULES, load_claims
+from normrnn.study.claims import claim_ids, load_claims
 from normrnn.study.cli import DEFAULT_SEEDS
 from normrnn.study.core import Claim, Experiment, StudyContext, Verdict
 from normrnn.study.experiments import TrainPlan, tuning_key
@@ -25,7 +25,8 @@ EXPECTED_DEVIATIONS = {
     "C4": {"hidden"},  # 512 units: a within-model train/eval comparison
     "C6": {"lr", "tune_lr"},  # its learning-rate grid is an axis of the experiment
     "C8": {"hidden"},  # 512 units: a within-model streaming comparison
-    "C10": {"hidden", "batch_size", "lr"},  # 256 units, an 8-layer depth part
+    "C10a": {"hidden", "batch_size", "lr"},  # 256 units
+    "C10c": {"hidden", "batch_size", "lr"},  # 256 units, an 8-layer depth part (C10b times one layer: no training)
     "C11": {"image_mode", "hidden"},  # a CNN front end is the claim
     "C12": {"hidden", "batch_size", "lr"},  # 256 units, five placements
 }
@@ -63,7 +64,7 @@ def _deviations(plans: list[TrainPlan]) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("claim_id", list(MODULES))
+@pytest.mark.parametrize("claim_id", claim_ids())
 def test_full_profile_sizes(claim_id, no_training):
     claim = load_claims([claim_id])[0]
     exps = claim.experiments(FULL)
@@ -102,7 +103,7 @@ def test_quick_and_smoke_keep_c1_on_rows(no_training):
             assert "image_mode" not in e.spec and c1.train_plans(e, ctx)[0].cfg.image_mode == "row"
 
 
-@pytest.mark.parametrize("claim_id", list(MODULES))
+@pytest.mark.parametrize("claim_id", claim_ids())
 def test_every_compared_variant_has_its_own_learning_rate_search(claim_id, no_training):
     """In the full profile two runs share a learning-rate search only if they are seeds of one setting."""
     claim = load_claims([claim_id])[0]
@@ -218,15 +219,16 @@ def test_dry_run_lists_runs_cache_and_sizes(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     n9 = len(load_claims(["C9"])[0].experiments(ctx))
     assert f"C9 Depth at initialisation: {n9} runs, {n9} cached, 0 to run" in out
-    assert "C1 Batch size: 4 runs, 0 cached, 4 to run; 72 updates" in out  # 2 norms x (64/2 + 64/16)
+    assert "C1 Batch size: 4 runs, 0 cached, 4 to run; 16 updates" in out  # 2 norms x 2 batches x 4 updates
     assert "image on mnist-5k (28 steps of a row): LSTM 16 units × 1 layer" in out
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
 
     assert main(["study", "--profile", "full", "--plan", "--out", str(tmp_path / "none")]) == 0
     out = capsys.readouterr().out
-    assert "C1 Batch size: 36 runs, 0 cached, 36 to run" in out and "12 learning-rate searches" in out
+    assert "C1 Batch size: 60 runs, 0 cached, 60 to run" in out and "12 learning-rate searches" in out
     assert "image on fashion-mnist (784 steps of 1 pixel, permuted): LSTM 100 units × 1 layer" in out
-    assert "charlm on shakespeare (BPTT 100): LSTM 1000 units × 1 layer; norm batch, layer; batch 64" in out
+    assert ("charlm on shakespeare (BPTT 100): LSTM 1000 units × 1 layer; norm batch, layer; variants "
+            "training=zero-state; batch 64") in out
     assert out.count("departs from the paper set-up") == len(EXPECTED_DEVIATIONS)
-    assert all(f"\n{c} " in out for c in MODULES) and "total: " in out
+    assert all(f"\n{c} " in out for c in claim_ids()) and "total: " in out
     assert not (tmp_path / "none").exists()

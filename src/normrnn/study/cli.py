@@ -9,7 +9,7 @@ from typing import Any
 
 from .core import PROFILES, StudyContext
 
-DEFAULT_SEEDS = {"smoke": 1, "quick": 3, "full": 3}
+DEFAULT_SEEDS = {"smoke": 1, "quick": 3, "standard": 5, "full": 5}
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -17,11 +17,13 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                               description="Train the models behind each claim and turn it into a measured "
                                           "verdict. Runs are cached under OUT/runs: rerunning resumes.")
     p.add_argument("--profile", choices=PROFILES, default="quick",
-                   help="smoke (seconds, CI), quick (default, ~15 min on 2 cores), full (paper-sized, hours)")
+                   help="smoke (seconds, CI), quick (default, ≤ 15 min on 2 cores; verdicts indicative), standard "
+                        "(about 128 units, thousands of updates, 5 seeds: the profile meant to decide, ≤ 90 min on 2 "
+                        "cores), full (paper-sized, days on a CPU)")
     p.add_argument("--only", help="comma-separated claim ids, e.g. C1,C5 (default: all twelve)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", default="study-out", help="output directory (default study-out)")
-    p.add_argument("--seeds", type=int, help="seeds per setting (default: smoke 1, quick 3, full 3)")
+    p.add_argument("--seeds", type=int, help="seeds per setting (default: smoke 1, quick 3, standard 5, full 5)")
     p.add_argument("--text", help="your own UTF-8 text file for the char-LM claims")
     p.add_argument("--labelled", help="your own TSV file (label<TAB>text per line) for the classification claims")
     p.add_argument("--images", help="your own image set (MNIST IDX folder or CSV) for the image claims")
@@ -35,6 +37,18 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                         "the updates still to do")
     p.set_defaults(func=run)
     return p
+
+
+def verdict_table(results, ctx: StudyContext) -> str:
+    """The verdict table as printed: label, scale, whether the scale can show the effect, and the effect."""
+    from .report import INDICATIVE, scale_cell
+
+    lines = [f"{'claim':5s} {'verdict':29s} scale | can this scale show it? | effect (paired, 95% CI)"]
+    for r in results:
+        v = r.verdict
+        lines.append(f"{r.claim.id:5s} {v.label:29s} {v.scale} | {scale_cell(v)} | {v.effect}")
+    note = INDICATIVE.get(ctx.profile, "").replace("**", "").replace("`", "")
+    return "\n".join(lines + ([f"\n{note}"] if note else []))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,9 +82,7 @@ def run(args: argparse.Namespace) -> int:
         results, paths = run_study(ctx, args.out, args.only.split(",") if args.only else None)
     except ValueError as e:
         sys.exit(f"normrnn study: {e}")
-    print(f"\n{'claim':5s} {'verdict':13s} effect")
-    for r in results:
-        print(f"{r.claim.id:5s} {r.verdict.label:13s} {r.verdict.effect}")
+    print("\n" + verdict_table(results, ctx))
     print(f"\nreport: {paths['html']} (and {paths['md'].name}, {paths['json'].name}); "
           f"{time.perf_counter() - t0:.0f} s")
     return 0

@@ -374,32 +374,28 @@ def diffs_with_interval(center: float, half: float, n: int = 5) -> list[float]:
     return [center + scale * x for x in base]
 
 
-# Unpaired comparisons of the old rules, kept until every claim is ported onto the paired ones above.
+# ----------------------------------------------------------------------------------------- scale checks
+
+PLATEAU_TOL = 0.03  # a run has plateaued when its loss fell by less than 3% from the second-last to the last fifth
+CHARLM_TRAINED_BPC = 2.2  # a converged small char-LSTM reaches about 1.7-2.0 valid BPC on Shakespeare-like text
 
 
-def compare(a: Sequence[float], b: Sequence[float], higher_is_better: bool = True) -> dict[str, float]:
-    """How much better ``a`` is than ``b``: ``diff`` (positive = a better), its standard error (Welch), ``z``
-    = diff / se, and ``d`` (Cohen's d with the pooled spread). A diff with se = 0 gets z = ±inf unless diff = 0."""
-    ma, mb = mean(a), mean(b)
-    diff = (ma - mb) if higher_is_better else (mb - ma)
-    # One value per side gives no estimate of the spread: an infinite standard error, so nothing is significant.
-    n_a = sum(1 for x in a if x is not None and math.isfinite(x))
-    n_b = sum(1 for x in b if x is not None and math.isfinite(x))
-    se = math.sqrt(sem(a) ** 2 + sem(b) ** 2) if min(n_a, n_b) >= 2 else math.inf
-    if se > 0:
-        z = diff / se  # 0 when se is infinite
-    else:
-        z = 0.0 if diff == 0 else math.copysign(math.inf, diff)
-    pooled = math.sqrt((std(a) ** 2 + std(b) ** 2) / 2)
-    d = diff / pooled if pooled > 0 else (0.0 if diff == 0 else math.copysign(math.inf, diff))
-    return {"diff": diff, "se": se, "z": z, "d": d, "a": ma, "b": mb}
+def plateaued(curve: Sequence[float], tol: float = PLATEAU_TOL) -> bool:
+    """Whether a loss curve has levelled off: the mean of its last fifth is within ``tol`` (relative) of the mean of
+    the fifth before. Fewer than 10 points cannot show it."""
+    c = _finite(curve)
+    if len(c) < 10:
+        return False
+    k = len(c) // 5
+    prev, last = mean(c[-2 * k:-k]), mean(c[-k:])
+    return prev > 0 and (prev - last) / prev < tol
 
 
-def better(c: dict[str, float], margin: float = 0.0, z: float = 2.0) -> bool:
-    """``a`` beats ``b`` by more than ``margin`` and by more than ``z`` standard errors."""
-    return c["diff"] > margin and c["z"] > z
+def share(flags: Iterable[bool]) -> float:
+    f = list(flags)
+    return sum(map(bool, f)) / len(f) if f else 0.0
 
 
-def equivalent(c: dict[str, float], margin: float) -> bool:
-    """The difference is within ±``margin`` (a practical tolerance) and within 2 standard errors of it."""
-    return abs(c["diff"]) + 2 * c["se"] <= margin if math.isfinite(c["se"]) else False
+def flip(c: Paired) -> Paired:
+    """The same comparison the other way round (positive diff = the second arm better)."""
+    return interval([-d for d in c.diffs], c.seeds, c.dropped, c.b, c.a)
