@@ -17,6 +17,7 @@ from .stats import LABELS
 VERDICTS = LABELS  # supported, contradicted here, not shown here, not testable with this design, by construction,
 # inconclusive: see stats.py
 PROFILES = ("smoke", "quick", "standard", "full")
+_MISSING = object()  # a size without a standard-profile value (None is a value: "no limit")
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,9 @@ class StudyContext:
     images: Optional[str] = None  # the user's IDX folder or CSV image set for the image claims
     progress: bool = True
 
-    def pick(self, smoke: Any, quick: Any, full: Any, standard: Any = None) -> Any:
+    def pick(self, smoke: Any, quick: Any, full: Any, standard: Any = _MISSING) -> Any:
         """The profile's value of a size: ``ctx.pick(smoke=20, quick=300, full=5000, standard=2000)``."""
-        if self.profile == "standard" and standard is None:
+        if self.profile == "standard" and standard is _MISSING:
             raise ValueError("this size has no value for the standard profile")
         return {"smoke": smoke, "quick": quick, "full": full, "standard": standard}[self.profile]
 

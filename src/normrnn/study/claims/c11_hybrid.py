@@ -103,8 +103,10 @@ class Hybrid(Claim):
 
     def norms(self, ctx: StudyContext) -> tuple[list[str], list[str]]:
         """(conv norms, recurrent norms)"""
-        return (ctx.pick(["batch", "layer"], ["batch", "layer"], ["batch", "layer", "none"]),
-                ctx.pick(["batch", "layer"], ["batch", "layer"], ["batch", "layer", "none"]))
+        return (ctx.pick(["batch", "layer"], ["batch", "layer"], ["batch", "layer", "none"],
+                         standard=["batch", "layer"]),
+                ctx.pick(["batch", "layer"], ["batch", "layer"], ["batch", "layer", "none"],
+                         standard=["batch", "layer"]))
 
     def sizes(self, ctx: StudyContext) -> dict:
         return {"hidden": ctx.pick(16, 64, 128, standard=128), "steps": ctx.pick(8, 120, 3000, standard=800),
