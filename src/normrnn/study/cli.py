@@ -56,10 +56,18 @@ def run(args: argparse.Namespace) -> int:
 
     from . import run_study
 
+    from .owndata import OwnDataError, check_own_data
+
     for name in ("text", "labelled", "images"):
         path = getattr(args, name)
         if path and not Path(path).exists():
             sys.exit(f"normrnn study: --{name} {path}: no such file or directory")
+    if not args.dry_run:
+        try:
+            for name, found in check_own_data(args.text, args.labelled, args.images).items():
+                print(f"normrnn study: --{name}: {found}")
+        except OwnDataError as e:
+            sys.exit(f"normrnn study: {e}")
     seeds = args.seeds if args.seeds is not None else DEFAULT_SEEDS[args.profile]
     if seeds < 1:
         sys.exit("normrnn study: --seeds must be at least 1")
