@@ -232,3 +232,37 @@ def test_dry_run_lists_runs_cache_and_sizes(tmp_path, capsys, monkeypatch):
     assert out.count("departs from the paper set-up") == len(EXPECTED_DEVIATIONS)
     assert all(f"\n{c} " in out for c in claim_ids()) and "total: " in out
     assert not (tmp_path / "none").exists()
+
+
+def test_a_search_whose_every_trial_diverges_says_so(monkeypatch):
+    """No silent choice: every trial diverged -> the smallest rate, flagged, and the report says so."""
+    from normrnn.study.report import tuned_rates
+
+    monkeypatch.setattr(experiments, "_tuned", {})
+    experiments.take_tuning()
+
+    class Diverging:
+        def __init__(self, cfg, hooks=()):
+            self.config = cfg
+
+        def fit(self):
+            return {"best_valid": float("nan"), "diverged": True, "higher_is_better": False}
+
+    monkeypatch.setattr(experiments, "Trainer", Diverging)
+    ctx = StudyContext(profile="standard", seeds=2, progress=False)
+    cfg = experiments.config(ctx, seed=0, **OPTS)
+    tuned = experiments.take_tuning()
+    assert cfg.lr == pytest.approx(1e-3) and tuned[0]["all_diverged"] is True
+    rec = type("R", (), {"key": {"norm": "layer", "seed": 0}, "result": {"tuned_lr": tuned}})()
+    assert "every trial diverged" in str(tuned_rates([rec]))
+
+
+def test_jobs_split_every_claim_once_by_cost():
+    from normrnn.study.cli import claim_cost, split_claims
+
+    claims = load_claims()
+    std = StudyContext(profile="standard", seeds=5, progress=False)
+    groups = split_claims(claims, std, 2)
+    assert sorted(c for g in groups for c in g) == sorted(claim_ids())
+    loads = [sum(claim_cost(c, std) for c in claims if c.id in g) for g in groups]
+    assert max(loads) / min(loads) < 1.2  # two processes of about equal work

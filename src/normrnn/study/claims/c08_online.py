@@ -178,7 +178,8 @@ class OnlineInference(Claim):
                    "stale": stale.to_dict(), "status": part, "stream_bpc": {LABELS[n]: mean(v) for n, v in
                                                   self._values(records, "stream_bpc").items()},
                    "streaming_exact": streaming_exact}
-        effect = (f"batch-1 streaming vs training mode: LN max |Δlogit| {numbers['ln_vs_train']:.1e}, BN "
+        effect = (f"batch-1 streaming vs training mode: LN max |Δlogit| {numbers['ln_vs_train']:.1e} (by "
+                  f"construction), BN "
                   f"{numbers['bn_vs_train']:.2f}; stale BN running averages cost {stale.text(unit='BPC')}")
         note = "" if streaming_exact else (" (Streaming differs from the full-sequence forward by more than "
                                            f"{TOLERANCE}: {numbers['stream_vs_forward']}.)")
