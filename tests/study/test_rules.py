@@ -95,7 +95,8 @@ def test_c2_excess_penalty_boundaries(center, half, label):
     assert v.label == label, v.reason
 
 
-@pytest.mark.parametrize("center, half, status", [(0.05 + 0.01 + EPS, 0.01, "holds"), (0.05 + 0.01 - EPS, 0.01, "unclear"),
+@pytest.mark.parametrize("center, half, status", [(0.05 + 0.01 + EPS, 0.01, "holds"),
+                                                  (0.05 + 0.01 - EPS, 0.01, "unclear"),
                                                   (0.0, 0.05 - EPS, "absent"), (0.0, 0.05 + EPS, "unclear")])
 def test_c2_shared_statistic_boundaries(center, half, status):
     v = c02.CLAIM.verdict(c2_records(D(0.2, 0.01), cost=D(center, half)), CTX)

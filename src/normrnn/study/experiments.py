@@ -73,8 +73,8 @@ def build_config(ctx: StudyContext, **options: Any) -> TrainConfig:
 
 def plan(ctx: StudyContext, tune_lr: Optional[bool] = None, variant: Optional[dict] = None,
          prepare: Optional[Prepare] = None, source: Optional[Callable[[], str]] = None, **options: Any) -> TrainPlan:
-    """A :class:`TrainPlan` from TrainConfig options. The learning rate is searched in the standard and full profiles (or with
-    ``tune_lr=True``): :func:`choose_lr` picks it per compared variant from ``LR_GRID`` × the claim's rate on a
+    """A :class:`TrainPlan` from TrainConfig options. The learning rate is searched in the standard and full profiles
+    (or with ``tune_lr=True``): :func:`choose_lr` picks it per compared variant from ``LR_GRID`` × the claim's rate on a
     short run, so no single rate favours one method."""
     return TrainPlan(build_config(ctx, **options),
                      tune_lr if tune_lr is not None else ctx.profile in ("standard", "full"),

@@ -104,13 +104,14 @@ def build_blocks(results: list[ClaimResult], ctx: StudyContext, env: dict, figur
         blocks.append(("p", f"**Scale.** {r.verdict.scale}. Can this scale show it? {scale_cell(r.verdict)}."))
         if c.primary:
             blocks.append(("p", f"**Primary test.** {c.primary}."))
+        construction = c.construction or "nothing: no part of this claim holds by construction."
         blocks.append(("p", f"**Measured.** {c.measured or 'every part of the claim is measured'}. "
-                            f"**By construction.** {c.construction or 'nothing: no part of this claim holds by construction.'}"))
+                            f"**By construction.** {construction}"))
         tuned = tuned_rates(r.records)
         if tuned:
             blocks.append(("p", "**Tuned.** Learning rate per compared variant (each setting of the grid, shared by "
                                 "its seeds), chosen from 0.5×/1×/2× the base rate on 20% of the updates: "
-                                + "; ".join(f"{where}: {base:g} → {' / '.join(c if isinstance(c, str) else f'{c:g}' for c in chosen)}"
+                                + "; ".join(f"{where}: {base:g} → {' / '.join(_rate(c) for c in chosen)}"
                                             for where, (base, chosen) in tuned.items()) + "."))
         if c.id in figures:
             blocks.append(("img", figures[c.id], f"{c.id}: {c.title}"))
@@ -127,9 +128,13 @@ def build_blocks(results: list[ClaimResult], ctx: StudyContext, env: dict, figur
         div = divergence_cell(r.verdict)
         if div:
             blocks.append(("p", f"**Diverged runs** (left out of their arm's metric, counted here): {div}."))
-        blocks.append(("p", f"**Verdict: {r.verdict.label}**{' (indicative)' if indicative else ''} at {r.verdict.scale}. "
-                            f"Rule: {c.rule} Effect: {r.verdict.effect}. {r.verdict.reason}"))
+        blocks.append(("p", f"**Verdict: {r.verdict.label}**{' (indicative)' if indicative else ''} at "
+                            f"{r.verdict.scale}. Rule: {c.rule} Effect: {r.verdict.effect}. {r.verdict.reason}"))
     return blocks
+
+
+def _rate(c) -> str:
+    return c if isinstance(c, str) else f"{c:g}"
 
 
 def scale_cell(v) -> str:

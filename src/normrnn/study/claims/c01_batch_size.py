@@ -57,7 +57,8 @@ class BatchSize(Claim):
     def sizes(self, ctx: StudyContext) -> dict:
         # the same number of updates at every batch size (examples then grow with the batch)
         return {"hidden": ctx.pick(16, 64, 100, standard=128), "updates": ctx.pick(4, 300, 3000, standard=1200),
-                "limit": ctx.pick(200, 4000, None, standard=None), "eval_limit": ctx.pick(100, 500, 5000, standard=2000)}
+                "limit": ctx.pick(200, 4000, None, standard=None),
+                "eval_limit": ctx.pick(100, 500, 5000, standard=2000)}
 
     def describe_setup(self, ctx: StudyContext) -> str:
         s, mode = self.sizes(ctx), self.image_mode(ctx)

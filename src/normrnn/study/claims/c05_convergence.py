@@ -109,12 +109,12 @@ class Convergence(Claim):
                   f"at least {SEVERAL:g}× sooner (in epochs), and its best F1 is higher than without a norm.")
     metric = ("epochs to X (a run that never reaches it counts the whole budget), epochs to each arm's plateau, and "
               "the best valid macro-F1 over the epochs (early stopping)")
-    primary = (f"per seed, log(epochs to X without a norm / epochs to X with LN): the 95% t interval's lower bound must "
-               f"clear log {SEVERAL:g}")
+    primary = (f"per seed, log(epochs to X without a norm / epochs to X with LN): the 95% t interval's lower bound "
+               f"must clear log {SEVERAL:g}")
     measured = "both halves (speed and final F1) are measured; nothing holds by construction"
     rule = (f"supported if the per-seed log speed-up to X has a 95% CI above log {SEVERAL:g} (at least {SEVERAL:g}× "
-            f"faster); contradicted here if below -log {SEVERAL:g} (LN at least {SEVERAL:g}× slower); not shown here if "
-            f"within ±log {SEVERAL:g}; inconclusive otherwise. The best-F1 half (LN - none, margin {F1_MARGIN}) and "
+            f"faster); contradicted here if below -log {SEVERAL:g} (LN at least {SEVERAL:g}× slower); not shown here "
+            f"if within ±log {SEVERAL:g}; inconclusive otherwise. The best-F1 half (LN - none, margin {F1_MARGIN}) and "
             f"RMSNorm are reported beside it. Scale check: at least {MIN_EPOCHS} epochs, and the no-norm and LN runs "
             f"reached their plateau before {PLATEAU_BEFORE:.0%} of them.")
 
@@ -133,8 +133,8 @@ class Convergence(Claim):
                 if data else f"shakespeare passages of {LINES_PER_EXAMPLE} lines labelled by work "
                              f"({', '.join(WORKS)}; stratified 80/10/10 split)")
         return (f"Word-level LSTM classifier ({s['hidden']} units, last state) on {what}, at most {s['seq_len']} "
-                f"tokens, {s['epochs']} epochs of batch {s['batch']} over {s['limit'] or 'all'} training examples, Adam "
-                f"{s['lr']:g}{' (searched per norm)' if ctx.profile in ('standard', 'full') else ''}, clip 1.0, valid "
+                f"tokens, {s['epochs']} epochs of batch {s['batch']} over {s['limit'] or 'all'} training examples, "
+                f"Adam {s['lr']:g}{' (searched per norm)' if ctx.profile in ('standard', 'full') else ''}, clip 1.0, valid "
                 f"macro-F1 after every epoch; norms {', '.join(NORMS)}; seeds {ctx.seed_list}.")
 
     def scale_text(self, ctx: StudyContext) -> str:

@@ -358,7 +358,8 @@ class RmsCost(RmsResidual):
                 "plain PyTorch (reported beside it: what the claim says in general)")
     rule = (f"supported if RMS's step is at least {COST_MARGIN:.0%} cheaper in normrnn's fused kernels (95% CI of the "
             f"log ratio below log {1 - COST_MARGIN:.2f}); contradicted here if it is at least {COST_MARGIN:.0%} more "
-            f"expensive; not shown here if the ratio's CI lies within ×{1 - COST_MARGIN:.2f}–×{1 / (1 - COST_MARGIN):.2f}; "
+            f"expensive; not shown here if the ratio's CI lies within "
+            f"×{1 - COST_MARGIN:.2f}–×{1 / (1 - COST_MARGIN):.2f}; "
             "inconclusive otherwise. The plain PyTorch ratio is measured and reported the same way. Timings on a "
             "shared machine are noisy: the interval is over pairs.")
 

@@ -105,7 +105,8 @@ class Placement(Claim):
     def sizes(self, ctx: StudyContext) -> dict:
         return {"chars": ctx.pick(60_000, 440_000, None, standard=1_100_000),
                 "limit": ctx.pick(50_000, 400_000, None, standard=1_000_000),
-                "eval_limit": ctx.pick(3_000, 20_000, 200_000, standard=50_000), "hidden": ctx.pick(16, 64, 256, standard=128),
+                "eval_limit": ctx.pick(3_000, 20_000, 200_000, standard=50_000),
+                "hidden": ctx.pick(16, 64, 256, standard=128),
                 "batch": ctx.pick(8, 16, 32, standard=32), "seq_len": ctx.pick(20, 50, 100, standard=50),
                 "steps": ctx.pick(10, 200, 3000, standard=1500)}
 
