@@ -94,7 +94,7 @@ def _c9_case(bn_plain, bn_res, g1_plain, g1_res):
 
 
 @pytest.mark.parametrize("case,label", [
-    ("supported", "supported"), ("depends", "inconclusive"), ("refuted", "not shown here"),
+    ("supported", "supported"), ("depends", "contradicted here"), ("refuted", "not shown here"),
     ("noisy", "inconclusive")])
 def test_c9_verdict(case, label):
     flat = [0.01, 0.03, 0.02, 0.0]

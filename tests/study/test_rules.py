@@ -200,7 +200,7 @@ from normrnn.study.claims import c05_convergence as c05  # noqa: E402
 RES = 1000  # evaluations per epoch in the synthetic curves: epochs to X are exact to 1/1000
 
 
-def c5_records(log_speedups, epochs=40, plateau=10):
+def c5_records(log_speedups, epochs=40, plateau=10, tuned=True):
     """Per seed, no norm reaches X at epoch 20 and LN at 20 / exp(log speed-up)."""
     recs = []
     for s, ls in enumerate(log_speedups):
@@ -210,7 +210,7 @@ def c5_records(log_speedups, epochs=40, plateau=10):
             recs.append(Record({"norm": norm, "seed": s},
                                {"valid_f1": 0.8, "best_f1": 0.8, "valid_accuracy": 0.8, "steps": epochs * RES,
                                 "steps_per_epoch": RES, "epochs": epochs, "plateau_epoch": plateau,
-                                "f1_curve": curve}))
+                                "f1_curve": curve, "tuned_lr": [{"chosen": 3e-3}] if tuned else []}))
     return recs
 
 
@@ -232,6 +232,8 @@ def test_c5_speedup_just_short_of_two():
 def test_c5_scale_check(epochs, plateau, ok):
     v = judge(c05.CLAIM, c5_records([math.log(3)] * 5, epochs=epochs, plateau=plateau), CTX)
     assert v.scale_ok is ok, v.scale_check
+    v = judge(c05.CLAIM, c5_records([math.log(3)] * 5, epochs=20, plateau=10, tuned=False), CTX)
+    assert v.scale_ok is False and "not searched per norm" in v.scale_check and v.label == "not shown here"
 
 
 # ------------------------------------------------------------------------------------------------ C6 language modelling
@@ -385,9 +387,12 @@ def test_c9_no_growth_boundary(center, label):
 
 def test_c9_residual_growing_more_contradicts():
     assert c09.CLAIM.verdict(c9_records(D(0.5, 0.01), D(0.8, 0.01)), CTX).label == "contradicted here"
-    # unchanged by residual connections (per-draw difference within ± log 1.1): not shown here
+    # still growing with residual connections (λ's interval above 1.1): the "unless" half is contradicted
     assert c09.CLAIM.verdict(c9_records(D(0.5, 0.01), [x - 0.01 for x in D(0.5, 0.01)]), CTX).label == \
-        "not shown here"
+        "contradicted here"
+    assert c09.CLAIM.verdict(c9_records(D(0.5, 0.01), D(LOGMIN + 0.01 + EPS, 0.01)), CTX).label == \
+        "contradicted here"
+    assert c09.CLAIM.verdict(c9_records(D(0.5, 0.01), D(LOGMIN + 0.01 - EPS, 0.01)), CTX).label == "inconclusive"
 
 
 # ------------------------------------------------------------------------------------------------ C10a/b/c

@@ -70,7 +70,8 @@ class Depth(Claim):
     rule = (f"For each BN setting (default gain 0.1 and gain 1), growth: log λ without residual connections has a 95% "
             f"CI above log {LAMBDA_MIN}, decided with Holm's correction over the two settings. Supported if some BN "
             f"setting grows and residual connections tame it (per-draw slope lower, 95% CI above 0, and λ with them "
-            f"below {LAMBDA_MIN}); contradicted here if a growing setting grows more with residual connections; not "
+            f"below {LAMBDA_MIN}); contradicted here if a growing setting still grows with residual connections (λ's "
+            f"95% CI above {LAMBDA_MIN}) or grows more with them; not "
             f"shown here if every BN setting's λ lies below {LAMBDA_MIN} (95% CI), or if residual connections leave "
             f"the growth unchanged (paired difference within ±log {LAMBDA_MIN}); inconclusive otherwise. No-norm and "
             f"LN stacks are references (is the growth specific to BN?).")
@@ -159,9 +160,13 @@ class Depth(Claim):
             return Verdict(SUPPORTED, effect, f"{LABELS[v]} without residual connections grows the input gradient "
                                               f"by λ = {self._lam(sl[(v, False)]):.2f} per layer; with residual "
                                               f"connections λ = {self._lam(sl[(v, True)]):.2f}.{context}", numbers)
-        if any(v in reduction and status(reduction[v], 0.0) == OPPOSITE for v in growing):
-            return Verdict(CONTRADICTED, effect, "BN's gradient grows geometrically, and more so with residual "
-                                                 f"connections.{context}", numbers)
+        persists = [v for v in growing if (v, True) in sl and one_sample(sl[(v, True)]).low > log_min]
+        if persists or any(v in reduction and status(reduction[v], 0.0) == OPPOSITE for v in growing):
+            v = (persists or growing)[0]
+            return Verdict(CONTRADICTED, effect, f"{LABELS[v]}'s gradient grows geometrically, and residual "
+                                                 f"connections do not remove the growth (λ with them "
+                                                 f"{self._lam(sl[(v, True)]):.2f}, 95% CI above {LAMBDA_MIN})."
+                                                 f"{context}", numbers)
         if growing and all(v in reduction and status(reduction[v], log_min) == "absent" for v in growing):
             return Verdict(NOT_SHOWN, effect, "BN's gradient grows geometrically, but residual connections do not "
                                               f"change the growth per layer by log {LAMBDA_MIN}.{context}", numbers)
