@@ -129,3 +129,17 @@ def test_tuned_learning_rates_reach_the_report(tmp_path):
     assert results[0].records[0].result["tuned_lr"][0]["norm"] == "layer"
     paths = write_report(results, CTX, tmp_path)
     assert "**Tuned.** Learning rate per compared variant" in paths["md"].read_text()
+
+
+def test_jobs_run_claims_in_processes_and_one_report(tmp_path, capsys):
+    """--jobs 2: two child processes fill the shared run cache, then one report holds every claim."""
+    from normrnn.cli import main
+
+    out = tmp_path / "out"
+    assert main(["study", "--profile", "smoke", "--only", "C9,C10b", "--jobs", "2", "--out", str(out),
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "process 1/2" in printed and "process 2/2" in printed
+    data = json.loads((out / "results.json").read_text())
+    assert [c["id"] for c in data["claims"]] == ["C9", "C10b"]
+    assert all(c["seconds"] == 0 for c in data["claims"])  # the children ran them: the parent read the cache
