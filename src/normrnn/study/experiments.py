@@ -134,7 +134,12 @@ def choose_lr(cfg: TrainConfig, grid: tuple[float, ...] = LR_GRID, fraction: flo
     key = key or tuning_key(cfg, variant)
     note = {"norm": cfg.norm, "variant": dict(variant or {}), "base_lr": cfg.lr}
     if key not in _tuned:
-        budget = max(1, int((cfg.max_steps or 200) * fraction))
+        total = cfg.max_steps
+        if total is None:  # an epoch-based run (C5): its updates are its epochs times the task's batches per epoch
+            probe = Trainer(dataclasses.replace(cfg, progress=False, out=None))
+            total = probe.steps_per_epoch * cfg.epochs
+            del probe
+        budget = max(1, int(total * fraction))
         scores = {}
         for factor in grid:
             trial = dataclasses.replace(cfg, lr=cfg.lr * factor, max_steps=budget, seed=0, progress=False, out=None,
