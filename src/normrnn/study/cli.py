@@ -59,6 +59,8 @@ def claim_cost(claim, ctx: StudyContext) -> float:
     """A rough cost of a claim's runs, in 128-unit image-update equivalents: a char-LM update (BPTT 50) costs about
     twice an image-row update on a CPU thread (measured: ~20 vs ~10 ms at 128 units, batch 32); an epoch-based run
     counts its epochs' updates; a run that trains nothing counts 200."""
+    from .plan import estimated_steps
+
     total = 0.0
     for e in claim.experiments(ctx):
         plans = claim.train_plans(e, ctx)
@@ -66,7 +68,7 @@ def claim_cost(claim, ctx: StudyContext) -> float:
             total += 200
         for p in plans:
             c = p.cfg
-            steps = c.max_steps or c.epochs * max(1, (c.limit or 5000) * 4 // 5 // c.batch_size)
+            steps = c.max_steps or estimated_steps(c)
             total += steps * (2.0 if c.task == "charlm" else 1.0) * max(c.hidden, 32) / 128 * (1.12 if p.tune_lr
                                                                                                   else 1.0)
     return total
