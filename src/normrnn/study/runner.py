@@ -97,19 +97,42 @@ def run_claims(claims: list[Claim], ctx: StudyContext, out: Path) -> list[ClaimR
 
 
 def judge(claim: Claim, records: list[Record], ctx: StudyContext) -> Verdict:
-    """The claim's verdict; a rule that cannot decide on these records says so instead of crashing the study."""
+    """The claim's verdict, with its scale, its "can this scale show it?" check (a failed check caps the label at
+    *not shown here*) and the diverged runs per arm; a rule that cannot decide on these records says so instead of
+    crashing the study."""
+    from .stats import INCONCLUSIVE, cap, divergence, divergence_note
+
     ok = [r for r in records if "error" not in r.result]
+    try:
+        scale = claim.scale_text(ctx)
+    except Exception as e:  # noqa: BLE001 - the scale text must not lose the verdict
+        scale = f"{ctx.seeds} seeds, {ctx.profile} profile (scale unavailable: {type(e).__name__})"
     if not ok:
-        return Verdict("inconclusive", "–", "every run of this claim failed: " + records[0].result["error"]
-                       if records else "no runs")
+        return Verdict(INCONCLUSIVE, "–", "every run of this claim failed: " + records[0].result["error"]
+                       if records else "no runs", scale=scale, scale_ok=None, scale_check="no runs")
     try:
         verdict = claim.verdict(ok, ctx)
+        scale_ok, check = claim.scale_check(ok, ctx)
     except Exception as e:  # noqa: BLE001 - reported in the verdict, with the cause
-        return Verdict("inconclusive", "–", f"the verdict rule could not be applied: {type(e).__name__}: {e}")
-    if ctx.seeds < 2 and verdict.label != "inconclusive":
+        return Verdict(INCONCLUSIVE, "–", f"the verdict rule could not be applied: {type(e).__name__}: {e}",
+                       scale=scale)
+    verdict.scale, verdict.scale_ok, verdict.scale_check = scale, scale_ok, check
+    capped = cap(verdict.label, scale_ok)
+    if capped != verdict.label:
+        verdict.reason = (f"The rule alone says '{verdict.label}', but this scale cannot show the effect ({check}), "
+                          f"so: {capped}. " + verdict.reason)
+        verdict.numbers["uncapped_label"] = verdict.label
+        verdict.label = capped
+    div = divergence(ok, lambda k: tuple((a, b) for a, b in k.items() if a != "seed"))
+    note = divergence_note(div, lambda arm: " ".join(f"{a}={b}" for a, b in arm) or "all")
+    verdict.divergence = {" ".join(f"{a}={b}" for a, b in arm) or "all": d for arm, d in div.items()}
+    if note:
+        verdict.reason += " " + note
+    if ctx.seeds < 2 and verdict.label != INCONCLUSIVE:
         # One seed gives no spread to judge a difference against: report what the rule would say, decide nothing.
-        return Verdict("inconclusive", verdict.effect, f"Only one seed, so no verdict; with more seeds the rule "
-                       f"would start from '{verdict.label}': {verdict.reason}", verdict.numbers)
+        return Verdict(INCONCLUSIVE, verdict.effect, f"Only one seed, so no verdict; with more seeds the rule "
+                       f"would start from '{verdict.label}': {verdict.reason}", verdict.numbers, verdict.scale,
+                       verdict.scale_ok, verdict.scale_check, verdict.divergence)
     return verdict
 
 

@@ -7,6 +7,7 @@ keeping it, so wrapping stays the trainer's business.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Optional
 
 import torch
@@ -174,7 +175,16 @@ class ClassificationTask(Task):
     def _load_images(self) -> None:
         c = self.config
         mode = "row" if c.image_mode == "cnn" else c.image_mode  # the CNN reads whole images: rows = the image
-        data = nd.load_image_sequences(c.data_name, mode=mode, data_dir=c.data_dir)
+        try:
+            data = nd.load_image_sequences(c.data_name, mode=mode, data_dir=c.data_dir)
+        except ValueError as e:
+            # A small IDX folder (a few thousand training images) cannot give the default 5,000 to validation:
+            # hold out a tenth of its training images instead.
+            found = re.search(r"number of training images (\d+)", str(e))
+            if not found:
+                raise
+            data = nd.load_image_sequences(c.data_name, mode=mode, data_dir=c.data_dir,
+                                           n_valid=max(1, int(found.group(1)) // 10))
         self.splits = {"train": data.train, "valid": data.valid, "test": data.test}
         self.num_classes, self.vocab_size = data.n_classes, None
         self.input_size, self.steps = data.train.x.shape[2], data.train.x.shape[1]

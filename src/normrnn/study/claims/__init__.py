@@ -12,10 +12,33 @@ MODULES = {
 }
 
 
+def _module_claims(module_id: str) -> list[Claim]:
+    """A module's claims: ``CLAIMS`` where a module holds several (C10: C10a, C10b, C10c), else ``[CLAIM]``."""
+    mod = importlib.import_module(f"{__name__}.{MODULES[module_id]}")
+    return list(getattr(mod, "CLAIMS", [mod.CLAIM]))
+
+
+def claim_ids() -> list[str]:
+    """Every claim id in study order (C10 is three claims: C10a, C10b, C10c)."""
+    return [c.id for m in MODULES for c in _module_claims(m)]
+
+
 def load_claims(only: list[str] | None = None) -> list[Claim]:
-    """The claims named in ``only`` (all when None), in study order; ValueError for an unknown id."""
-    ids = list(MODULES) if not only else [c.strip().upper() for c in only]
-    unknown = [c for c in ids if c not in MODULES]
-    if unknown:
-        raise ValueError(f"unknown claim(s) {', '.join(unknown)}; expected some of {', '.join(MODULES)}")
-    return [importlib.import_module(f"{__name__}.{MODULES[c]}").CLAIM for c in ids]
+    """The claims named in ``only`` (all when None), in study order; ValueError for an unknown id. ``C10`` names
+    its three claims; ``C10a`` one of them."""
+    if not only:
+        return [c for m in MODULES for c in _module_claims(m)]
+    out = []
+    for raw in only:
+        cid = raw.strip().upper()
+        if cid in MODULES:
+            out += _module_claims(cid)
+            continue
+        parent = cid.rstrip("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+        match = [c for c in _module_claims(parent) if c.id.upper() == cid] if parent in MODULES and parent != cid \
+            else []
+        if not match:
+            raise ValueError(f"unknown claim(s) {raw.strip()}; expected some of {', '.join(MODULES)} (C10a, C10b, "
+                             f"C10c for C10's parts)")
+        out += match
+    return out

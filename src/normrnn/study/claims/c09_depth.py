@@ -19,7 +19,8 @@ import torch
 
 from ...layers import LSTM
 from ..core import Claim, Experiment, Record, StudyContext, Verdict
-from ..stats import compare, fmt, group, mean, sem
+from ..stats import (CONTRADICTED, HOLDS, INCONCLUSIVE, NOT_SHOWN, OPPOSITE, SUPPORTED, any_beats, fmt, group, interval,
+                     mean, one_sample, sem, status)
 
 # (label, norm, gamma_init): the norms compared; "batch_g1" is batch norm with gain 1 instead of the default 0.1
 VARIANTS = (("none", "none", None), ("batch", "batch", None), ("batch_g1", "batch", 1.0), ("layer", "layer", None))
@@ -61,20 +62,26 @@ class Depth(Claim):
                   "growth disappears.")
     metric = ("λ = exp(slope of log ‖∂loss/∂input‖ against depth L), fitted per independent draw (initialisation and "
               "input batch); mean ± standard error over draws")
-    rule = (f"For each BN setting (default gain 0.1 and gain 1): growth if λ ≥ {LAMBDA_MIN} without residual "
-            f"connections and the slope is more than 2 standard errors above 0; residual connections tame it if λ "
-            f"with them is below {LAMBDA_MIN} and the slope is lower than without by 2 standard errors. Supported if "
-            f"some BN setting grows and residual connections tame it; depends if BN grows but residual connections "
-            f"do not tame it; refuted if for every BN setting λ + 2 standard errors (on the log scale) stays below "
-            f"{LAMBDA_MIN} (no geometric growth); inconclusive otherwise. No-norm and LN stacks are measured as "
-            f"references (is the growth specific to BN?).")
+    primary = (f"some BN setting's log λ without residual connections (per draw) has a 95% lower bound above "
+               f"log {LAMBDA_MIN} (Holm over the two BN settings), and for that setting the residual stack's slope is "
+               f"lower per draw (95% CI above 0) with its λ's interval below {LAMBDA_MIN}")
+    measured = ("measured at initialisation on fresh stacks (no training, so no training scale applies); draws pair "
+                "the plain and the residual stack of the same initialisation and input")
+    rule = (f"For each BN setting (default gain 0.1 and gain 1), growth: log λ without residual connections has a 95% "
+            f"CI above log {LAMBDA_MIN}, decided with Holm's correction over the two settings. Supported if some BN "
+            f"setting grows and residual connections tame it (per-draw slope lower, 95% CI above 0, and λ with them "
+            f"below {LAMBDA_MIN}); contradicted here if a growing setting still grows with residual connections (λ's "
+            f"95% CI above {LAMBDA_MIN}) or grows more with them; not "
+            f"shown here if every BN setting's λ lies below {LAMBDA_MIN} (95% CI), or if residual connections leave "
+            f"the growth unchanged (paired difference within ±log {LAMBDA_MIN}); inconclusive otherwise. No-norm and "
+            f"LN stacks are references (is the growth specific to BN?).")
 
     def depths(self, ctx: StudyContext) -> list[int]:
-        return ctx.pick(smoke=[1, 2], quick=[1, 2, 4, 8], full=[1, 2, 4, 8, 16])
+        return ctx.pick(smoke=[1, 2], quick=[1, 2, 4, 8], full=[1, 2, 4, 8, 16], standard=[1, 2, 4, 8, 16])
 
     def sizes(self, ctx: StudyContext) -> dict:
-        return {"hidden": ctx.pick(16, 64, 128), "steps": ctx.pick(8, 20, 50), "batch": ctx.pick(8, 32, 64),
-                "draws": ctx.pick(1, 3, 8)}
+        return {"hidden": ctx.pick(16, 64, 128, standard=128), "steps": ctx.pick(8, 20, 50, standard=50),
+                "batch": ctx.pick(8, 32, 64, standard=32), "draws": ctx.pick(1, 3, 8, standard=4)}
 
     def describe_setup(self, ctx: StudyContext) -> str:
         s = self.sizes(ctx)
@@ -126,47 +133,48 @@ class Depth(Claim):
         sl = self._slopes(records)
         log_min = math.log(LAMBDA_MIN)
         numbers: dict = {"lambda": {f"{n}{'+res' if r else ''}": self._lam(v) for (n, r), v in sl.items()}}
-        grows, tamed, clearly_flat = {}, {}, {}
+        growth = {v: one_sample(sl[(v, False)]) for v in BATCH_VARIANTS if (v, False) in sl}
+        growing = any_beats(growth, log_min)  # Holm over the BN settings
+        tamed, reduction = {}, {}
         for v in BATCH_VARIANTS:
-            if (v, False) not in sl:
-                continue
-            plain = sl[(v, False)]
-            m, se = mean(plain), sem(plain) if len(plain) > 1 else math.inf
-            grows[v] = m >= log_min and m > 2 * se
-            clearly_flat[v] = math.isfinite(se) and m + 2 * se < log_min
-            if (v, True) in sl:
-                c = compare(sl[(v, True)], plain, higher_is_better=False)  # positive: residual has the lower slope
-                tamed[v] = mean(sl[(v, True)]) < log_min and c["z"] > 2 and c["diff"] > 0
-                numbers[f"residual_vs_plain_{v}"] = c
+            if (v, False) in sl and (v, True) in sl:
+                plain, res = sl[(v, False)], sl[(v, True)]
+                red = interval([p - r for p, r in zip(plain, res)])  # per draw: > 0, residual grows less
+                reduction[v] = red
+                tamed[v] = status(red, 0.0) == HOLDS and one_sample(res).high < log_min
+                numbers[f"residual_vs_plain_{v}"] = red.to_dict()
+        numbers.update(growth={v: c.to_dict() for v, c in growth.items()}, growing=growing, tamed=tamed)
         desc = lambda v, r: (f"{LABELS[v]}{' + residual' if r else ''} λ = {self._lam(sl[(v, r)]):.2f}"  # noqa: E731
                              if (v, r) in sl else "")
         effect = "; ".join(desc(v, r) for v in BATCH_VARIANTS for r in (False, True) if (v, r) in sl)
+        if growth:
+            effect += " (95% CI of λ without residual: " + ", ".join(
+                f"{LABELS[v]} {math.exp(c.low):.2f}–{math.exp(c.high):.2f}" if c.n > 1 else f"{LABELS[v]} –"
+                for v, c in growth.items()) + ")"
         others = [f"{LABELS[v]} λ = {self._lam(sl[(v, False)]):.2f}" for v in ("none", "layer") if (v, False) in sl]
         context = (" Without residual connections, for reference: " + ", ".join(others) + ".") if others else ""
-        if not grows and not clearly_flat:
-            return Verdict("inconclusive", effect or "–", "No BN runs to judge.", numbers)
-        growing = [v for v in grows if grows[v]]
+        if not growth:
+            return Verdict(INCONCLUSIVE, effect or "–", "No BN runs to judge.", numbers)
         if any(tamed.get(v) for v in growing):
             v = next(v for v in growing if tamed.get(v))
-            return Verdict("supported", effect, f"{LABELS[v]} without residual connections grows the input gradient "
-                                                f"by λ = {self._lam(sl[(v, False)]):.2f} per layer; with residual "
-                                                f"connections λ = {self._lam(sl[(v, True)]):.2f}.{context}", numbers)
-        if growing:
-            v = growing[0]
-            flat = [w for w in grows if not grows[w]]
-            gain = (f" {', '.join(LABELS[w] for w in flat)} does not grow (λ = "
-                    f"{', '.join(f'{self._lam(sl[(w, False)]):.2f}' for w in flat)}): the growth depends on BN's "
-                    f"gain." if flat else "")
-            return Verdict("depends", effect, f"{LABELS[v]} grows the input gradient geometrically (λ = "
-                                              f"{self._lam(sl[(v, False)]):.2f} per layer) but residual connections "
-                                              f"do not remove the growth (λ = "
-                                              f"{self._lam(sl.get((v, True), [math.nan])):.2f}).{gain}{context}",
-                           numbers)
-        if all(clearly_flat.values()):
-            return Verdict("refuted", effect, f"No BN setting grows the gradient by {LAMBDA_MIN}× per layer or more "
-                                              f"without residual connections.{context}", numbers)
-        return Verdict("inconclusive", effect, "The fitted growth factors are within the draw-to-draw spread of "
-                                               f"{LAMBDA_MIN}.{context}", numbers)
+            return Verdict(SUPPORTED, effect, f"{LABELS[v]} without residual connections grows the input gradient "
+                                              f"by λ = {self._lam(sl[(v, False)]):.2f} per layer; with residual "
+                                              f"connections λ = {self._lam(sl[(v, True)]):.2f}.{context}", numbers)
+        persists = [v for v in growing if (v, True) in sl and one_sample(sl[(v, True)]).low > log_min]
+        if persists or any(v in reduction and status(reduction[v], 0.0) == OPPOSITE for v in growing):
+            v = (persists or growing)[0]
+            return Verdict(CONTRADICTED, effect, f"{LABELS[v]}'s gradient grows geometrically, and residual "
+                                                 f"connections do not remove the growth (λ with them "
+                                                 f"{self._lam(sl[(v, True)]):.2f}, 95% CI above {LAMBDA_MIN})."
+                                                 f"{context}", numbers)
+        if growing and all(v in reduction and status(reduction[v], log_min) == "absent" for v in growing):
+            return Verdict(NOT_SHOWN, effect, "BN's gradient grows geometrically, but residual connections do not "
+                                              f"change the growth per layer by log {LAMBDA_MIN}.{context}", numbers)
+        if all(c.n > 1 and c.high < log_min for c in growth.values()):
+            return Verdict(NOT_SHOWN, effect, f"No BN setting grows the gradient by {LAMBDA_MIN}× per layer or more "
+                                              f"without residual connections (95% CI).{context}", numbers)
+        return Verdict(INCONCLUSIVE, effect, "The fitted growth factors or the residual effect are within the "
+                                             f"draw-to-draw spread of the thresholds.{context}", numbers)
 
     def table(self, records: list[Record]):
         sl, slw = self._slopes(records), self._slopes(records, "slopes_weight")
