@@ -8,10 +8,9 @@ import normrnn
 from normrnn import fused, reference
 from normrnn.cells import CellParams
 from normrnn.norms import IdentityNorm, RecurrentBatchNorm
+from native_support import ENGINES
 from rnn_helpers import (fused_variants, make, outputs_and_grads, randomize_norms, reference_and_twin,
                          twin_inputs)
-
-ENGINES = ["torch"] + (["native"] if fused.native.load() is not None else [])
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -167,7 +166,7 @@ def test_native_kernels_only_for_cpu_tensors():
 
 
 # ---------------------------------------------------------------------------------------------- streaming plan
-needs_native = pytest.mark.skipif(fused.native.load() is None, reason="native kernels not built here")
+needs_native = pytest.mark.native
 
 
 @pytest.fixture
@@ -450,7 +449,7 @@ def test_no_grad_calls_of_several_shapes_equal_the_reference(engine, kind, terms
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.skipif(fused.native.load() is None, reason="native kernels not built here")
+@pytest.mark.native
 @pytest.mark.parametrize("kind", [fused.torch_engine.LAYER, fused.torch_engine.RMS, fused.torch_engine.BATCH_FIXED])
 @pytest.mark.parametrize("gain", [True, False])
 def test_native_input_term_norm_equals_its_specification(kind, gain):
@@ -465,7 +464,7 @@ def test_native_input_term_norm_equals_its_specification(kind, gain):
     assert not torch.equal(a, x)
 
 
-@pytest.mark.skipif(NATIVE is None, reason="native kernels not built here")
+@pytest.mark.native
 @pytest.mark.parametrize("norm", ["layer", "rms", "batch", "none"])
 @pytest.mark.parametrize("extra", [{}, dict(norm_terms="joint"), dict(carry_normalized_cell=True),
                                    dict(norm_cell=False)], ids=str)
@@ -504,7 +503,7 @@ def test_rows_in_groups_per_thread_equal_shared_steps(norm, extra):
         torch.set_num_threads(before)
 
 
-@pytest.mark.skipif(NATIVE is None, reason="native kernels not built here")
+@pytest.mark.native
 @pytest.mark.parametrize("first", [0, 3, 6])
 def test_native_running_average_update_equals_its_specification(first):
     """The native update against RecurrentBatchNorm._update_running, its specification: rows of steps with fewer
