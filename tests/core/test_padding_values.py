@@ -106,3 +106,31 @@ def test_batch_norm_statistics_ignore_padding(poison, synced, monkeypatch):
     for a, b in zip(*results):
         assert torch.isfinite(b).all()
         torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_reference_direction_ignores_padding_values(kind, reverse):
+    """The reference loop on its own (the definition the engines are tested against): padded input holding NaN
+    changes no output (zero there), no final state and no gradient."""
+    from normrnn import reference
+
+    torch.manual_seed(3)
+    m = make(kind, 3, 4, norm="batch", dtype=torch.float64, backend="reference")
+    randomize_norms(m)
+    p = m._cell(0, 0)
+    x = torch.randn(5, 3, 3, dtype=torch.float64)
+    lengths = torch.tensor([5, 2, 3])
+    mask = torch.arange(5).unsqueeze(1) < lengths
+    h0 = tuple(torch.zeros(3, 4, dtype=torch.float64) for _ in range(2 if kind == "LSTM" else 1))
+    results = []
+    for poison in (None, math.nan):
+        xi = x.clone()
+        if poison is not None:
+            xi[~mask] = poison
+        xi.requires_grad_()
+        out, state = reference.run_direction(p, xi, h0, mask, lengths, reverse=reverse, training=True)
+        grads = torch.autograd.grad(out.sum() + sum(s.sum() for s in state), [xi, *m.parameters()])
+        results.append([out, *state, grads[0][mask], *grads[1:]])
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
