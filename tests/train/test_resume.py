@@ -91,6 +91,21 @@ def test_resume_python_api_continues_a_finished_run_with_more_steps(text_file, t
     assert train(longer, resume=True)["steps"] == 7
 
 
+def test_resume_keeps_the_best_result_from_before_the_checkpoint(text_file, tmp_path):
+    """The best validation result (and its step) comes back from the checkpoint: planted as unbeatable before the
+    resume, it must still be the summary's best after more steps and evaluations."""
+    cfg = _config(text_file, tmp_path / "run", max_steps=4, dropout=0.0, zoneout=0.0, checkpoint_every=0)
+    train(cfg)
+    path = checkpoint_path(tmp_path / "run")
+    ck = torch.load(path, weights_only=False)
+    assert ck["best"] is not None
+    ck["best"] = {**ck["best"], "value": -1.0, "step": 2}  # bits per character: lower is better
+    atomic_save(ck, path)
+    summary = train(TrainConfig.from_dict({**cfg.to_dict(), "max_steps": 7}), resume=True)
+    assert summary["steps"] == 7 and summary["best_valid"] == -1.0 and summary["best_step"] == 2
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["best_valid"] == -1.0
+
+
 def test_atomic_save_failure_keeps_the_good_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
     good = {"w": torch.arange(5.0)}
