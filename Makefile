@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: test study venv bench clean
+.PHONY: test study venv bench clean mutate mutate-fast
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,13 @@ test: $(STAMP)
 # The main job: every claim of the quick profile (about 15 minutes on 2 cores); rerunning resumes from the cache.
 study: $(STAMP)
 	$(PY) -m normrnn study --profile quick --out study-out
+
+# The tests' own check: planted bugs (tools/mutations.py) must each be caught by the tests named for them.
+mutate: $(STAMP)
+	$(PY) tools/mutate.py --out mutation-report
+
+mutate-fast: $(STAMP)
+	$(PY) tools/mutate.py --fast --out mutation-report
 
 bench: $(STAMP)
 	$(PY) benchmarks/speed.py
