@@ -97,8 +97,10 @@ def run_tests(repo: Path, tests: list[str], timeout: float) -> tuple[int, float,
 
 
 def summary_line(out: str) -> str:
+    """The first failing test (what caught the mutant), else pytest's last line."""
     lines = [line for line in out.strip().splitlines() if line.strip()]
-    return lines[-1][:160] if lines else ""
+    failed = [line for line in lines if line.startswith(("FAILED ", "ERROR "))]
+    return (failed[0] if failed else lines[-1] if lines else "")[:200]
 
 
 def main(argv=None) -> int:
@@ -156,11 +158,12 @@ def main(argv=None) -> int:
     explained = sum((not r["killed"]) and bool(r["equivalent"]) for r in rows)
     lines = [f"Mutation kill rate: {killed}/{len(rows)} ({100 * killed / len(rows):.0f}%)"
              + (f", {explained} survivor(s) explained as equivalent" if explained else ""), "",
-             "| mutation | file | killed | s | tests that must catch it | what it plants |",
-             "|---|---|---|---|---|---|"]
+             "| mutation | file | killed | s | tests that must catch it | caught by | what it plants |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
+        caught = r["result"].split(" - ")[0].removeprefix("FAILED ").removeprefix("ERROR ") if r["killed"] else "–"
         lines.append(f"| {r['id']} | {r['file']} | {'yes' if r['killed'] else 'NO'} | {r['seconds']:.0f} | "
-                     f"{'<br>'.join(r['tests'])} | {r['why']} |")
+                     f"{'<br>'.join(r['tests'])} | {caught} | {r['why']} |")
     Path(args.out + ".md").write_text("\n".join(lines) + "\n")
     Path(args.out + ".json").write_text(json.dumps(dict(killed=killed, total=len(rows), rows=rows), indent=1))
     print("\n".join(lines))
