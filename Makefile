@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: test study study-standard venv bench clean
+.PHONY: test study study-standard venv bench clean mutate mutate-fast
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ study: $(STAMP)
 # The profile meant to decide: ~128 units, thousands of updates, 5 seeds; about 90 minutes on 2 cores (2 processes).
 study-standard: $(STAMP)
 	$(PY) -m normrnn study --profile standard --jobs 2 --out study-standard
+
+# The tests' own check: planted bugs (tools/mutations.py) must each be caught by the tests named for them.
+mutate: $(STAMP)
+	$(PY) tools/mutate.py --out mutation-report
+
+mutate-fast: $(STAMP)
+	$(PY) tools/mutate.py --fast --out mutation-report
 
 bench: $(STAMP)
 	$(PY) benchmarks/speed.py

@@ -194,6 +194,10 @@ class _NormRNNBase(nn.Module):
         """The stack over a checked batch: returns the last layer's output (T, N, D·H) and the final states,
         each (num_layers·D, N, H)."""
         x, mask, lengths = batch.x, batch.mask, batch.lengths
+        if mask is not None:
+            # Padding is not data: whatever it holds (NaN, inf) must reach no output, state, statistic or gradient
+            # (the input projection's weight gradient sums 0 * x over padded rows too). Selected, not multiplied.
+            x = torch.where(mask.unsqueeze(-1), x, 0)
         fused = self.uses_fused()
         finals: list[State] = []
         for k in range(self.num_layers):

@@ -148,6 +148,10 @@ class RecurrentBatchNorm(nn.Module):
             mask = None if mask is None else mask.unsqueeze(0)
         # (step may be a 0-dim tensor: an exported streaming step takes its index as an input)
         steps = torch.arange(x.shape[0], device=x.device) + step
+        if mask is not None:
+            # Padded rows are normalized too (callers drop them), but what they hold must not reach a statistic or
+            # a gradient: (NaN - mean) * rstd would make d rstd, and with it every row's gradient, NaN.
+            x = torch.where(mask.unsqueeze(-1), x, 0)
         if self.training:
             mean, var = self._batch_statistics(x, steps, mask)
         else:
@@ -178,10 +182,12 @@ class RecurrentBatchNorm(nn.Module):
             mean = x.mean(1)
             var = (x - mean.unsqueeze(1)).pow(2).mean(1)
         else:
-            w = mask.to(x.dtype).unsqueeze(-1)  # (T, N, 1)
-            count = w.sum(1)  # (T, 1)
-            mean = (x * w).sum(1) / count.clamp(min=1)
-            var = ((x - mean.unsqueeze(1)).pow(2) * w).sum(1) / count.clamp(min=1)
+            # Selection, not a product with the 0/1 mask: padding holding NaN or inf must not reach the statistics
+            # (0 * NaN is NaN).
+            keep = mask.unsqueeze(-1)  # (T, N, 1)
+            count = keep.sum(1, dtype=x.dtype)  # (T, 1)
+            mean = torch.where(keep, x, 0).sum(1) / count.clamp(min=1)
+            var = torch.where(keep, x - mean.unsqueeze(1), 0).pow(2).sum(1) / count.clamp(min=1)
         return count, mean, var
 
     def _update_running(self, mean: Tensor, var: Tensor, count: Tensor, usable: Tensor, steps: Tensor,

@@ -46,6 +46,8 @@ def run_direction(p: CellParams, x: Tensor, state: State, mask: Optional[Tensor]
     """
     if reverse:
         x = reverse_padded(x, lengths)
+    if mask is not None:  # padding is not data: whatever it holds (NaN, inf) reaches no output, state or gradient
+        x = torch.where(mask.unsqueeze(-1), x, 0)
     xp = input_term(p, x, start, mask)
     step_fn = STEP[p.mode]
     outputs = []
@@ -56,7 +58,7 @@ def run_direction(p: CellParams, x: Tensor, state: State, mask: Optional[Tensor]
             new = zoneout(new, state, zoneout_p, training)
         if m is not None:
             keep = m.unsqueeze(1)
-            outputs.append(new[0] * keep)
+            outputs.append(torch.where(keep, new[0], 0))
             new = tuple(torch.where(keep, n, s) for n, s in zip(new, state))
         else:
             outputs.append(new[0])

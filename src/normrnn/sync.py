@@ -68,6 +68,8 @@ class _GlobalMoments(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, process_group: Optional[object]):  # type: ignore[override]
         F = x.shape[-1]
+        # Padded positions leave by selection, not by the product with w alone: 0 * NaN (or inf) is NaN.
+        x = torch.where(w > 0, x, 0)
         wx = x * w
         # One message per call: [count | sum | sum of squares], (T, 2F+1).
         local = torch.cat([w.sum(1), wx.sum(1), (wx * x).sum(1)], dim=-1)

@@ -2,8 +2,10 @@
 must there equal the readable reference loop run on the CPU: outputs, final states, gradients and batch norm's
 running statistics, in training and in eval, with padding and both directions.
 
-Skipped where no GPU is present (CI has none); on a GPU machine: ``pytest tests/core/test_cuda.py``. The checks
-take the device as an argument, so ``check_*("cpu")`` runs the same comparison without a GPU.
+The CUDA tests are skipped where no GPU is present (CI has none); on a GPU machine: ``pytest
+tests/core/test_cuda.py``. The checks take the device as an argument, and the ``test_cpu_*`` tests run every one
+of them on CPU tensors through the engine CUDA uses (the PyTorch engine, with the native kernels out of reach as
+they are for CUDA tensors), so the CUDA path's code is exercised on every machine.
 """
 import pytest
 import torch
@@ -11,9 +13,19 @@ from torch.autograd import gradcheck
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import normrnn
+from normrnn import fused
 from rnn_helpers import fused_variants, make, outputs_and_grads, randomize_norms, reference_and_twin, twin_inputs
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture
+def cuda_engine_on_cpu(monkeypatch):
+    """CPU tensors through what CUDA tensors get: the fused backend's PyTorch engine, and no native kernel
+    anywhere (RMSNorm's fused pass included)."""
+    monkeypatch.setattr(fused.native, "load", lambda: None)
+    with fused.force_engine("torch"):
+        yield
 
 
 def _on(device, value):
@@ -25,7 +37,7 @@ def _on(device, value):
 def check_against_cpu_reference(device: str, backend: str, kind: str, norm: str, terms: str, extra: dict,
                                 training: bool) -> None:
     ref, other = reference_and_twin(kind, norm, terms, extra, training, backend, device)
-    if backend == "fused" and device != "cpu":
+    if backend == "fused" and (device != "cpu" or fused.native.load() is None):
         assert other.active_backend() == "fused-torch"
     x, hx, lengths, weights = twin_inputs(kind)
     outs_o, grads_o = outputs_and_grads(other, _on(device, x), _on(device, hx), lengths, weights.to(device))
@@ -96,6 +108,7 @@ def check_packed_and_streaming(device: str, norm: str) -> None:
     torch.testing.assert_close(torch.stack(steps), expected, rtol=1e-5, atol=1e-6)
 
 
+@needs_cuda
 @pytest.mark.parametrize("backend", ["fused", "reference"])
 @pytest.mark.parametrize("kind,norm,terms,extra", list(fused_variants()), ids=str)
 @pytest.mark.parametrize("training", [True, False])
@@ -103,17 +116,43 @@ def test_cuda_equals_cpu_reference(backend, kind, norm, terms, extra, training):
     check_against_cpu_reference("cuda", backend, kind, norm, terms, extra, training)
 
 
+@needs_cuda
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
 @pytest.mark.parametrize("norm", ["layer", "rms", "batch"])
 def test_cuda_float32_realistic_shape(kind, norm):
     check_float32_realistic_shape("cuda", kind, norm)
 
 
+@needs_cuda
 @pytest.mark.parametrize("norm", ["layer", "rms", "batch", "none"])
 def test_cuda_gradcheck(norm):
     check_gradcheck("cuda", norm)
 
 
+@needs_cuda
 @pytest.mark.parametrize("norm", ["layer", "batch", "none"])
 def test_cuda_packed_sequence_and_streaming(norm):
     check_packed_and_streaming("cuda", norm)
+
+
+# ---------------------------------------------------------------------------------------------- the same on the CPU
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+@pytest.mark.parametrize("kind,norm,terms,extra", list(fused_variants()), ids=str)
+@pytest.mark.parametrize("training", [True, False])
+def test_cpu_equals_cpu_reference(cuda_engine_on_cpu, backend, kind, norm, terms, extra, training):
+    check_against_cpu_reference("cpu", backend, kind, norm, terms, extra, training)
+
+
+@pytest.mark.parametrize("kind,norm", [("LSTM", "layer"), ("GRU", "rms")])  # (sampled: the torch engine is slow)
+def test_cpu_float32_realistic_shape(cuda_engine_on_cpu, kind, norm):
+    check_float32_realistic_shape("cpu", kind, norm)
+
+
+@pytest.mark.parametrize("norm", ["layer", "batch"])
+def test_cpu_gradcheck(cuda_engine_on_cpu, norm):
+    check_gradcheck("cpu", norm)
+
+
+@pytest.mark.parametrize("norm", ["layer", "batch", "none"])
+def test_cpu_packed_sequence_and_streaming(cuda_engine_on_cpu, norm):
+    check_packed_and_streaming("cpu", norm)

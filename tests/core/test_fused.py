@@ -8,10 +8,9 @@ import normrnn
 from normrnn import fused, reference
 from normrnn.cells import CellParams
 from normrnn.norms import IdentityNorm, RecurrentBatchNorm
+from native_support import ENGINES
 from rnn_helpers import (fused_variants, make, outputs_and_grads, randomize_norms, reference_and_twin,
                          twin_inputs)
-
-ENGINES = ["torch"] + (["native"] if fused.native.load() is not None else [])
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -167,7 +166,7 @@ def test_native_kernels_only_for_cpu_tensors():
 
 
 # ---------------------------------------------------------------------------------------------- streaming plan
-needs_native = pytest.mark.skipif(fused.native.load() is None, reason="native kernels not built here")
+needs_native = pytest.mark.native
 
 
 @pytest.fixture
@@ -381,10 +380,10 @@ def test_one_step_forward_keeps_the_gradient_of_a_learned_initial_state():
         torch.testing.assert_close(a, b)
 
 
-NATIVE = fused.native.load()
+NATIVE = fused.native.load()  # (None where it cannot build: the tests below are marked native, and skip or fail)
 
 
-@pytest.mark.skipif(NATIVE is None or not NATIVE.packed_gemm_available(), reason="needs MKL's packed GEMM in torch")
+@pytest.mark.native
 @pytest.mark.parametrize("kind,terms", [("LSTM", "separate"), ("LSTM", "joint"), ("GRU", "separate"),
                                         ("GRU", "joint"), ("RNN", "joint")])
 @pytest.mark.parametrize("norm", ["layer", "batch", "none"])
@@ -399,6 +398,8 @@ def test_packed_recurrent_gemm_equals_plain_gemm(kind, terms, norm):
     (two summation orders of equal quality: up to 2.3x was seen on an AMD EPYC), plus float32's own rounding of
     the result. A wrong operand, transpose
     or accumulation flag in the packed call gives errors of order 1 and fails."""
+    if not NATIVE.packed_gemm_available():
+        pytest.skip("this torch carries no MKL packed GEMM: every step runs at::mm_out")
     torch.manual_seed(2)
     first = make(kind, 24, 40, 2, norm=norm, norm_terms=terms, bidirectional=True, backend="fused")
     x = torch.randn(30, 6, 24, requires_grad=True)
@@ -464,7 +465,7 @@ def test_no_grad_calls_of_several_shapes_equal_the_reference(engine, kind, terms
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.skipif(fused.native.load() is None, reason="native kernels not built here")
+@pytest.mark.native
 @pytest.mark.parametrize("kind", [fused.torch_engine.LAYER, fused.torch_engine.RMS, fused.torch_engine.BATCH_FIXED])
 @pytest.mark.parametrize("gain", [True, False])
 def test_native_input_term_norm_equals_its_specification(kind, gain):
@@ -479,7 +480,7 @@ def test_native_input_term_norm_equals_its_specification(kind, gain):
     assert not torch.equal(a, x)
 
 
-@pytest.mark.skipif(NATIVE is None, reason="native kernels not built here")
+@pytest.mark.native
 @pytest.mark.parametrize("norm", ["layer", "rms", "batch", "none"])
 @pytest.mark.parametrize("extra", [{}, dict(norm_terms="joint"), dict(carry_normalized_cell=True),
                                    dict(norm_cell=False)], ids=str)
@@ -518,7 +519,7 @@ def test_rows_in_groups_per_thread_equal_shared_steps(norm, extra):
         torch.set_num_threads(before)
 
 
-@pytest.mark.skipif(NATIVE is None, reason="native kernels not built here")
+@pytest.mark.native
 @pytest.mark.parametrize("first", [0, 3, 6])
 def test_native_running_average_update_equals_its_specification(first):
     """The native update against RecurrentBatchNorm._update_running, its specification: rows of steps with fewer

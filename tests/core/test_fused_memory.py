@@ -6,7 +6,7 @@ import torch
 from normrnn import fused
 from rnn_helpers import initial_state, make, randomize_norms
 
-ENGINES = ["torch"] + (["native"] if fused.native.load() is not None else [])
+from native_support import ENGINES
 
 VARIANTS = [
     ("LSTM", "layer", "separate", {}),

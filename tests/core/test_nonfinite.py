@@ -10,7 +10,7 @@ import normrnn
 from normrnn import fused
 from rnn_helpers import make
 
-ENGINES = ["torch"] + (["native"] if fused.native.load() is not None else [])
+from native_support import ENGINES  # noqa: E402  (native always listed: skipped or failed, never dropped)
 NN = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU, "RNN": torch.nn.RNN}
 
 

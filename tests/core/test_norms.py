@@ -33,10 +33,12 @@ def test_train_equals_eval_for_per_sample_norms(norm):
     torch.testing.assert_close(a, b)
 
 
-def test_layer_norm_lstm_matches_ba_et_al_equations():
-    """An independent, spelled-out LN-LSTM (Ba et al. 2016, eqs. 20-22) against normrnn's."""
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+def test_layer_norm_lstm_matches_ba_et_al_equations(backend):
+    """An independent, spelled-out LN-LSTM (Ba et al. 2016, eqs. 20-22) against normrnn's, on each backend (the
+    fused one is otherwise only compared with the reference, so a slip shared by both would pass)."""
     torch.manual_seed(2)
-    m = normrnn.LSTM(3, 4, norm="layer")
+    m = normrnn.LSTM(3, 4, norm="layer", backend=backend)
     randomize_norms(m)
     x = torch.randn(6, 2, 3)
     h = c = torch.zeros(2, 4)
@@ -179,3 +181,17 @@ def test_rms_norm_module_gradcheck():
     assert gradcheck(lambda x, w: functional_call(n, {"weight": w}, (x,)), (x, w))
     expected = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * w
     torch.testing.assert_close(functional_call(n, {"weight": w}, (x,)), expected)
+
+
+def test_masked_moments_ignore_padding_values():
+    """The masked per-step moments (the specification the fused engines' statistics are tested against) select the
+    valid rows: NaN or inf in padded rows changes neither count, mean nor variance."""
+    torch.manual_seed(3)
+    x = torch.randn(3, 5, 4, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 0, 1], [1, 0, 1, 1, 0], [0, 1, 0, 1, 1]], dtype=torch.bool)
+    clean = RecurrentBatchNorm._local_moments(x, mask)
+    for poison in (float("nan"), float("inf")):
+        dirty = x.clone()
+        dirty[~mask] = poison
+        for a, b in zip(RecurrentBatchNorm._local_moments(dirty, mask), clean):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -53,10 +53,11 @@ def test_trainer_checkpoints_on_rank0_and_resumes(run2, tmp_path):
                   batch_size=4, seq_len=12, max_steps=8, checkpoint_every=2, eval_limit=400, log_every=1)
     full, cut = tmp_path / "full", tmp_path / "cut"
     r0, r1 = run2("trainer_worker", timeout=120, config=config, out_full=str(full), out_cut=str(cut), cut=3)
-    # all ranks log the same all-reduced loss; the resumed run continues the interrupted one exactly
+    # all ranks log the same all-reduced loss; the resumed run continues the interrupted one exactly (bit for bit,
+    # as the README promises: same world size, same thread count, restored RNG and BPTT state)
     assert r0["full"] == r1["full"] and len(r0["full"]) == 8
-    assert r0["cut"] + r0["resumed"] == pytest.approx(r0["full"], rel=1e-6, abs=1e-7)
-    assert r1["cut"] + r1["resumed"] == pytest.approx(r1["full"], rel=1e-6, abs=1e-7)
+    assert r0["cut"] + r0["resumed"] == r0["full"]
+    assert r1["cut"] + r1["resumed"] == r1["full"]
     assert r0["checkpoint_events"] > 0 and r1["checkpoint_events"] == 0  # only rank 0 writes
     ck = torch.load(cut / "checkpoint.pt", weights_only=False)
     assert len(ck["ranks"]) == 2 and ck["config"]["world_size"] == 2 and ck["step"] == 8

@@ -1,6 +1,7 @@
 """Exact resume after a kill, and checkpoints that a crash mid-write cannot corrupt."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -40,6 +41,13 @@ def _crash_at(config: TrainConfig, step: int) -> None:
     assert proc.returncode == 17, proc.stderr
 
 
+def _summary(run_dir: Path) -> dict:
+    """summary.json without what differs between any two runs (timings, the run's own folder)."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["best_valid"] is not None and summary["test"]
+    return {k: v for k, v in summary.items() if k not in ("train_time_s", "items_per_s", "run_dir")}
+
+
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(run_dir)["model"]
 
@@ -67,6 +75,9 @@ def test_resume_after_kill_is_bit_identical(text_file, tmp_path, norm, crash):
     assert res_ck["step"] == ref_ck["step"] == 10
     for a, b in zip(ref_ck["optimizer"]["state"].values(), res_ck["optimizer"]["state"].values()):
         assert all(torch.equal(a[k], b[k]) for k in a)
+    assert ref_ck["best"] == res_ck["best"] and ref_ck["best"] is not None
+    # the summary too: best valid and its step, last valid and test metrics, steps, epochs (not the timings)
+    assert _summary(crash_dir) == _summary(ref_dir)
     # the metrics file holds each step once: records written after the last checkpoint were dropped on resume
     steps = [int(line.split('"step": ')[1].split(",")[0]) for line in
              (crash_dir / "metrics.jsonl").read_text().splitlines() if '"kind": "train"' in line]
@@ -78,6 +89,21 @@ def test_resume_python_api_continues_a_finished_run_with_more_steps(text_file, t
     assert train(cfg)["steps"] == 4
     longer = TrainConfig.from_dict({**cfg.to_dict(), "max_steps": 7})  # max_steps may change on resume
     assert train(longer, resume=True)["steps"] == 7
+
+
+def test_resume_keeps_the_best_result_from_before_the_checkpoint(text_file, tmp_path):
+    """The best validation result (and its step) comes back from the checkpoint: planted as unbeatable before the
+    resume, it must still be the summary's best after more steps and evaluations."""
+    cfg = _config(text_file, tmp_path / "run", max_steps=4, dropout=0.0, zoneout=0.0, checkpoint_every=0)
+    train(cfg)
+    path = checkpoint_path(tmp_path / "run")
+    ck = torch.load(path, weights_only=False)
+    assert ck["best"] is not None
+    ck["best"] = {**ck["best"], "value": -1.0, "step": 2}  # bits per character: lower is better
+    atomic_save(ck, path)
+    summary = train(TrainConfig.from_dict({**cfg.to_dict(), "max_steps": 7}), resume=True)
+    assert summary["steps"] == 7 and summary["best_valid"] == -1.0 and summary["best_step"] == 2
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["best_valid"] == -1.0
 
 
 def test_atomic_save_failure_keeps_the_good_checkpoint(tmp_path, monkeypatch):
