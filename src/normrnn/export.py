@@ -27,6 +27,7 @@ class StreamingStep(nn.Module):
         if getattr(layer, "bidirectional", False):
             raise ValueError("StreamingStep needs a unidirectional layer: a reverse direction sees the whole sequence")
         self.layer = layer
+        self.train(layer.training)  # (exporters warn about a wrapper left in training mode around an eval layer)
 
     def forward(self, x: Tensor, state: tuple[Tensor, ...], step: Tensor) -> tuple[Tensor, tuple[Tensor, ...], Tensor]:
         hx = tuple(state) if self.layer.mode == "LSTM" else state[0]
