@@ -534,7 +534,7 @@ def test_native_running_average_update_equals_its_specification(first):
 
 
 def test_scratch_keeps_one_buffer_per_dtype_and_not_the_large_ones(monkeypatch):
-    scratch = fused._Scratch()
+    scratch = fused.input_term.Scratch()
     like = torch.empty(0)
     a = scratch.take((4, 5), like)
     b = scratch.take((2, 3), like)
@@ -544,7 +544,7 @@ def test_scratch_keeps_one_buffer_per_dtype_and_not_the_large_ones(monkeypatch):
     assert scratch.buffers[(like.device, like.dtype)].numel() == 42 and c.shape == (6, 7)
     d = scratch.take((2, 2), torch.empty(0, dtype=torch.float64))
     assert d.dtype == torch.float64 and len(scratch.buffers) == 2
-    monkeypatch.setattr(fused._Scratch, "max_bytes", 100)
+    monkeypatch.setattr(fused.input_term.Scratch, "max_bytes", 100)
     big = scratch.take((10, 10), like)  # 400 bytes: allocated for the call, not kept
     assert big.untyped_storage().data_ptr() != scratch.buffers[(like.device, like.dtype)].untyped_storage().data_ptr()
     assert scratch.buffers[(like.device, like.dtype)].numel() == 42

@@ -901,13 +901,12 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
   };
   groups.run(run_rows);
   return {out, h_all.result(T_), c_all.result(T_), acts, shat_all, rstd_h,
-          keep_chat ? chat_all : at::empty({0}, o), rstd_c, at::empty({0}, o), mean_h, var_h, count_h, mean_c, var_c,
-          count_c};
+          keep_chat ? chat_all : at::empty({0}, o), rstd_c, mean_h, var_h, count_h, mean_c, var_c, count_c};
 }
 
 template <typename T>
 std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Tensor& dhT, const at::Tensor& dcT,
-                                           const at::Tensor& like, const at::Tensor& w_hh, const at::Tensor& gamma_h,
+                                           const at::Tensor& w_hh, const at::Tensor& gamma_h,
                                            const at::Tensor& gamma_c, const at::Tensor& beta_c,
                                            const at::Tensor& mask,
                                            const at::Tensor& h_all, const at::Tensor& c_all,
@@ -916,11 +915,11 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
                                            const at::Tensor& rstd_c, const at::Tensor& mean_c,
                                            const at::Tensor& count_h, const at::Tensor& count_c, int64_t kind_h,
                                            int64_t kind_c, bool joint, bool carry) {
-  const int64_t T_ = like.size(0), N = like.size(1), G = like.size(2), H = G / 4;
-  const auto o = like.options();
+  const int64_t T_ = acts.size(0), N = acts.size(1), G = acts.size(2), H = G / 4;
+  const auto o = acts.options();
   const StepGemm<T> gemm(w_hh, N, T_);  // dh_prev = ds W_hh
   const bool has_h = gamma_h.numel() > 0, has_c = gamma_c.numel() > 0;
-  auto dxa = at::empty_like(like);
+  auto dxa = at::empty_like(acts);
   // da: d(pre-activation); ds: d(recurrent product h W_hh^T). Without a norm on the recurrent term ds = da = dxa;
   // joint terms: dxa = ds and da is one step's scratch; separate terms: dxa = da and ds goes to the ring.
   // Everything else (d(c_out), the reductions for bias and gains) is per step: nothing else is T steps long.
@@ -1138,18 +1137,17 @@ std::vector<at::Tensor> gru_forward_impl(const at::Tensor& xa, const at::Tensor&
 }
 
 template <typename T>
-std::vector<at::Tensor> gru_backward_impl(const at::Tensor& dout, const at::Tensor& dhT, const at::Tensor& like,
-                                          const at::Tensor& w_hh, const at::Tensor& gamma_h, const at::Tensor& mask,
+std::vector<at::Tensor> gru_backward_impl(const at::Tensor& dout, const at::Tensor& dhT, const at::Tensor& w_hh, const at::Tensor& gamma_h, const at::Tensor& mask,
                                           const at::Tensor& h_all, const at::Tensor& acts,
                                           const at::Tensor& rec_n_all, const at::Tensor& shat_all,
                                           const at::Tensor& rstd_h, const at::Tensor& count_h, int64_t kind_h) {
-  const int64_t T_ = like.size(0), N = like.size(1), G = like.size(2), H = G / 3;
+  const int64_t T_ = acts.size(0), N = acts.size(1), G = acts.size(2), H = G / 3;
   const bool has_h = gamma_h.numel() > 0;
-  const auto o = like.options();
+  const auto o = acts.options();
   const StepGemm<T> gemm(w_hh, N, T_);  // dh_prev = ds W_hh
   // drec: d(recurrent term after its norm), one step's scratch; ds: d(recurrent product), in the ring (ds = drec
   // without a norm). The bias and gain gradients are summed step by step.
-  auto dxa = at::empty_like(like);
+  auto dxa = at::empty_like(acts);
   auto drec_step = has_h ? at::empty({N, G}, o) : at::empty({0}, o);
   DsRing<T> ring(at::Tensor(), T_, N, G, H, o);
   auto dbias = at::zeros({G}, o);
@@ -1260,18 +1258,17 @@ std::vector<at::Tensor> rnn_forward_impl(const at::Tensor& xa, const at::Tensor&
 }
 
 template <typename T>
-std::vector<at::Tensor> rnn_backward_impl(const at::Tensor& dout, const at::Tensor& dhT, const at::Tensor& like,
-                                          const at::Tensor& w_hh, const at::Tensor& gamma_h, const at::Tensor& mask,
+std::vector<at::Tensor> rnn_backward_impl(const at::Tensor& dout, const at::Tensor& dhT, const at::Tensor& w_hh, const at::Tensor& gamma_h, const at::Tensor& mask,
                                           const at::Tensor& h_all, const at::Tensor& act,
                                           const at::Tensor& shat_all, const at::Tensor& rstd_h,
                                           const at::Tensor& count_h, int64_t kind_h, bool joint, bool relu) {
-  const int64_t T_ = like.size(0), N = like.size(1), H = like.size(2);
+  const int64_t T_ = act.size(0), N = act.size(1), H = act.size(2);
   const bool has_h = gamma_h.numel() > 0;
-  const auto o = like.options();
+  const auto o = act.options();
   const StepGemm<T> gemm(w_hh, N, T_);  // dh_prev = ds W_hh
   // As in the LSTM: ds = da = dxa without a norm; joint: dxa = ds, da one step's scratch; separate: dxa = da and
   // ds in the ring.
-  auto dxa = at::empty_like(like);
+  auto dxa = at::empty_like(act);
   auto da_step = joint && has_h ? at::empty({N, H}, o) : at::empty({0}, o);
   DsRing<T> ring(!has_h || joint ? dxa : at::Tensor(), T_, N, H, H, o);
   auto dbias = at::zeros({H}, o);
@@ -1393,35 +1390,47 @@ void lstm_step_into(const at::Tensor& x, const at::Tensor& h, const at::Tensor& 
 
 // Streaming: one step of a whole unidirectional stack in one call, for LSTM.step at small batches, where the
 // per-call cost of Python and the dispatcher is most of the time. x (N, I); h0, c0 (L, N, H) or empty for
-// zeros. `layers` holds per layer: w_ih, w_hh, b_ih, b_hh, gamma_x, gamma_h, gamma_c, beta_c, then for the x-,
-// h- and cell norm the running mean and variance (steps, F) and steps_tracked (eval batch norm; empty
-// otherwise). `flags` per layer: kind_x, kind_h, kind_c, joint, carry. Returns output (N, H), h_n, c_n.
-constexpr int64_t STREAM_TENSORS = 17, STREAM_FLAGS = 5;
+// zeros; one StreamLayer per layer (bound to Python under the same names). Returns output (N, H), h_n, c_n.
+
+// One norm of a streaming layer: its kind (none, layer, rms, or batch with given statistics), its gain and bias
+// (empty when absent) and, for batch norm in eval, its running statistics (steps, F) and steps_tracked (empty
+// otherwise).
+struct StreamNorm {
+  int64_t kind;
+  at::Tensor gain, bias, running_mean, running_var, steps_tracked;
+};
+
+struct StreamLayer {
+  at::Tensor w_ih, w_hh, b_ih, b_hh;  // biases empty when absent
+  StreamNorm norm_x, norm_h, norm_c;  // norm_h is the joint norm when `joint`
+  bool joint, carry;
+};
 
 template <typename T>
 std::vector<at::Tensor> lstm_stream_impl(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
-                                         const std::vector<at::Tensor>& layers, const std::vector<int64_t>& flags,
-                                         int64_t step, double eps) {
-  const int64_t L = static_cast<int64_t>(layers.size()) / STREAM_TENSORS, N = x.size(0);
-  const int64_t H = layers[1].size(1);
+                                         const std::vector<StreamLayer>& layers, int64_t step, double eps) {
+  const int64_t L = static_cast<int64_t>(layers.size()), N = x.size(0);
+  const int64_t H = layers[0].w_hh.size(1);
   auto h_n = at::empty({L, N, H}, x.options()), c_n = at::empty({L, N, H}, x.options());
   const bool zeros = h0.numel() == 0;
   auto zero = zeros ? at::zeros({N, H}, x.options()) : at::Tensor();
   // Row of the running statistics step `step` reads in eval: the last trained step at most.
-  auto row_of = [&](const at::Tensor& tracked, const at::Tensor& stats) -> int64_t {
-    if (!tracked.numel()) return 0;
-    const int64_t last = std::min(std::max<int64_t>(tracked.item<int64_t>(), 1), stats.size(0)) - 1;
+  auto row_of = [&](const StreamNorm& norm) -> int64_t {
+    if (!norm.steps_tracked.numel()) return 0;
+    const int64_t last = std::min(std::max<int64_t>(norm.steps_tracked.item<int64_t>(), 1),
+                                  norm.running_mean.size(0)) - 1;
     return std::min(step, last);
   };
   at::Tensor input = x;
   for (int64_t k = 0; k < L; ++k) {
-    const at::Tensor* t = layers.data() + k * STREAM_TENSORS;
-    const int64_t* f = flags.data() + k * STREAM_FLAGS;
-    const int64_t row_x = row_of(t[10], t[8]), row_h = row_of(t[13], t[11]), row_c = row_of(t[16], t[14]);
+    const StreamLayer& l = layers[k];
     auto h = zeros ? zero : h0.select(0, k), c = zeros ? zero : c0.select(0, k);
     auto h_out = h_n.select(0, k), c_out = c_n.select(0, k);
-    lstm_step_into<T>(input, h, c, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9], t[11], t[12], t[14],
-                      t[15], row_x, row_h, row_c, f[0], f[1], f[2], f[3] != 0, f[4] != 0, eps, h_out, c_out);
+    lstm_step_into<T>(input, h, c, l.w_ih, l.w_hh, l.b_ih, l.b_hh, l.norm_x.gain, l.norm_h.gain, l.norm_c.gain,
+                      l.norm_c.bias, l.norm_x.running_mean, l.norm_x.running_var, l.norm_h.running_mean,
+                      l.norm_h.running_var, l.norm_c.running_mean, l.norm_c.running_var, row_of(l.norm_x),
+                      row_of(l.norm_h), row_of(l.norm_c), l.norm_x.kind, l.norm_h.kind, l.norm_c.kind, l.joint,
+                      l.carry, eps, h_out, c_out);
     input = h_out;
   }
   return {h_n.select(0, L - 1).clone(), h_n, c_n};
@@ -1848,7 +1857,7 @@ std::vector<at::Tensor> gru_joint_forward_impl(const at::Tensor& xa, const at::T
 
 template <typename T>
 std::vector<at::Tensor> gru_joint_backward_impl(const at::Tensor& dout, const at::Tensor& dhT,
-                                                const at::Tensor& like, const at::Tensor& w_hh,
+                                                const at::Tensor& w_hh,
                                                 const at::Tensor& gamma_g, const at::Tensor& gamma_n,
                                                 const at::Tensor& mask, const at::Tensor& h_all,
                                                 const at::Tensor& acts, const at::Tensor& rec_n_all,
@@ -1856,12 +1865,12 @@ std::vector<at::Tensor> gru_joint_backward_impl(const at::Tensor& dout, const at
                                                 const at::Tensor& rstd_g, const at::Tensor& rstd_n,
                                                 const at::Tensor& count_g, const at::Tensor& count_n, int64_t kind_g,
                                                 int64_t kind_n) {
-  const int64_t T_ = like.size(0), N = like.size(1), G = like.size(2), H = G / 3, H2 = 2 * H;
+  const int64_t T_ = acts.size(0), N = acts.size(1), G = acts.size(2), H = G / 3, H2 = 2 * H;
   const bool has_g = gamma_g.numel() > 0, has_n = gamma_n.numel() > 0;
-  const auto o = like.options();
+  const auto o = acts.options();
   const StepGemm<T> gemm(w_hh, N, T_);  // dh_prev = ds W_hh
   // dpre: d(pre-activations r, z, n), after the norms; ds: d(h W_hh^T); dxa = (du, dv).
-  auto dxa = at::empty_like(like), ds_all = at::empty_like(like), dpre_all = at::empty_like(like);
+  auto dxa = at::empty_like(acts), ds_all = at::empty_like(acts), dpre_all = at::empty_like(acts);
   auto dh = dhT.clone(), dh_next = at::empty_like(dh), direct = at::empty_like(dh);
   // du and dv of one step, contiguous (N, F) for the column passes of batch norm's backward.
   auto du_buf = at::empty({N, H2}, o), dv_buf = at::empty({N, H}, o);
@@ -1962,69 +1971,158 @@ std::vector<at::Tensor> gru_joint_backward_impl(const at::Tensor& dout, const at
 }  // namespace
 
 // =========================================================================================== bindings
+// The engine contract of normrnn/fused/contract.py. A training forward returns (out, state, stats, saved): the
+// outputs (T, N, H); the final state [h_n] or [h_n, c_n], each (N, H); the batch statistics of each norm of the
+// loop, [mean (T, F), var (T, F), count (T)] per norm (empty tensors unless the norm computes batch statistics);
+// and `saved`, what the matching backward reads, in the order of its impl's arguments. Python keeps `saved` with
+// the autograd node and hands it back unread. An inference forward returns (out, state, stats): it keeps one
+// step's buffers and saves nothing.
 
 #define NORMRNN_DISPATCH(x, name, call) \
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), name, [&] { return call; })
 
-std::vector<at::Tensor> lstm_forward(at::Tensor xa, at::Tensor h0, at::Tensor c0, at::Tensor w_hh, at::Tensor bias,
-                                     at::Tensor gamma_h, at::Tensor gamma_c, at::Tensor beta_c, at::Tensor mask,
-                                     at::Tensor fmh, at::Tensor fvh, at::Tensor fmc, at::Tensor fvc, int64_t kind_h,
-                                     int64_t kind_c, bool joint, bool carry, double eps, bool keep) {
+using Tensors = std::vector<at::Tensor>;
+using Trained = std::tuple<at::Tensor, Tensors, Tensors, Tensors>;
+using Inferred = std::tuple<at::Tensor, Tensors, Tensors>;
+
+at::Tensor last_state(const at::Tensor& all, bool copy) {
+  auto last = all.select(0, all.size(0) - 1);
+  return copy ? last.clone() : last;  // (a training call's states stay saved for backward: the user gets a copy)
+}
+
+Tensors slots(const Tensors& r, size_t from) { return Tensors(r.begin() + from, r.end()); }
+
+// LSTM. impl: out, h_all, c_all, acts, shat, rstd_h, chat, rstd_c | mean_h, var_h, count_h, mean_c, var_c, count_c
+Tensors lstm_run(at::Tensor xa, at::Tensor h0, at::Tensor c0, at::Tensor w_hh, at::Tensor bias, at::Tensor gamma_h,
+                 at::Tensor gamma_c, at::Tensor beta_c, at::Tensor mask, at::Tensor fmh, at::Tensor fvh,
+                 at::Tensor fmc, at::Tensor fvc, int64_t kind_h, int64_t kind_c, bool joint, bool carry, double eps,
+                 bool keep) {
   return NORMRNN_DISPATCH(xa, "lstm_forward",
       lstm_forward_impl<scalar_t>(xa, h0, c0, w_hh, bias, gamma_h, gamma_c, beta_c, mask, fmh, fvh, fmc, fvc,
                                   kind_h, kind_c, joint, carry, eps, keep));
 }
 
-std::vector<at::Tensor> lstm_backward(at::Tensor dout, at::Tensor dhT, at::Tensor dcT, at::Tensor like,
-                                      at::Tensor w_hh, at::Tensor gamma_h, at::Tensor gamma_c, at::Tensor beta_c,
-                                      at::Tensor mask,
-                                      at::Tensor h_all, at::Tensor c_all, at::Tensor acts, at::Tensor shat_all,
-                                      at::Tensor rstd_h, at::Tensor chat_all, at::Tensor rstd_c, at::Tensor mean_c,
-                                      at::Tensor count_h, at::Tensor count_c, int64_t kind_h, int64_t kind_c,
-                                      bool joint, bool carry) {
-  return NORMRNN_DISPATCH(like, "lstm_backward",
-      lstm_backward_impl<scalar_t>(dout, dhT, dcT, like, w_hh, gamma_h, gamma_c, beta_c, mask, h_all, c_all, acts, shat_all,
-                                   rstd_h, chat_all, rstd_c, mean_c, count_h, count_c, kind_h, kind_c, joint,
-                                   carry));
+Trained lstm_forward(at::Tensor xa, at::Tensor h0, at::Tensor c0, at::Tensor w_hh, at::Tensor bias,
+                     at::Tensor gamma_h, at::Tensor gamma_c, at::Tensor beta_c, at::Tensor mask, at::Tensor fmh,
+                     at::Tensor fvh, at::Tensor fmc, at::Tensor fvc, int64_t kind_h, int64_t kind_c, bool joint,
+                     bool carry, double eps) {
+  const auto r = lstm_run(xa, h0, c0, w_hh, bias, gamma_h, gamma_c, beta_c, mask, fmh, fvh, fmc, fvc, kind_h, kind_c,
+                          joint, carry, eps, true);
+  // Backward renormalizes the cell with the column means the batch kinds used; fmc may view the running
+  // statistics, which a later training call updates in place: a copy.
+  const at::Tensor mean_c_used = kind_c == BATCH ? r[11] : fmc.clone();
+  return {r[0], {last_state(r[1], true), last_state(r[2], true)}, slots(r, 8),
+          {w_hh, gamma_h, gamma_c, beta_c, mask, r[1], r[2], r[3], r[4], r[5], r[6], r[7], mean_c_used, r[10],
+           r[13]}};
 }
 
-std::vector<at::Tensor> gru_forward(at::Tensor xa, at::Tensor h0, at::Tensor w_hh, at::Tensor bias_hh,
-                                    at::Tensor gamma_h, at::Tensor mask, at::Tensor fmh, at::Tensor fvh,
-                                    int64_t kind_h, double eps, bool keep) {
+Inferred lstm_infer(at::Tensor xa, at::Tensor h0, at::Tensor c0, at::Tensor w_hh, at::Tensor bias,
+                    at::Tensor gamma_h, at::Tensor gamma_c, at::Tensor beta_c, at::Tensor mask, at::Tensor fmh,
+                    at::Tensor fvh, at::Tensor fmc, at::Tensor fvc, int64_t kind_h, int64_t kind_c, bool joint,
+                    bool carry, double eps) {
+  const auto r = lstm_run(xa, h0, c0, w_hh, bias, gamma_h, gamma_c, beta_c, mask, fmh, fvh, fmc, fvc, kind_h, kind_c,
+                          joint, carry, eps, false);
+  return {r[0], {last_state(r[1], false), last_state(r[2], false)}, slots(r, 8)};
+}
+
+Tensors lstm_backward(at::Tensor dout, at::Tensor dhT, at::Tensor dcT, Tensors s, int64_t kind_h, int64_t kind_c,
+                      bool joint, bool carry) {
+  TORCH_CHECK(s.size() == 15, "lstm_backward: the saved state of lstm_forward");
+  return NORMRNN_DISPATCH(s[7], "lstm_backward",
+      lstm_backward_impl<scalar_t>(dout, dhT, dcT, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10],
+                                   s[11], s[12], s[13], s[14], kind_h, kind_c, joint, carry));
+}
+
+// GRU, separate terms. impl: out, h_all, acts, rec_n, shat, rstd_h | mean_h, var_h, count_h
+Tensors gru_run(at::Tensor xa, at::Tensor h0, at::Tensor w_hh, at::Tensor bias_hh, at::Tensor gamma_h,
+                at::Tensor mask, at::Tensor fmh, at::Tensor fvh, int64_t kind_h, double eps, bool keep) {
   return NORMRNN_DISPATCH(xa, "gru_forward",
       gru_forward_impl<scalar_t>(xa, h0, w_hh, bias_hh, gamma_h, mask, fmh, fvh, kind_h, eps, keep));
 }
 
-std::vector<at::Tensor> gru_backward(at::Tensor dout, at::Tensor dhT, at::Tensor like, at::Tensor w_hh,
-                                     at::Tensor gamma_h, at::Tensor mask, at::Tensor h_all, at::Tensor acts,
-                                     at::Tensor rec_n_all, at::Tensor shat_all, at::Tensor rstd_h,
-                                     at::Tensor count_h, int64_t kind_h) {
-  return NORMRNN_DISPATCH(like, "gru_backward",
-      gru_backward_impl<scalar_t>(dout, dhT, like, w_hh, gamma_h, mask, h_all, acts, rec_n_all, shat_all, rstd_h,
-                                  count_h, kind_h));
+Trained gru_forward(at::Tensor xa, at::Tensor h0, at::Tensor w_hh, at::Tensor bias_hh, at::Tensor gamma_h,
+                    at::Tensor mask, at::Tensor fmh, at::Tensor fvh, int64_t kind_h, double eps) {
+  const auto r = gru_run(xa, h0, w_hh, bias_hh, gamma_h, mask, fmh, fvh, kind_h, eps, true);
+  return {r[0], {last_state(r[1], true)}, slots(r, 6), {w_hh, gamma_h, mask, r[1], r[2], r[3], r[4], r[5], r[8]}};
 }
 
-std::vector<at::Tensor> rnn_forward(at::Tensor xa, at::Tensor h0, at::Tensor w_hh, at::Tensor bias,
-                                    at::Tensor gamma_h, at::Tensor mask, at::Tensor fmh, at::Tensor fvh,
-                                    int64_t kind_h, bool joint, bool relu, double eps, bool keep) {
+Inferred gru_infer(at::Tensor xa, at::Tensor h0, at::Tensor w_hh, at::Tensor bias_hh, at::Tensor gamma_h,
+                   at::Tensor mask, at::Tensor fmh, at::Tensor fvh, int64_t kind_h, double eps) {
+  const auto r = gru_run(xa, h0, w_hh, bias_hh, gamma_h, mask, fmh, fvh, kind_h, eps, false);
+  return {r[0], {last_state(r[1], false)}, slots(r, 6)};
+}
+
+Tensors gru_backward(at::Tensor dout, at::Tensor dhT, Tensors s, int64_t kind_h) {
+  TORCH_CHECK(s.size() == 9, "gru_backward: the saved state of gru_forward");
+  return NORMRNN_DISPATCH(s[4], "gru_backward",
+      gru_backward_impl<scalar_t>(dout, dhT, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], kind_h));
+}
+
+// GRU, joint terms. impl: out, h_all, acts, rec_n, uhat, vhat, rstd_g, rstd_n | mean_g, var_g, count_g, mean_n,
+// var_n, count_n
+Tensors gru_joint_run(at::Tensor xa, at::Tensor h0, at::Tensor w_hh, at::Tensor bias_ih, at::Tensor bias_hh,
+                      at::Tensor gamma_g, at::Tensor gamma_n, at::Tensor mask, at::Tensor fmg, at::Tensor fvg,
+                      at::Tensor fmn, at::Tensor fvn, int64_t kind_g, int64_t kind_n, double eps, bool keep) {
+  return NORMRNN_DISPATCH(xa, "gru_joint_forward",
+      gru_joint_forward_impl<scalar_t>(xa, h0, w_hh, bias_ih, bias_hh, gamma_g, gamma_n, mask, fmg, fvg, fmn, fvn,
+                                       kind_g, kind_n, eps, keep));
+}
+
+Trained gru_joint_forward(at::Tensor xa, at::Tensor h0, at::Tensor w_hh, at::Tensor bias_ih, at::Tensor bias_hh,
+                          at::Tensor gamma_g, at::Tensor gamma_n, at::Tensor mask, at::Tensor fmg, at::Tensor fvg,
+                          at::Tensor fmn, at::Tensor fvn, int64_t kind_g, int64_t kind_n, double eps) {
+  const auto r = gru_joint_run(xa, h0, w_hh, bias_ih, bias_hh, gamma_g, gamma_n, mask, fmg, fvg, fmn, fvn, kind_g,
+                               kind_n, eps, true);
+  return {r[0], {last_state(r[1], true)}, slots(r, 8),
+          {w_hh, gamma_g, gamma_n, mask, r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[10], r[13]}};
+}
+
+Inferred gru_joint_infer(at::Tensor xa, at::Tensor h0, at::Tensor w_hh, at::Tensor bias_ih, at::Tensor bias_hh,
+                         at::Tensor gamma_g, at::Tensor gamma_n, at::Tensor mask, at::Tensor fmg, at::Tensor fvg,
+                         at::Tensor fmn, at::Tensor fvn, int64_t kind_g, int64_t kind_n, double eps) {
+  const auto r = gru_joint_run(xa, h0, w_hh, bias_ih, bias_hh, gamma_g, gamma_n, mask, fmg, fvg, fmn, fvn, kind_g,
+                               kind_n, eps, false);
+  return {r[0], {last_state(r[1], false)}, slots(r, 8)};
+}
+
+Tensors gru_joint_backward(at::Tensor dout, at::Tensor dhT, Tensors s, int64_t kind_g, int64_t kind_n) {
+  TORCH_CHECK(s.size() == 13, "gru_joint_backward: the saved state of gru_joint_forward");
+  return NORMRNN_DISPATCH(s[5], "gru_joint_backward",
+      gru_joint_backward_impl<scalar_t>(dout, dhT, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9],
+                                        s[10], s[11], s[12], kind_g, kind_n));
+}
+
+// Elman RNN. impl: out, h_all, act, shat, rstd_h | mean_h, var_h, count_h
+Tensors rnn_run(at::Tensor xa, at::Tensor h0, at::Tensor w_hh, at::Tensor bias, at::Tensor gamma_h, at::Tensor mask,
+                at::Tensor fmh, at::Tensor fvh, int64_t kind_h, bool joint, bool relu, double eps, bool keep) {
   return NORMRNN_DISPATCH(xa, "rnn_forward",
       rnn_forward_impl<scalar_t>(xa, h0, w_hh, bias, gamma_h, mask, fmh, fvh, kind_h, joint, relu, eps, keep));
 }
 
-std::vector<at::Tensor> rnn_backward(at::Tensor dout, at::Tensor dhT, at::Tensor like, at::Tensor w_hh,
-                                     at::Tensor gamma_h, at::Tensor mask, at::Tensor h_all, at::Tensor act,
-                                     at::Tensor shat_all, at::Tensor rstd_h, at::Tensor count_h, int64_t kind_h,
-                                     bool joint, bool relu) {
-  return NORMRNN_DISPATCH(like, "rnn_backward",
-      rnn_backward_impl<scalar_t>(dout, dhT, like, w_hh, gamma_h, mask, h_all, act, shat_all, rstd_h, count_h,
-                                  kind_h, joint, relu));
+Trained rnn_forward(at::Tensor xa, at::Tensor h0, at::Tensor w_hh, at::Tensor bias, at::Tensor gamma_h,
+                    at::Tensor mask, at::Tensor fmh, at::Tensor fvh, int64_t kind_h, bool joint, bool relu,
+                    double eps) {
+  const auto r = rnn_run(xa, h0, w_hh, bias, gamma_h, mask, fmh, fvh, kind_h, joint, relu, eps, true);
+  return {r[0], {last_state(r[1], true)}, slots(r, 5), {w_hh, gamma_h, mask, r[1], r[2], r[3], r[4], r[7]}};
 }
 
-std::vector<at::Tensor> lstm_stream(at::Tensor x, at::Tensor h0, at::Tensor c0, std::vector<at::Tensor> layers,
-                                    std::vector<int64_t> flags, int64_t step, double eps) {
-  TORCH_CHECK(layers.size() % STREAM_TENSORS == 0 && flags.size() * STREAM_TENSORS == layers.size() * STREAM_FLAGS,
-              "lstm_stream: ", STREAM_TENSORS, " tensors and ", STREAM_FLAGS, " flags per layer");
-  return NORMRNN_DISPATCH(x, "lstm_stream", lstm_stream_impl<scalar_t>(x, h0, c0, layers, flags, step, eps));
+Inferred rnn_infer(at::Tensor xa, at::Tensor h0, at::Tensor w_hh, at::Tensor bias, at::Tensor gamma_h,
+                   at::Tensor mask, at::Tensor fmh, at::Tensor fvh, int64_t kind_h, bool joint, bool relu,
+                   double eps) {
+  const auto r = rnn_run(xa, h0, w_hh, bias, gamma_h, mask, fmh, fvh, kind_h, joint, relu, eps, false);
+  return {r[0], {last_state(r[1], false)}, slots(r, 5)};
+}
+
+Tensors rnn_backward(at::Tensor dout, at::Tensor dhT, Tensors s, int64_t kind_h, bool joint, bool relu) {
+  TORCH_CHECK(s.size() == 8, "rnn_backward: the saved state of rnn_forward");
+  return NORMRNN_DISPATCH(s[4], "rnn_backward",
+      rnn_backward_impl<scalar_t>(dout, dhT, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], kind_h, joint, relu));
+}
+
+std::vector<at::Tensor> lstm_stream(at::Tensor x, at::Tensor h0, at::Tensor c0, std::vector<StreamLayer> layers,
+                                    int64_t step, double eps) {
+  TORCH_CHECK(!layers.empty(), "lstm_stream: at least one layer");
+  return NORMRNN_DISPATCH(x, "lstm_stream", lstm_stream_impl<scalar_t>(x, h0, c0, layers, step, eps));
 }
 
 std::vector<at::Tensor> rms_norm_forward(at::Tensor x, at::Tensor weight, double eps) {
@@ -2062,26 +2160,6 @@ std::vector<at::Tensor> bn_steps_backward(at::Tensor dy, at::Tensor x, at::Tenso
       bn_steps_backward_impl<scalar_t>(dy, x, weight, mask, mean, rstd, count, training));
 }
 
-std::vector<at::Tensor> gru_joint_forward(at::Tensor xa, at::Tensor h0, at::Tensor w_hh, at::Tensor bias_ih,
-                                          at::Tensor bias_hh, at::Tensor gamma_g, at::Tensor gamma_n,
-                                          at::Tensor mask, at::Tensor fmg, at::Tensor fvg, at::Tensor fmn,
-                                          at::Tensor fvn, int64_t kind_g, int64_t kind_n, double eps, bool keep) {
-  return NORMRNN_DISPATCH(xa, "gru_joint_forward",
-      gru_joint_forward_impl<scalar_t>(xa, h0, w_hh, bias_ih, bias_hh, gamma_g, gamma_n, mask, fmg, fvg, fmn, fvn,
-                                       kind_g, kind_n, eps, keep));
-}
-
-std::vector<at::Tensor> gru_joint_backward(at::Tensor dout, at::Tensor dhT, at::Tensor like, at::Tensor w_hh,
-                                           at::Tensor gamma_g, at::Tensor gamma_n, at::Tensor mask,
-                                           at::Tensor h_all, at::Tensor acts, at::Tensor rec_n_all,
-                                           at::Tensor uhat_all, at::Tensor vhat_all, at::Tensor rstd_g,
-                                           at::Tensor rstd_n, at::Tensor count_g, at::Tensor count_n,
-                                           int64_t kind_g, int64_t kind_n) {
-  return NORMRNN_DISPATCH(like, "gru_joint_backward",
-      gru_joint_backward_impl<scalar_t>(dout, dhT, like, w_hh, gamma_g, gamma_n, mask, h_all, acts, rec_n_all,
-                                        uhat_all, vhat_all, rstd_g, rstd_n, count_g, count_n, kind_g, kind_n));
-}
-
 // Whether the per-step GEMMs may use MKL's packed GEMM (when torch carries it); returns the previous setting.
 bool set_split_rows(bool on) {
   const bool was = RowGroups::split_rows_enabled();
@@ -2106,13 +2184,25 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bn_steps_backward", &bn_steps_backward);
   m.def("rms_norm_forward", &rms_norm_forward);
   m.def("rms_norm_backward", &rms_norm_backward);
+  py::class_<StreamNorm>(m, "StreamNorm")
+      .def(py::init<int64_t, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(), py::arg("kind"),
+           py::arg("gain"), py::arg("bias"), py::arg("running_mean"), py::arg("running_var"),
+           py::arg("steps_tracked"));
+  py::class_<StreamLayer>(m, "StreamLayer")
+      .def(py::init<at::Tensor, at::Tensor, at::Tensor, at::Tensor, StreamNorm, StreamNorm, StreamNorm, bool, bool>(),
+           py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("norm_x"), py::arg("norm_h"),
+           py::arg("norm_c"), py::arg("joint"), py::arg("carry"));
   m.def("lstm_stream", &lstm_stream);
   m.def("lstm_forward", &lstm_forward);
+  m.def("lstm_infer", &lstm_infer);
   m.def("lstm_backward", &lstm_backward);
   m.def("gru_forward", &gru_forward);
+  m.def("gru_infer", &gru_infer);
   m.def("gru_backward", &gru_backward);
-  m.def("rnn_forward", &rnn_forward);
-  m.def("rnn_backward", &rnn_backward);
   m.def("gru_joint_forward", &gru_joint_forward);
+  m.def("gru_joint_infer", &gru_joint_infer);
   m.def("gru_joint_backward", &gru_joint_backward);
+  m.def("rnn_forward", &rnn_forward);
+  m.def("rnn_infer", &rnn_infer);
+  m.def("rnn_backward", &rnn_backward);
 }
