@@ -466,6 +466,32 @@ def test_native_input_term_norm_equals_its_specification(kind, gain):
 
 
 @pytest.mark.skipif(NATIVE is None, reason="native kernels not built here")
+def test_native_rms_norm_rows_gradcheck():
+    """The input term's RMSNorm on the native kernels (one pass, forward and backward) against autograd's finite
+    differences through the input and the gain, and against the plain module."""
+    from torch.autograd import gradcheck
+
+    from normrnn.fused.input_term import normalize
+
+    torch.manual_seed(9)
+    n = normrnn.RMSNorm(6).double()
+    eng = fused.native.engine()
+    x = torch.randn(4, 3, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.empty(6, dtype=torch.float64).uniform_(0.5, 1.5).requires_grad_()
+    with torch.no_grad():
+        n.weight.copy_(w)
+    assert gradcheck(lambda x, w: normalize(_with_weight(n, w), x, 0, None, eng), (x, w))
+    torch.testing.assert_close(normalize(n, x, 0, None, eng), n(x))
+
+
+def _with_weight(norm, w):
+    """A copy of ``norm`` whose gain is the tensor ``w`` itself (so gradcheck differentiates through it)."""
+    clone = copy.copy(norm)
+    clone._parameters = dict(norm._parameters, weight=w)
+    return clone
+
+
+@pytest.mark.skipif(NATIVE is None, reason="native kernels not built here")
 @pytest.mark.parametrize("norm", ["layer", "rms", "batch", "none"])
 @pytest.mark.parametrize("extra", [{}, dict(norm_terms="joint"), dict(carry_normalized_cell=True),
                                    dict(norm_cell=False)], ids=str)

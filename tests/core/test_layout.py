@@ -34,3 +34,16 @@ def test_import_graph_check_finds_what_it_looks_for(tmp_path):
     assert "private name _NormRNNBase" in out.stdout
     assert "import circle among" in out.stdout
 
+
+
+def test_every_engine_implements_the_contract():
+    """The PyTorch engine (a module) and the native engine (an adapter) implement contract.Engine; the flags that
+    announce the optional kernels match what they implement."""
+    from normrnn.fused import native, torch_engine
+    from normrnn.fused.contract import Engine, InputKernels, StreamKernels
+
+    engines = [torch_engine] + ([native.engine()] if native.load() is not None else [])
+    for eng in engines:
+        assert isinstance(eng, Engine), eng
+        assert isinstance(eng, StreamKernels) == eng.has_stream, eng.name
+        assert isinstance(eng, InputKernels) == eng.has_input_kernels, eng.name

@@ -237,14 +237,14 @@ class StreamResult(NamedTuple):
 
 @runtime_checkable
 class Engine(Protocol):
-    """What an engine implements. The four loops are required; the rest are optional kernels an engine
-    announces with its flags (the PyTorch engine has none of them: the ordinary PyTorch path runs instead).
+    """What every engine implements (a class, or a module as :mod:`normrnn.fused.torch_engine` is).
 
     * ``name``: ``"native"``, ``"torch"``, ...; ``devices``: the device types whose tensors it reads.
-    * ``has_stream``: :meth:`lstm_stream` (one step of a whole LSTM stack in one call) and :meth:`prepare_stream`.
-    * ``has_input_kernels``: the input term's norms over all steps at once: :meth:`norm_rows_`,
-      :meth:`bn_steps_forward`/:meth:`bn_steps_backward`, :meth:`bn_update_running_`,
-      :meth:`rms_norm_forward`/:meth:`rms_norm_backward` (see :mod:`normrnn.fused.input_term`).
+    * the four loops, each as ``*_forward`` (training: :class:`ForwardResult` with ``saved``), ``*_infer``
+      (:class:`InferResult`, nothing kept) and ``*_backward`` (from the output gradient, the final state's
+      gradient and ``saved``, the named gradients of the loop's differentiable arguments);
+    * ``has_stream`` / ``has_input_kernels``: whether it also implements :class:`StreamKernels` /
+      :class:`InputKernels` (optional: without them the general path and ordinary PyTorch run instead).
     """
 
     name: str
@@ -268,7 +268,12 @@ class Engine(Protocol):
     def rnn_infer(self, xa: Tensor, h0: Tensor, loop: RNNLoop) -> InferResult: ...
     def rnn_backward(self, dout: Tensor, dh: Tensor, saved: Saved) -> RNNGrads: ...
 
-    # -- optional (has_stream)
+
+@runtime_checkable
+class StreamKernels(Protocol):
+    """Optional (``has_stream``): one step of a whole LSTM stack in one call (``LSTM.step``, and fused calls of
+    one step)."""
+
     def prepare_stream(self, layers: Sequence[StreamLayer]) -> object:
         """The layers in the engine's own form, built once per streaming plan."""
 
@@ -277,12 +282,21 @@ class Engine(Protocol):
         """One step of an LSTM stack. x (N, I); h0, c0 (L, N, H) or empty (zeros); ``layers`` from
         :meth:`prepare_stream`; ``step``: the time index (batch norm's statistics row)."""
 
-    # -- optional (has_input_kernels)
-    def norm_rows_(self, x: Tensor, weight: Tensor, kind: int, eps: float, fixed: Fixed) -> None: ...
+
+@runtime_checkable
+class InputKernels(Protocol):
+    """Optional (``has_input_kernels``): the input term's norms over all steps at once
+    (:mod:`normrnn.fused.input_term`) and batch norm's running averages after a loop."""
+
+    def norm_rows_(self, x: Tensor, weight: Tensor, kind: int, eps: float, fixed: Fixed) -> None:
+        """In inference, in place: x (T, N, F) <- norm(x) · weight (layer, RMS or batch with given statistics)."""
+
     def bn_steps_forward(self, x: Tensor, weight: Tensor, mask: Tensor, fixed: Fixed, eps: float,
                          training: bool) -> NormResult: ...
     def bn_steps_backward(self, dy: Tensor, saved: Saved) -> NormGrads: ...
     def bn_update_running_(self, running_mean: Tensor, running_var: Tensor, stats: Stats, first: int,
-                           momentum: float) -> int: ...
+                           momentum: float) -> int:
+        """Update the running statistics of steps first.. from a loop's stats; returns the new steps_tracked."""
+
     def rms_norm_forward(self, x: Tensor, weight: Tensor, eps: float) -> NormResult: ...
     def rms_norm_backward(self, dy: Tensor, saved: Saved) -> NormGrads: ...

@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from .contract import (BATCH, Fixed, ForwardResult, GRUGrads, GRUJointGrads, GRUJointLoop, GRULoop, InferResult,
+from .contract import (Fixed, ForwardResult, GRUGrads, GRUJointGrads, GRUJointLoop, GRULoop, InferResult,
                        LSTMGrads, LSTMLoop, NormGrads, NormResult, RNNGrads, RNNLoop, Saved, Stats, StreamLayer,
                        StreamResult)
 
