@@ -182,6 +182,13 @@ class _NormRNNBase(nn.Module):
             self.__dict__["_stream_plan_cache"] = cached = (key, plan)
         return cached[1]
 
+    def __getstate__(self):
+        # The streaming plan holds engine objects (modules, bound kernel types) that neither copy nor pickle; a
+        # copy builds its own on its first step.
+        state = super().__getstate__()  # (a copy)
+        state.pop("_stream_plan_cache", None)
+        return state
+
     def uses_fused(self) -> bool:
         """Whether ``forward`` runs the fused kernels (see ``backend``); ``backend="fused"`` on a configuration
         they do not cover is an error. The decision is :func:`normrnn.fused.select.uses_fused`'s."""

@@ -268,6 +268,26 @@ def test_streaming_plan_steps_aside_when_it_cannot_apply(stream_calls):
 
 
 @needs_native
+def test_a_streamed_layer_copies_and_pickles(stream_calls):
+    """The cached plan (engine objects) is not part of a layer's state: deepcopy and pickle work after step(),
+    and the copy streams through a plan of its own tensors."""
+    import pickle
+
+    m = normrnn.LSTM(3, 4, norm="layer").eval()
+    x = torch.randn(3, 2, 3)
+    with torch.no_grad():
+        expected, _ = _stream(m, x)
+        twin = copy.deepcopy(m)
+        again = pickle.loads(pickle.dumps(m))
+        for other in (twin, again):
+            got, _ = _stream(other, x)
+            torch.testing.assert_close(got, expected)
+        twin.weight_hh_l0.add_(torch.randn_like(twin.weight_hh_l0))
+        assert not torch.allclose(_stream(twin, x)[0], expected)  # the copy's plan reads the copy's weights
+    assert len(stream_calls) == 4 * 3
+
+
+@needs_native
 def test_streaming_plan_errors_come_from_the_layer(stream_calls):
     """Bad input skips the fast path and gets the layer's own error."""
     m = normrnn.LSTM(3, 4).eval()
