@@ -23,7 +23,7 @@ PACKAGE = "normrnn"
 # Bottom to top. A pattern ending in ".*" takes a package and everything in it.
 LAYERS: list[tuple[str, ...]] = [
     # the library: the math, the norms, the options, the inputs
-    ("normrnn.moments", "normrnn.checks"),
+    ("normrnn.tracing", "normrnn.moments", "normrnn.checks"),
     ("normrnn.norms",),
     ("normrnn.options",),
     ("normrnn.cells",),
@@ -37,7 +37,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("normrnn.fused",),
     # running a sequence, and the package face
     ("normrnn.layers",),
-    ("normrnn.convert",),
+    ("normrnn.convert", "normrnn.export"),
     ("normrnn",),
     # tools and the application
     ("normrnn.multiproc", "normrnn.data", "normrnn.data.*"),

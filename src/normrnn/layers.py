@@ -24,6 +24,7 @@ from .fused.stream import generation as stream_generation
 from .fused.stream import invalidate as invalidate_stream_plans
 from .fused.stream import stream_step as fused_stream_step
 from .reference import run_direction
+from .tracing import is_exporting
 
 BACKENDS = select.BACKENDS
 
@@ -158,7 +159,8 @@ class _NormRNNBase(nn.Module):
         if state is not None and not isinstance(state, StreamState):
             raise TypeError("state must be the StreamState returned by the previous step() call, or None")
         hx, start = (None, 0) if state is None else state
-        plan = self._stream_plan() if self.mode == "LSTM" else None
+        # (while exporting the graph holds ATen ops only: no kernel call, and a plan cached before is not used)
+        plan = self._stream_plan() if self.mode == "LSTM" and not is_exporting() else None
         fast = fused_stream_step(plan, input, hx, start) if plan is not None else None
         if fast is not None:
             return fast[0], StreamState(fast[1], start + 1)

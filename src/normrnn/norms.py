@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from . import moments
+from .tracing import is_exporting
 
 NORM_KINDS = ("layer", "rms", "batch", "none")
 
@@ -109,7 +110,7 @@ class RecurrentBatchNorm(nn.Module):
         """The running mean and variance (T, F) that the consecutive time steps ``steps`` read: in training row
         min(t, max_steps - 1), in eval :meth:`stat_index`'s. Where every step reads its own row, views of the
         buffers (no (T, F) copies: three gathers per layer were a tenth of a small batch's inference)."""
-        if steps.device.type == "cpu" and steps.numel():
+        if steps.device.type == "cpu" and steps.numel() and not is_exporting():  # (int() would guard on data)
             first, last = int(steps[0]), int(steps[-1])
             own = self.max_steps if self.training else min(self.max_steps, max(int(self.steps_tracked), 1))
             if last < own:
@@ -122,7 +123,8 @@ class RecurrentBatchNorm(nn.Module):
         if one_step:
             x = x.unsqueeze(0)
             mask = None if mask is None else mask.unsqueeze(0)
-        steps = torch.arange(step, step + x.shape[0], device=x.device)
+        # (step may be a 0-dim tensor: an exported streaming step takes its index as an input)
+        steps = torch.arange(x.shape[0], device=x.device) + step
         if self.training:
             mean, var = self._batch_statistics(x, steps, mask)
         else:

@@ -409,29 +409,43 @@ NATIVE = fused.native.load()
                                         ("GRU", "joint"), ("RNN", "joint")])
 @pytest.mark.parametrize("norm", ["layer", "batch", "none"])
 def test_packed_recurrent_gemm_equals_plain_gemm(kind, terms, norm):
-    """The per-step GEMMs on MKL's packed matrix (forward: h W_hh^T, backward: ds W_hh) give what at::mm_out gives,
-    with padding, both directions, training and inference."""
+    """The per-step GEMMs on MKL's packed matrix (forward: h W_hh^T, backward: ds W_hh) are as accurate as
+    at::mm_out's, with padding, both directions, training and inference.
+
+    Packing exists in float32 only, so the two float32 paths cannot be held to a fixed bound against each other:
+    they sum in different orders, and over 30 steps batch norm amplifies that rounding by a factor that depends on
+    the CPU's kernels (1e-5 to 3e-4 relative on an AMD EPYC, below 1e-5 on an Intel Xeon). Both are measured against
+    the same model in float64 instead: the packed path's error may be at most a small multiple of the plain path's
+    (two summation orders of equal quality: up to 2.3x was seen on an AMD EPYC), plus float32's own rounding of
+    the result. A wrong operand, transpose
+    or accumulation flag in the packed call gives errors of order 1 and fails."""
     torch.manual_seed(2)
     first = make(kind, 24, 40, 2, norm=norm, norm_terms=terms, bidirectional=True, backend="fused")
     x = torch.randn(30, 6, 24, requires_grad=True)
     lengths = torch.tensor([30, 29, 17, 30, 2, 9])
-    results = []
+
+    def run(m, x):
+        with fused.force_engine("native"):
+            out, _ = m(x, lengths=lengths)
+            grads = torch.autograd.grad(out.pow(2).sum(), [x, *m.parameters()])
+            m.eval()
+            with torch.no_grad():
+                infer, _ = m(x, lengths=lengths)
+            m.train()
+        return [out, infer, *grads]
+
+    exact = run(copy.deepcopy(first).double(), x.detach().double().requires_grad_())
+    results = {}
     for packed in (True, False):
-        m = copy.deepcopy(first)  # (batch norm's running statistics move in each run)
         previous = NATIVE.set_packed_gemm(packed)
         try:
-            with fused.force_engine("native"):
-                out, _ = m(x, lengths=lengths)
-                grads = torch.autograd.grad(out.pow(2).sum(), [x, *m.parameters()])
-                m.eval()
-                with torch.no_grad():
-                    infer, _ = m(x, lengths=lengths)
-                m.train()
+            results[packed] = run(copy.deepcopy(first), x)  # (batch norm's running statistics move in each run)
         finally:
             NATIVE.set_packed_gemm(previous)
-        results.append([out, infer, *grads])
-    for a, b in zip(*results):
-        assert (a - b).norm() <= 1e-5 * b.norm(), ((a - b).norm() / b.norm()).item()
+    for p, q, e in zip(results[True], results[False], exact):
+        e = e.float()
+        err_packed, err_plain = (p - e).norm().item(), (q - e).norm().item()
+        assert err_packed <= 4 * err_plain + 1e-6 * e.norm().item(), (err_packed, err_plain, e.norm().item())
 
 
 # ---------------------------------------------------------------------------------------------- inference input term

@@ -91,13 +91,15 @@ def _build() -> Optional[ModuleType]:
     global _failed
     error = ""
     for openmp in ([True, False] if OPENMP else [False]):
-        where = build_dir(openmp)
-        where.mkdir(parents=True, exist_ok=True)
-        if not any(where.glob("*.so")):
-            print(f"normrnn: building the fused C++ kernels once into {where} (about a minute)...", file=sys.stderr,
-                  flush=True)
         extra = OPENMP if openmp else []
         try:
+            # (inside the try: a missing source, say an install without the package data, or an unwritable cache
+            # folder must fall back like a failed compile, not raise from the first forward call)
+            where = build_dir(openmp)
+            where.mkdir(parents=True, exist_ok=True)
+            if not any(where.glob("*.so")):
+                print(f"normrnn: building the fused C++ kernels once into {where} (about a minute)...",
+                      file=sys.stderr, flush=True)
             # (copies: cpp_extension appends torch's libraries to extra_ldflags in place, which changed OPENMP and
             # with it build_dir()'s answer for the rest of the process)
             return _import_cpp_extension().load(name="normrnn_engine", sources=[str(SOURCE)],

@@ -1,8 +1,8 @@
 """Picking the path: the one place that decides what runs.
 
 * which *engine* runs the fused loop for tensors of a device and dtype (:func:`engine`, :func:`force_engine`);
-* whether a layer runs the fused backend or the reference loop, and why a variant has no fused path
-  (:func:`uses_fused`, :func:`unsupported_reason`);
+* whether a layer runs the fused backend or the reference loop (the reference while exporting: an exported
+  graph holds ATen ops only), and why a variant has no fused path (:func:`uses_fused`, :func:`unsupported_reason`);
 * whether a call can take a one-call kernel: a whole LSTM stack's streaming step (:func:`streams`) or a
   one-step sequence (:func:`one_step`).
 
@@ -16,6 +16,7 @@ from typing import Optional
 
 import torch
 
+from ..tracing import is_exporting
 from . import native, torch_engine
 from .contract import Engine
 
@@ -85,7 +86,7 @@ def uses_fused(backend: str, mode: str, norm_terms: str, device: torch.device, z
                sync_stats: bool) -> bool:
     """Whether a layer with these settings runs the fused backend; ``backend="fused"`` on a configuration it
     does not cover is an error. ``sync_stats``: batch norm trains with synchronised statistics now."""
-    if backend == "reference":
+    if backend == "reference" or is_exporting():  # (an exported graph holds ATen ops only)
         return False
     reason = unsupported_reason(mode, norm_terms, zoneout, sync_stats=sync_stats)
     if reason and backend == "fused":

@@ -224,8 +224,10 @@ std::vector<at::Tensor> bn_steps_backward_impl(const at::Tensor& dy, const at::T
       const T inv = batch_stats ? T(1) / cp[t] : T(0);
       for (int64_t f = 0; f < F; ++f) {
         dw[f] = s2[f];
-        s1[f] *= g[f] * inv;  // mean over running rows of dy * gain (0 with given statistics)
-        s2[f] *= g[f] * inv;  // ... of dy * gain * x-hat
+        // mean over running rows of dy * gain, and of dy * gain * x-hat; 0 with given statistics, set rather
+        // than multiplied by 0, which would spread one sequence's NaN into every other sequence's gradient
+        s1[f] = batch_stats ? s1[f] * g[f] * inv : T(0);
+        s2[f] = batch_stats ? s2[f] * g[f] * inv : T(0);
       }
       for (int64_t n = 0; n < N; ++n) {
         T* __restrict dxr = dxp + (t * N + n) * F;
@@ -235,6 +237,11 @@ std::vector<at::Tensor> bn_steps_backward_impl(const at::Tensor& dy, const at::T
         }
         const T* __restrict xr = xp + (t * N + n) * F;
         const T* __restrict dr = dyp + (t * N + n) * F;
+        if (!batch_stats) {  // (x-hat times a zero mean would make an infinite x-hat NaN where autograd has 0)
+#pragma omp simd
+          for (int64_t f = 0; f < F; ++f) dxr[f] = r[f] * dr[f] * g[f];
+          continue;
+        }
 #pragma omp simd
         for (int64_t f = 0; f < F; ++f)
           dxr[f] = r[f] * (dr[f] * g[f] - s1[f] - (xr[f] - mu[f]) * r[f] * s2[f]);

@@ -14,7 +14,10 @@ inline bool per_col(int64_t k) { return k == BATCH || k == BATCH_FIXED; }
 // double: libm, since double is for gradient checks, not speed.
 
 inline float fast_exp(float x) {
-  x = std::min(88.0f, std::max(-87.0f, x));
+  // Clamped so 2^n stays a normal float, written so a NaN fails both tests and stays NaN: std::max(-87, NaN) is
+  // -87, which made a NaN input a plausible number and hid divergence from the user and from GradScaler.
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 88.0f ? 88.0f : x;
   // round to nearest by adding 1.5 * 2^23: unlike std::floor, the compiler vectorizes this
   const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   const float r = x - n * 0.693359375f + n * 2.12194440e-4f;

@@ -1,0 +1,99 @@
+"""NaN and inf in valid positions propagate through every engine and entry point as they do in ``nn.LSTM`` and
+the reference loop: a kernel that turns them into plausible numbers hides divergence from the user, from anomaly
+detection and from ``torch.amp.GradScaler``. (Padded positions are another matter: they must never leak.)"""
+import copy
+
+import pytest
+import torch
+
+import normrnn
+from normrnn import fused
+from rnn_helpers import make
+
+ENGINES = ["torch"] + (["native"] if fused.native.load() is not None else [])
+NN = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU, "RNN": torch.nn.RNN}
+
+
+def _pair(kind, norm, terms, training, bidirectional=False):
+    """A float32 layer on the reference loop and its fused twin, in training or eval (batch norm with trained
+    running statistics)."""
+    torch.manual_seed(0)
+    ref = make(kind, 4, 6, 2, norm=norm, norm_terms=terms, backend="reference", bidirectional=bidirectional)
+    if norm == "batch":
+        ref(torch.randn(12, 5, 4))
+    fast = copy.deepcopy(ref)
+    fast._backend = "fused"  # noqa: the same module on the fused backend (the constructor's check is done)
+    ref.train(training), fast.train(training)
+    return ref, fast
+
+
+def _bad_input(value):
+    x = torch.randn(12, 3, 4)
+    x[3, 1, 2] = value
+    return x.requires_grad_()
+
+
+def _masks(m, x, grad: bool):
+    if grad:
+        out, state = m(x)
+        loss = out.sum() + sum(s.sum() for s in (state if isinstance(state, tuple) else (state,)))
+        grads = torch.autograd.grad(loss, [x, *m.parameters()])
+        return [out.isnan(), out.isinf()] + [g.isfinite() for g in grads]
+    with torch.no_grad():
+        out, _ = m(x)
+    return [out.isnan(), out.isinf()]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("norm", ["none", "layer", "rms", "batch"])
+@pytest.mark.parametrize("terms", ["separate", "joint"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nonfinite_input_propagates_like_the_reference(engine, kind, norm, terms, value):
+    """Training (forward and backward), eval with a graph, and eval inference: the same elements are NaN, inf or
+    non-finite as in the reference loop, output and every gradient, both directions."""
+    for training, grad in [(True, True), (False, True), (False, False)]:
+        ref, fast = _pair(kind, norm, terms, training, bidirectional=True)
+        x = _bad_input(value)
+        expected = _masks(ref, x, grad)
+        with fused.force_engine(engine):
+            got = _masks(fast, x, grad)
+        if value != value:  # (an infinite input may saturate the gates into finite outputs, as in nn.LSTM)
+            assert expected[0][3:, 1].all(), "the reference itself must show the NaN"
+        for k, (a, b) in enumerate(zip(got, expected)):
+            assert torch.equal(a, b), (training, grad, k, a.float().mean().item(), b.float().mean().item())
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_auto_backend_matches_nn_on_nonfinite_input(kind, value):
+    """norm="none" on the default backend against torch.nn itself: the same outputs are NaN or infinite."""
+    torch.manual_seed(0)
+    ours = make(kind, 4, 6, 2, norm="none")
+    theirs = NN[kind](4, 6, 2)
+    theirs.load_state_dict(ours.state_dict())
+    x = _bad_input(value).detach()
+    for training in (True, False):
+        ours.train(training), theirs.train(training)
+        a, b = ours(x)[0], theirs(x)[0]
+        assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.isinf(), b.isinf())
+        assert a[3:, 1].isnan().all() if value != value else True
+        assert torch.isfinite(a[:, 0]).all() and torch.isfinite(a[:, 2]).all()
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("norm", ["none", "layer", "rms", "batch"])
+def test_streaming_step_propagates_nan(kind, norm):
+    """``layer.step`` carries a NaN in its state from the step it enters, for that sequence only (eval)."""
+    ref, fast = _pair(kind, norm, "separate", training=False)
+    fast._backend = "auto"
+    x = _bad_input(float("nan")).detach()
+    with torch.no_grad():
+        expected, _ = ref(x)
+        state, outs = None, []
+        for t in range(x.shape[0]):
+            y, state = fast.step(x[t], state)
+            outs.append(y)
+    got = torch.stack(outs)
+    assert got[3:, 1].isnan().all()
+    assert torch.equal(got.isnan(), expected.isnan())
