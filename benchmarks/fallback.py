@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import normrnn
-from normrnn.bench import _atomic_write, machine_info, parse_shapes
+from normrnn.bench.report import atomic_write, machine_info
+from normrnn.bench.speed import parse_shapes
 
 
 class EagerLNLSTM(nn.Module):
@@ -131,9 +132,9 @@ def main() -> int:
         results["shapes"]["x".join(map(str, shape))] = measure(shape, a.rounds, a.warmup)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "fallback.json", json.dumps(results, indent=2))
+    atomic_write(out / "fallback.json", json.dumps(results, indent=2))
     table = markdown(results)
-    _atomic_write(out / "fallback.md", table)
+    atomic_write(out / "fallback.md", table)
     print(table)
     return 0
 

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 SUBCOMMANDS = {
     "data": "normrnn.data.cli",
     "train": "normrnn.train.cli",
-    "bench": "normrnn.bench",
+    "bench": "normrnn.bench.speed",
     "study": "normrnn.study.cli",
 }
 

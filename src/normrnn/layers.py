@@ -16,16 +16,17 @@ from .cells import GATES, CellParams, State, add_cell_parameters, cell_params
 from .checks import LengthsLike, PaddedBatch, check_size, finish_output, prepare_input
 from .norms import LayerNorm, RMSNorm
 from .options import NormOptions, check_probability
-from .fused import auto_prefers_reference as fused_prefers_reference
-from .fused import engine_name as fused_engine_name
-from .fused import run_direction as fused_run
-from .fused import unsupported_reason as fused_unsupported
+from .fused import select
+from .fused.input_term import normalize as fused_normalize
+from .fused.run import run_direction as fused_run
+from .fused.stream import build_plan as build_stream_plan
+from .fused.stream import generation as stream_generation
 from .fused.stream import invalidate as invalidate_stream_plans
 from .fused.stream import stream_step as fused_stream_step
 from .reference import run_direction
 from .tracing import is_exporting
 
-BACKENDS = ("auto", "fused", "reference")
+BACKENDS = select.BACKENDS
 
 
 class StreamState(NamedTuple):
@@ -158,7 +159,9 @@ class _NormRNNBase(nn.Module):
         if state is not None and not isinstance(state, StreamState):
             raise TypeError("state must be the StreamState returned by the previous step() call, or None")
         hx, start = (None, 0) if state is None else state
-        fast = fused_stream_step(self, input, hx, start) if self.mode == "LSTM" and not is_exporting() else None
+        # (while exporting the graph holds ATen ops only: no kernel call, and a plan cached before is not used)
+        plan = self._stream_plan() if self.mode == "LSTM" and not is_exporting() else None
+        fast = fused_stream_step(plan, input, hx, start) if plan is not None else None
         if fast is not None:
             return fast[0], StreamState(fast[1], start + 1)
         batch = prepare_input(self, input.unsqueeze(1) if self.batch_first else input.unsqueeze(0), hx)
@@ -166,23 +169,39 @@ class _NormRNNBase(nn.Module):
         hx_new = states if self.mode == "LSTM" else states[0]
         return out[0], StreamState(hx_new, start + 1)
 
+    def _stream_plan(self):
+        """The cached streaming plan (:mod:`normrnn.fused.stream`) of this stack, or ``None`` when ``step`` runs
+        the general path; rebuilt when the key of what chooses the path changed."""
+        key = (stream_generation(), self.training, self._backend, select.forced())
+        cached = self.__dict__.get("_stream_plan_cache")
+        if cached is None or cached[0] != key:
+            w = self.weight_hh_l0
+            dropout = self.training and bool(self.dropconnect or (self.dropout and self.num_layers > 1))
+            eng = select.streams(self.uses_fused(), self.mode, self.bidirectional, self.zoneout, self.residual,
+                                 dropout, w.device, w.dtype) if self.mode == "LSTM" else None
+            plan = None if eng is None else build_stream_plan(
+                [self._cell(k, 0) for k in range(self.num_layers)], eng, self.options.eps)
+            self.__dict__["_stream_plan_cache"] = cached = (key, plan)
+        return cached[1]
+
+    def __getstate__(self):
+        # The streaming plan holds engine objects (modules, bound kernel types) that neither copy nor pickle; a
+        # copy builds its own on its first step.
+        state = super().__getstate__()  # (a copy)
+        state.pop("_stream_plan_cache", None)
+        return state
+
     def uses_fused(self) -> bool:
         """Whether ``forward`` runs the fused kernels (see ``backend``); ``backend="fused"`` on a configuration
-        they do not cover is an error."""
-        if self._backend == "reference" or is_exporting():  # (an exported graph holds ATen ops only)
-            return False
+        they do not cover is an error. The decision is :func:`normrnn.fused.select.uses_fused`'s."""
         # Synced batch norm all-reduces its training statistics; eval reads running stats, which fused covers.
         sync = self.options.sync_stats and self.options.norm == "batch" and self.training
-        reason = fused_unsupported(self.mode, self.options.norm_terms, self.zoneout, sync_stats=sync)
-        if reason and self._backend == "fused":
-            raise ValueError(f"backend='fused' cannot run this layer: {reason}; use backend='auto' or 'reference'")
-        if self._backend == "auto" and fused_prefers_reference(self.weight_ih_l0.device):
-            return False
-        return reason is None
+        return select.uses_fused(self._backend, self.mode, self.options.norm_terms, self.weight_ih_l0.device,
+                                 self.zoneout, sync)
 
     def active_backend(self) -> str:
         """What runs: ``"reference"``, ``"fused-native"`` (C++ kernels) or ``"fused-torch"`` (their PyTorch twin)."""
-        return f"fused-{fused_engine_name(self.weight_ih_l0.device)}" if self.uses_fused() else "reference"
+        return select.active_backend(self.uses_fused(), self.weight_ih_l0.device)
 
     def _initial_state(self, batch: PaddedBatch, index: int) -> State:
         if batch.hx is not None:
@@ -202,7 +221,10 @@ class _NormRNNBase(nn.Module):
         finals: list[State] = []
         for k in range(self.num_layers):
             pre_norm = self._modules.get(f"norm_input_l{k}")  # (hasattr would raise and catch, per call)
-            layer_in = pre_norm(x) if pre_norm is not None else x
+            if pre_norm is None:
+                layer_in = x
+            else:
+                layer_in = fused_normalize(pre_norm, x, 0, None, select.engine(x.device)) if fused else pre_norm(x)
             outs = []
             for d in range(self.num_directions):
                 cell, h0 = self._cell(k, d), self._initial_state(batch, k * self.num_directions + d)

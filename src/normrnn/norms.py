@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from . import sync
+from . import moments
 from .tracing import is_exporting
 
 NORM_KINDS = ("layer", "rms", "batch", "none")
@@ -58,35 +58,12 @@ class RMSNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_features, device=device, dtype=dtype)) if bias else None
 
     def forward(self, x: Tensor, step: int = 0, mask: Optional[Tensor] = None) -> Tensor:
-        if (self.bias is None and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-                and not is_exporting()):
-            from .fused import native
-
-            engine = native.load()
-            if engine is not None:  # one fused pass instead of five ATen ops (forward and backward)
-                return _NativeRMSNorm.apply(x.contiguous(), self.weight, self.eps, engine)
+        # (the fused backend normalizes the input term in one native pass instead: normrnn.fused.input_term)
         y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, bias={self.bias is not None}"
-
-
-class _NativeRMSNorm(torch.autograd.Function):
-    """RMSNorm with gain on the native kernels: y = x / sqrt(mean(x²) + eps) · weight, rows of the last axis."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, eps: float, engine) -> Tensor:
-        y, rstd = engine.rms_norm_forward(x, weight, eps)
-        ctx.engine = engine
-        ctx.save_for_backward(x, weight, rstd)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy: Tensor):
-        x, weight, rstd = ctx.saved_tensors
-        dx, dweight = ctx.engine.rms_norm_backward(dy.contiguous(), x, weight, rstd)
-        return dx, dweight, None, None
 
 
 class RecurrentBatchNorm(nn.Module):
@@ -106,7 +83,7 @@ class RecurrentBatchNorm(nn.Module):
 
     ``sync_stats=True``: while a process group of more than one rank is initialised, the training statistics of
     each step are those of the batches of all ranks of ``process_group`` (``None``: the default group): count,
-    sum and sum of squares are all-reduced in forward and the matching gradients in backward (:mod:`normrnn.sync`),
+    sum and sum of squares are all-reduced in forward and the matching gradients in backward (:mod:`normrnn.moments`),
     and the running statistics, updated from the global ones, stay identical on every rank. Without a process
     group each rank uses its own batch, as without the flag.
     """
@@ -163,10 +140,10 @@ class RecurrentBatchNorm(nn.Module):
 
     def _batch_statistics(self, x: Tensor, steps: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         """Per-step masked mean and biased variance of ``x`` (T, N, F); updates the running averages."""
-        if self.sync_stats and sync.is_active(self.process_group):
-            count, mean, var = sync.global_moments(x, mask, self.process_group)  # the same on every rank
+        if self.sync_stats and moments.is_active(self.process_group):
+            count, mean, var = moments.global_moments(x, mask, self.process_group)  # the same on every rank
         else:
-            count, mean, var = self._local_moments(x, mask)
+            count, mean, var = moments.local_moments(x, mask)
         idx = torch.clamp(steps, max=self.max_steps - 1)
         usable = count >= 2  # (T, 1)
         with torch.no_grad():
@@ -174,21 +151,12 @@ class RecurrentBatchNorm(nn.Module):
         fallback_mean, fallback_var = self.running_statistics(steps)
         return torch.where(usable, mean, fallback_mean), torch.where(usable, var, fallback_var)
 
-    @staticmethod
-    def _local_moments(x: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """This process's per-step count (T, 1), masked mean (T, F) and biased variance (T, F) of x (T, N, F)."""
-        if mask is None:
-            count = torch.full((x.shape[0], 1), x.shape[1], dtype=x.dtype, device=x.device)
-            mean = x.mean(1)
-            var = (x - mean.unsqueeze(1)).pow(2).mean(1)
-        else:
-            # Selection, not a product with the 0/1 mask: padding holding NaN or inf must not reach the statistics
-            # (0 * NaN is NaN).
-            keep = mask.unsqueeze(-1)  # (T, N, 1)
-            count = keep.sum(1, dtype=x.dtype)  # (T, 1)
-            mean = torch.where(keep, x, 0).sum(1) / count.clamp(min=1)
-            var = torch.where(keep, x - mean.unsqueeze(1), 0).pow(2).sum(1) / count.clamp(min=1)
-        return count, mean, var
+    def update_running(self, mean: Tensor, var: Tensor, count: Tensor, steps: Tensor) -> None:
+        """The running averages after a training call over the consecutive ``steps`` (T,), from its per-step
+        statistics: mean and biased variance (T, F) and the count of running sequences (T,) or (T, 1). Steps
+        with fewer than two sequences and steps at or past ``max_steps`` leave no trace."""
+        count = count.reshape(-1, 1)
+        self._update_running(mean, var, count, count >= 2, steps, torch.clamp(steps, max=self.max_steps - 1))
 
     def _update_running(self, mean: Tensor, var: Tensor, count: Tensor, usable: Tensor, steps: Tensor,
                         idx: Tensor) -> None:

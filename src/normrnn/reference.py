@@ -12,18 +12,9 @@ import torch
 from torch import Tensor
 
 from .cells import STEP, CellParams, State, input_term
+from .checks import reverse_padded
 
-
-def reverse_padded(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
-    """Reverse each sequence of ``x`` (T, N, ...) within its own length; padding stays where it is.
-
-    Applying it twice is the identity, so it maps a reverse direction's output back to input order.
-    """
-    if lengths is None:
-        return x.flip(0)
-    t = torch.arange(x.shape[0], device=x.device).unsqueeze(1)  # (T, 1)
-    idx = torch.where(t < lengths, lengths - 1 - t, t)  # (T, N)
-    return x.gather(0, idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand_as(x))
+__all__ = ["run_direction", "reverse_padded", "zoneout"]
 
 
 def zoneout(new: State, old: State, p: float, training: bool) -> State:

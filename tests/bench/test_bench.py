@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from normrnn import bench
+from normrnn.bench import speed as bench
 
 TINY = ["--quick", "--shapes", "5x2x8", "--rounds", "2", "--warmup", "1", "--stream-steps", "5",
         "--stream-hidden", "8", "--threads", "1", "--no-memory", "--no-progress"]

@@ -267,6 +267,26 @@ def test_streaming_plan_steps_aside_when_it_cannot_apply(stream_calls):
 
 
 @needs_native
+def test_a_streamed_layer_copies_and_pickles(stream_calls):
+    """The cached plan (engine objects) is not part of a layer's state: deepcopy and pickle work after step(),
+    and the copy streams through a plan of its own tensors."""
+    import pickle
+
+    m = normrnn.LSTM(3, 4, norm="layer").eval()
+    x = torch.randn(3, 2, 3)
+    with torch.no_grad():
+        expected, _ = _stream(m, x)
+        twin = copy.deepcopy(m)
+        again = pickle.loads(pickle.dumps(m))
+        for other in (twin, again):
+            got, _ = _stream(other, x)
+            torch.testing.assert_close(got, expected)
+        twin.weight_hh_l0.add_(torch.randn_like(twin.weight_hh_l0))
+        assert not torch.allclose(_stream(twin, x)[0], expected)  # the copy's plan reads the copy's weights
+    assert len(stream_calls) == 4 * 3
+
+
+@needs_native
 def test_streaming_plan_errors_come_from_the_layer(stream_calls):
     """Bad input skips the fast path and gets the layer's own error."""
     m = normrnn.LSTM(3, 4).eval()
@@ -481,6 +501,32 @@ def test_native_input_term_norm_equals_its_specification(kind, gain):
 
 
 @pytest.mark.native
+def test_native_rms_norm_rows_gradcheck():
+    """The input term's RMSNorm on the native kernels (one pass, forward and backward) against autograd's finite
+    differences through the input and the gain, and against the plain module."""
+    from torch.autograd import gradcheck
+
+    from normrnn.fused.input_term import normalize
+
+    torch.manual_seed(9)
+    n = normrnn.RMSNorm(6).double()
+    eng = fused.native.engine()
+    x = torch.randn(4, 3, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.empty(6, dtype=torch.float64).uniform_(0.5, 1.5).requires_grad_()
+    with torch.no_grad():
+        n.weight.copy_(w)
+    assert gradcheck(lambda x, w: normalize(_with_weight(n, w), x, 0, None, eng), (x, w))
+    torch.testing.assert_close(normalize(n, x, 0, None, eng), n(x))
+
+
+def _with_weight(norm, w):
+    """A copy of ``norm`` whose gain is the tensor ``w`` itself (so gradcheck differentiates through it)."""
+    clone = copy.copy(norm)
+    clone._parameters = dict(norm._parameters, weight=w)
+    return clone
+
+
+@pytest.mark.native
 @pytest.mark.parametrize("norm", ["layer", "rms", "batch", "none"])
 @pytest.mark.parametrize("extra", [{}, dict(norm_terms="joint"), dict(carry_normalized_cell=True),
                                    dict(norm_cell=False)], ids=str)
@@ -549,7 +595,7 @@ def test_native_running_average_update_equals_its_specification(first):
 
 
 def test_scratch_keeps_one_buffer_per_dtype_and_not_the_large_ones(monkeypatch):
-    scratch = fused._Scratch()
+    scratch = fused.input_term.Scratch()
     like = torch.empty(0)
     a = scratch.take((4, 5), like)
     b = scratch.take((2, 3), like)
@@ -559,7 +605,7 @@ def test_scratch_keeps_one_buffer_per_dtype_and_not_the_large_ones(monkeypatch):
     assert scratch.buffers[(like.device, like.dtype)].numel() == 42 and c.shape == (6, 7)
     d = scratch.take((2, 2), torch.empty(0, dtype=torch.float64))
     assert d.dtype == torch.float64 and len(scratch.buffers) == 2
-    monkeypatch.setattr(fused._Scratch, "max_bytes", 100)
+    monkeypatch.setattr(fused.input_term.Scratch, "max_bytes", 100)
     big = scratch.take((10, 10), like)  # 400 bytes: allocated for the call, not kept
     assert big.untyped_storage().data_ptr() != scratch.buffers[(like.device, like.dtype)].untyped_storage().data_ptr()
     assert scratch.buffers[(like.device, like.dtype)].numel() == 42

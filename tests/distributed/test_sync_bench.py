@@ -1,10 +1,10 @@
 """The C7 measurement runs and returns a JSON-able dict with the numbers the study reads (a tiny setting here;
-the real one is `python -m normrnn.sync_bench`)."""
+the real one is `python -m normrnn.bench.sync_cost`)."""
 from __future__ import annotations
 
 import json
 
-from normrnn.sync_bench import measure_sync_cost
+from normrnn.bench.sync_cost import measure_sync_cost
 
 
 def test_measure_sync_cost_small(tmp_path):

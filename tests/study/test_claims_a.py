@@ -97,7 +97,7 @@ def test_c4_rule(final, early, slow, ln_diff, label):
 
 def test_c4_gap_leaves_buffers_alone():
     torch.manual_seed(0)
-    model = normrnn.models.CharLM(7, normrnn.models.RNNConfig(norm="batch", hidden=8, max_steps=6))
+    model = normrnn.train.models.CharLM(7, normrnn.train.models.RNNConfig(norm="batch", hidden=8, max_steps=6))
     model.train()
     model(torch.randint(0, 7, (4, 6)))
     before = {k: v.clone() for k, v in model.state_dict().items()}

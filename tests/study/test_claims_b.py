@@ -182,7 +182,7 @@ def test_c11_verdict(case, label):
 
 
 def test_c11_conv_norm_swap_keeps_parameters():
-    from normrnn.models import ConvRNN, RNNConfig
+    from normrnn.train.models import ConvRNN, RNNConfig
 
     model = ConvRNN(10, RNNConfig(hidden=8))
     before = {id(p) for p in model.parameters()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from normrnn.models import CharLM, ConvConfig, ConvRNN, RNNConfig, SeqClassifier, detach_state
+from normrnn.train.models import CharLM, ConvConfig, ConvRNN, RNNConfig, SeqClassifier, detach_state
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])

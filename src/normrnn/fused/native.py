@@ -1,4 +1,9 @@
-"""Builds the C++ kernels (``csrc/engine.cpp``) on first use and loads them; ``None`` when they cannot be built.
+"""The native engine: the C++ kernels (``csrc/``), built on first use, and the adapter that gives them the engine
+contract of :mod:`normrnn.fused.contract`.
+
+:func:`load` returns the compiled module (``None`` when it cannot be built); :func:`engine` the
+:class:`NativeEngine` over it. The module's bindings already return the contract's parts (out, state, stats,
+saved) as plain tuples; the adapter only names them, and passes a loop's named arguments in the kernels' order.
 
 Built with ``torch.utils.cpp_extension.load`` into ``$NORMRNN_BUILD`` (default ``~/.cache/normrnn/build``), in a
 folder named by a hash of the source, the torch and Python versions and the CPU, so a rebuild happens only when
@@ -15,11 +20,17 @@ import threading
 import warnings
 from pathlib import Path
 from types import ModuleType
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
+from torch import Tensor
 
-SOURCE = Path(__file__).parent / "csrc" / "engine.cpp"
+from .contract import (Fixed, ForwardResult, GRUGrads, GRUJointGrads, GRUJointLoop, GRULoop, InferResult,
+                       LSTMGrads, LSTMLoop, NormGrads, NormResult, RNNGrads, RNNLoop, Saved, Stats, StreamLayer,
+                       StreamResult)
+
+CSRC = Path(__file__).parent / "csrc"
+SOURCE = CSRC / "engine.cpp"  # includes the headers of csrc/ (all of them are hashed into the build key)
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno"]
 # at::parallel_for is header code: without -fopenmp its "#pragma omp parallel" is dropped and every row loop runs
 # on one thread. Linux only: there torch ships libgomp, which the extension then shares (one OpenMP runtime).
@@ -39,8 +50,9 @@ def _cpu_id() -> str:
 
 def build_dir(openmp: bool = True) -> Path:
     flags = FLAGS + (OPENMP if openmp else [])
+    sources = b"".join(p.read_bytes() for p in sorted(CSRC.glob("*.[ch]*")))
     key = hashlib.sha256(
-        SOURCE.read_bytes() + " ".join([torch.__version__, sys.version, _cpu_id(), *flags]).encode()
+        sources + " ".join([torch.__version__, sys.version, _cpu_id(), *flags]).encode()
     ).hexdigest()[:16]
     root = Path(os.environ.get("NORMRNN_BUILD", Path.home() / ".cache" / "normrnn" / "build"))
     return root / f"engine-{key}"
@@ -100,3 +112,138 @@ def _build() -> Optional[ModuleType]:
                   "runs the reference loop instead (backend='fused' runs their slower PyTorch twin)",
                   RuntimeWarning, stacklevel=3)
     return None
+
+
+# ------------------------------------------------------------------------------------------------ the adapter
+
+
+def _stats(flat: Sequence[Tensor]) -> tuple:
+    """[mean, var, count] per norm, flat, as the bindings return them -> one Stats per norm."""
+    return tuple(Stats(*flat[i:i + 3]) for i in range(0, len(flat), 3))
+
+
+class NativeEngine:
+    """The compiled kernels behind :class:`~normrnn.fused.contract.Engine` (CPU tensors, float32/float64)."""
+
+    name = "native"
+    devices = ("cpu",)
+    has_stream = True
+    has_input_kernels = True
+
+    def __init__(self, module: ModuleType) -> None:
+        self.module = module
+
+    # -- LSTM
+    @staticmethod
+    def _lstm_args(xa: Tensor, h0: Tensor, c0: Tensor, p: LSTMLoop) -> tuple:
+        return (xa, h0, c0, p.w_hh, p.bias, p.gamma_h, p.gamma_c, p.beta_c, p.mask, *p.fixed_h, *p.fixed_c, p.kind_h,
+                p.kind_c, p.joint, p.carry, p.eps)
+
+    def lstm_forward(self, xa: Tensor, h0: Tensor, c0: Tensor, loop: LSTMLoop) -> ForwardResult:
+        out, state, stats, saved = self.module.lstm_forward(*self._lstm_args(xa, h0, c0, loop))
+        return ForwardResult(out, tuple(state), _stats(stats),
+                             Saved(tuple(saved), (loop.kind_h, loop.kind_c, loop.joint, loop.carry)))
+
+    def lstm_infer(self, xa: Tensor, h0: Tensor, c0: Tensor, loop: LSTMLoop) -> InferResult:
+        out, state, stats = self.module.lstm_infer(*self._lstm_args(xa, h0, c0, loop))
+        return InferResult(out, tuple(state), _stats(stats))
+
+    def lstm_backward(self, dout: Tensor, dh: Tensor, dc: Tensor, saved: Saved) -> LSTMGrads:
+        return LSTMGrads(*self.module.lstm_backward(dout, dh, dc, list(saved.tensors), *saved.flags))
+
+    # -- GRU, separate terms
+    @staticmethod
+    def _gru_args(xa: Tensor, h0: Tensor, p: GRULoop) -> tuple:
+        return xa, h0, p.w_hh, p.bias_hh, p.gamma_h, p.mask, *p.fixed_h, p.kind_h, p.eps
+
+    def gru_forward(self, xa: Tensor, h0: Tensor, loop: GRULoop) -> ForwardResult:
+        out, state, stats, saved = self.module.gru_forward(*self._gru_args(xa, h0, loop))
+        return ForwardResult(out, tuple(state), _stats(stats), Saved(tuple(saved), (loop.kind_h,)))
+
+    def gru_infer(self, xa: Tensor, h0: Tensor, loop: GRULoop) -> InferResult:
+        out, state, stats = self.module.gru_infer(*self._gru_args(xa, h0, loop))
+        return InferResult(out, tuple(state), _stats(stats))
+
+    def gru_backward(self, dout: Tensor, dh: Tensor, saved: Saved) -> GRUGrads:
+        return GRUGrads(*self.module.gru_backward(dout, dh, list(saved.tensors), *saved.flags))
+
+    # -- GRU, joint terms
+    @staticmethod
+    def _gru_joint_args(xa: Tensor, h0: Tensor, p: GRUJointLoop) -> tuple:
+        return (xa, h0, p.w_hh, p.bias_ih, p.bias_hh, p.gamma_g, p.gamma_n, p.mask, *p.fixed_g, *p.fixed_n, p.kind_g,
+                p.kind_n, p.eps)
+
+    def gru_joint_forward(self, xa: Tensor, h0: Tensor, loop: GRUJointLoop) -> ForwardResult:
+        out, state, stats, saved = self.module.gru_joint_forward(*self._gru_joint_args(xa, h0, loop))
+        return ForwardResult(out, tuple(state), _stats(stats), Saved(tuple(saved), (loop.kind_g, loop.kind_n)))
+
+    def gru_joint_infer(self, xa: Tensor, h0: Tensor, loop: GRUJointLoop) -> InferResult:
+        out, state, stats = self.module.gru_joint_infer(*self._gru_joint_args(xa, h0, loop))
+        return InferResult(out, tuple(state), _stats(stats))
+
+    def gru_joint_backward(self, dout: Tensor, dh: Tensor, saved: Saved) -> GRUJointGrads:
+        return GRUJointGrads(*self.module.gru_joint_backward(dout, dh, list(saved.tensors), *saved.flags))
+
+    # -- Elman RNN
+    @staticmethod
+    def _rnn_args(xa: Tensor, h0: Tensor, p: RNNLoop) -> tuple:
+        return xa, h0, p.w_hh, p.bias, p.gamma_h, p.mask, *p.fixed_h, p.kind_h, p.joint, p.relu, p.eps
+
+    def rnn_forward(self, xa: Tensor, h0: Tensor, loop: RNNLoop) -> ForwardResult:
+        out, state, stats, saved = self.module.rnn_forward(*self._rnn_args(xa, h0, loop))
+        return ForwardResult(out, tuple(state), _stats(stats), Saved(tuple(saved), (loop.kind_h, loop.joint, loop.relu)))
+
+    def rnn_infer(self, xa: Tensor, h0: Tensor, loop: RNNLoop) -> InferResult:
+        out, state, stats = self.module.rnn_infer(*self._rnn_args(xa, h0, loop))
+        return InferResult(out, tuple(state), _stats(stats))
+
+    def rnn_backward(self, dout: Tensor, dh: Tensor, saved: Saved) -> RNNGrads:
+        return RNNGrads(*self.module.rnn_backward(dout, dh, list(saved.tensors), *saved.flags))
+
+    # -- streaming
+    def prepare_stream(self, layers: Sequence[StreamLayer]) -> list:
+        m = self.module
+        return [m.StreamLayer(l.w_ih, l.w_hh, l.b_ih, l.b_hh, m.StreamNorm(*l.norm_x), m.StreamNorm(*l.norm_h),
+                              m.StreamNorm(*l.norm_c), l.joint, l.carry) for l in layers]
+
+    def lstm_stream(self, x: Tensor, h0: Tensor, c0: Tensor, layers: list, step: int, eps: float) -> StreamResult:
+        return StreamResult(*self.module.lstm_stream(x, h0, c0, layers, step, eps))
+
+    # -- the input term's norms over all steps
+    def norm_rows_(self, x: Tensor, weight: Tensor, kind: int, eps: float, fixed: Fixed) -> None:
+        self.module.norm_rows_(x, weight, kind, eps, fixed.mean.contiguous(), fixed.var.contiguous())
+
+    def bn_steps_forward(self, x: Tensor, weight: Tensor, mask: Tensor, fixed: Fixed, eps: float,
+                         training: bool) -> NormResult:
+        y, mean, rstd, mean_out, var_out, count = self.module.bn_steps_forward(
+            x, weight, mask, fixed.mean.contiguous(), fixed.var.contiguous(), eps, training)
+        return NormResult(y, Stats(mean_out, var_out, count), Saved((x, weight, mask, mean, rstd, count), (training,)))
+
+    def bn_steps_backward(self, dy: Tensor, saved: Saved) -> NormGrads:
+        return NormGrads(*self.module.bn_steps_backward(dy, *saved.tensors, *saved.flags))
+
+    def bn_update_running_(self, running_mean: Tensor, running_var: Tensor, stats: Stats, first: int,
+                           momentum: float) -> int:
+        return self.module.bn_update_running_(running_mean, running_var, stats.mean, stats.var, stats.count, first,
+                                              momentum)
+
+    def rms_norm_forward(self, x: Tensor, weight: Tensor, eps: float) -> NormResult:
+        y, rstd = self.module.rms_norm_forward(x, weight, eps)
+        return NormResult(y, None, Saved((x, weight, rstd), ()))
+
+    def rms_norm_backward(self, dy: Tensor, saved: Saved) -> NormGrads:
+        return NormGrads(*self.module.rms_norm_backward(dy, *saved.tensors))
+
+
+_engine: Optional[NativeEngine] = None
+
+
+def engine() -> Optional[NativeEngine]:
+    """The native engine, building the kernels the first time; ``None`` where they cannot be built."""
+    global _engine
+    module = load()
+    if module is None:
+        return None
+    if _engine is None or _engine.module is not module:
+        _engine = NativeEngine(module)
+    return _engine

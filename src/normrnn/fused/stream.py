@@ -1,34 +1,34 @@
-"""Making streaming fast: ``LSTM.step`` for a whole unidirectional stack in one native call.
+"""Making streaming fast: ``LSTM.step`` for a whole unidirectional stack in one call of an engine's kernel.
 
 At batch 1 a step's arithmetic (two matrix-vector products and O(H) elementwise work per layer) takes tens of
 microseconds, so what the layer API does around it per call decides the speed: input checks, parameter lookups
-through ``nn.Module.__getattr__``, per-layer state tuples and stacking. So a layer keeps a *plan*: the tensors
-and flags the kernel reads, gathered once. Per call only what can change cheaply is checked:
+through ``nn.Module.__getattr__``, per-layer state tuples and stacking. So a layer keeps a *plan*
+(:func:`build_plan`, from the list of its cells' parameters): the tensors and flags the kernel reads, gathered
+once. The layer rebuilds it when its key changes (:func:`generation` is part of it):
 
-* the layer's training flag, its backend and the forced engine (they choose the path);
 * a global generation counter, bumped whenever any module registers a parameter, buffer or submodule (which is
-  how a user replaces one) and whenever the layer is moved or cast (``_apply`` replaces buffers);
-* whether autograd needs a graph (then the general path runs, which records one).
+  how a user replaces one) and whenever a layer is moved or cast (``_apply`` replaces buffers: :func:`invalidate`);
+* the layer's training flag, its backend and the forced engine (they choose the path, :mod:`.select`).
 
-Everything else is read through the tensors themselves, so in-place updates (optimizer steps,
-``load_state_dict``, batch norm's running statistics) need no invalidation.
+Per call only whether autograd needs a graph (then the general path runs, which records one) and the input's
+shape, dtype and device are checked (:func:`stream_step`). Everything else is read through the tensors
+themselves, so in-place updates (optimizer steps, ``load_state_dict``, batch norm's running statistics) need no
+invalidation.
 
-Not covered (the general path runs): GRU/RNN, bidirectional, residual, zoneout, training-mode dropout or
-DropConnect, batch norm in training mode (batch statistics of one step), CUDA tensors, the PyTorch engine.
+Also here: one LSTM step of one layer in one call (:func:`one_step`), for a fused call over a single step.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
 from torch.nn.modules import module as _module
 
-from .. import fused as _package
-from ..cells import CellParams
+from ..cells import CellParams, State
 from ..norms import RecurrentBatchNorm
-from . import _gain, _kind, engine, native
-from .torch_engine import BATCH
+from .contract import BATCH, Engine, StreamLayer, StreamNorm
+from .loop_args import bias_of, gain_of, kind_of, or_empty
 
 _generation = [0]
 
@@ -43,88 +43,71 @@ for _register in ("register_module_parameter_registration_hook", "register_modul
         getattr(_module, _register)(_bump)
 
 
+def generation() -> int:
+    """Bumped whenever a module registers a parameter, buffer or submodule, and by :func:`invalidate`."""
+    return _generation[0]
+
+
 def invalidate() -> None:
     """Forget every plan (called when a layer is moved or cast)."""
     _bump()
 
 
 class Plan(NamedTuple):
-    """What one streaming step of a layer reads; ``usable`` False when the general path must run."""
+    """What one streaming step of a stack reads."""
 
-    usable: bool
-    key: tuple
-    tensors: list  # per layer: w_ih, w_hh, b_ih, b_hh, gamma x/h/cell, beta cell, (mean, var, tracked) x3
-    flags: list  # per layer: kind_x, kind_h, kind_c, joint, carry
+    engine: Engine
+    layers: object  # the engine's prepare_stream of the StreamLayers
     params: tuple  # the trainable tensors, for the per-call requires_grad check
-    dtype: Optional[torch.dtype] = None
+    dtype: torch.dtype
+    input_size: int
+    hidden_size: int
+    num_layers: int
+    eps: float
 
 
-def _key(layer) -> tuple:
-    return (_generation[0], layer.training, layer._backend, _package._forced)
-
-
-def layer_args(p: CellParams, like: Tensor) -> Optional[tuple[list[Tensor], list[int]]]:
-    """What ``lstm_stream`` reads for one LSTM layer: w_ih, w_hh, b_ih, b_hh, the gains of the x-, h- and cell
-    norm, the cell norm's bias, then (running mean, running var, steps_tracked) of each norm that is batch norm
-    in eval (empty otherwise); and the flags kind_x, kind_h, kind_c, joint, carry. ``None`` where the kernel
-    cannot run it: a norm computing batch statistics, or a tensor of another dtype/device or not contiguous."""
+def stream_layer(p: CellParams, like: Tensor) -> Optional[StreamLayer]:
+    """What the streaming kernel reads for one LSTM cell; ``None`` where it cannot run it: a norm computing batch
+    statistics, or a tensor of another dtype/device or not contiguous."""
     joint = p.norm_gates is not None
-    norms = (p.norm_ih, p.norm_gates if joint else p.norm_hh, p.norm_cell)
-    kinds = [_kind(n) for n in norms]
-    if BATCH in kinds:
-        return None
-    empty = like.new_empty(0)
-    gains = [empty if g is None else g for g in map(_gain, norms)]
-    beta = getattr(p.norm_cell, "bias", None)
-    stats: list[Tensor] = []
-    for n in norms:
-        stats += ([n.running_mean, n.running_var, n.steps_tracked] if isinstance(n, RecurrentBatchNorm)
-                  else [empty, empty, empty])
-    tensors = [p.weight_ih, p.weight_hh, empty if p.bias_ih is None else p.bias_ih,
-               empty if p.bias_hh is None else p.bias_hh, *gains, empty if beta is None else beta, *stats]
+    norms = []
+    for n in (p.norm_ih, p.norm_gates if joint else p.norm_hh, p.norm_cell):
+        kind = kind_of(n)
+        if kind == BATCH:
+            return None
+        running = ((n.running_mean, n.running_var, n.steps_tracked) if isinstance(n, RecurrentBatchNorm)
+                   else (like.new_empty(0),) * 3)
+        norms.append(StreamNorm(kind, or_empty(gain_of(n), like), or_empty(bias_of(n), like), *running))
+    layer = StreamLayer(p.weight_ih, p.weight_hh, or_empty(p.bias_ih, like), or_empty(p.bias_hh, like), *norms,
+                        joint, bool(p.carry_normalized_cell))
+    tensors = (*layer[:4], *(t for n in norms for t in n[1:]))
     if any(t.dtype != like.dtype and t.dtype != torch.long or t.device != like.device or not t.is_contiguous()
            for t in tensors):
         return None
-    return tensors, [*kinds, int(joint), int(p.carry_normalized_cell)]
+    return layer
 
 
-def _build(layer, key: tuple) -> Plan:
-    unusable = Plan(False, key, [], [], ())
-    if (layer.mode != "LSTM" or layer.bidirectional or layer.zoneout or layer.residual or not layer.uses_fused()
-            or (layer.training and (layer.dropconnect or (layer.dropout and layer.num_layers > 1)))):
-        return unusable
-    w = layer.weight_hh_l0
-    if w.device.type != "cpu" or w.dtype not in (torch.float32, torch.float64) or engine(w.device) is not native.load():
-        return unusable
-    tensors: list[Tensor] = []
-    flags: list[int] = []
-    for k in range(layer.num_layers):
-        args = layer_args(layer._cell(k, 0), w)
-        if args is None:
-            return unusable
-        tensors += args[0]
-        flags += args[1]
+def build_plan(cells: Sequence[CellParams], eng: Engine, eps: float) -> Optional[Plan]:
+    """The plan of a stack of LSTM cells (one per layer) on ``eng``, or ``None`` where a cell cannot stream."""
+    w = cells[0].weight_hh
+    layers = []
+    for p in cells:
+        layer = stream_layer(p, w)
+        if layer is None:
+            return None
+        layers.append(layer)
+    tensors = [t for layer in layers for t in (*layer[:4], *(t for n in layer[4:7] for t in n[1:]))]
     params = tuple(t for t in tensors if t.is_floating_point() and isinstance(t, torch.nn.Parameter))
-    return Plan(True, key, tensors, flags, params, w.dtype)
+    return Plan(eng, eng.prepare_stream(layers), params, w.dtype, cells[0].weight_ih.shape[1], w.shape[1],
+                len(cells), eps)
 
 
-def plan_for(layer) -> Plan:
-    """The layer's cached plan, rebuilt when its key changed."""
-    key = _key(layer)
-    plan = layer.__dict__.get("_stream_plan")
-    if plan is None or plan.key != key:
-        plan = _build(layer, key)
-        layer.__dict__["_stream_plan"] = plan
-    return plan
-
-
-def stream_step(layer, x: Tensor, hx, step: int) -> Optional[tuple[Tensor, tuple[Tensor, Tensor]]]:
-    """One step of ``layer`` (an LSTM) in one native call, or ``None`` when the general path must run (it also
-    gives the errors for bad input). x: (N, H_in); hx: ``(h, c)`` each (num_layers, N, H) or None.
+def stream_step(plan: Plan, x: Tensor, hx, step: int) -> Optional[tuple[Tensor, tuple[Tensor, Tensor]]]:
+    """One step of the stack in one call, or ``None`` when the general path must run (it also gives the errors
+    for bad input). x: (N, H_in); hx: ``(h, c)`` each (num_layers, N, H) or None.
     Returns ``(output (N, H), (h_n, c_n))``."""
-    plan = plan_for(layer)
-    if not plan.usable or type(x) is not Tensor or x.dim() != 2 or x.shape[1] != layer.input_size \
-            or x.dtype != plan.dtype or x.device.type != "cpu":
+    if type(x) is not Tensor or x.dim() != 2 or x.shape[1] != plan.input_size or x.dtype != plan.dtype \
+            or x.device.type not in plan.engine.devices:
         return None
     if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in plan.params)):
         return None
@@ -134,12 +117,25 @@ def stream_step(layer, x: Tensor, hx, step: int) -> Optional[tuple[Tensor, tuple
         if type(hx) is not tuple or len(hx) != 2:
             return None
         h0, c0 = hx
-        shape = (layer.num_layers, x.shape[0], layer.hidden_size)
+        shape = (plan.num_layers, x.shape[0], plan.hidden_size)
         if h0.shape != shape or c0.shape != shape or h0.dtype != x.dtype or c0.dtype != x.dtype \
                 or h0.device != x.device or c0.device != x.device or (torch.is_grad_enabled() and (
                     h0.requires_grad or c0.requires_grad)):
             return None
         h0, c0 = h0.contiguous(), c0.contiguous()
-    out, h_n, c_n = native.load().lstm_stream(x.contiguous(), h0, c0, plan.tensors, plan.flags, step,
-                                              layer.options.eps)
-    return out, (h_n, c_n)
+    r = plan.engine.lstm_stream(x.contiguous(), h0, c0, plan.layers, step, plan.eps)
+    return r.out, (r.h_n, r.c_n)
+
+
+def one_step(eng: Engine, p: CellParams, x: Tensor, state: State, step: int, eps: float) -> Optional[State]:
+    """One LSTM step of one cell in one call, when nothing needs a gradient and no norm computes batch
+    statistics; ``None`` when it does not apply. x: (N, H_in); state (h, c), each (N, H)."""
+    layer = stream_layer(p, x)
+    if layer is None:
+        return None
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *state, *layer[:4],
+                                                                  *(t for n in layer[4:7] for t in n[1:]))):
+        return None
+    r = eng.lstm_stream(x.contiguous(), state[0].unsqueeze(0).contiguous(), state[1].unsqueeze(0).contiguous(),
+                        eng.prepare_stream([layer]), step, eps)
+    return r.h_n[0], r.c_n[0]

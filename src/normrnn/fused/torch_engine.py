@@ -1,17 +1,16 @@
-"""The fused time loop in plain PyTorch, with hand-written backpropagation through time.
+"""The PyTorch engine: the fused time loop in plain PyTorch, with hand-written backpropagation through time.
 
-This is the fallback when the C++ kernels cannot be built, and the executable specification they follow: the
-native engine (``csrc/engine.cpp``) has the same functions, arguments and results, step for step. (``keep=False``
-lets the native forward reuse one step's buffers when nothing will run backward, and return only the last state
-as ``h_all``/``c_all``; callers read ``[-1]`` of those. Here it changes nothing.)
+This module is an engine of :mod:`normrnn.fused.contract` (a module implementing :class:`~.contract.Engine`):
+the fallback when the C++ kernels cannot be built, the engine for tensors the C++ kernels cannot read (CUDA),
+and the executable specification the native engine (``csrc/``) follows step for step. Its ``saved`` holds the
+same tensors, in the same order, as the native engine's.
 
 Why it is faster than the reference loop: autograd records nothing per step. Forward keeps only what backward
 needs; backward runs one pass per step and computes the recurrent weight gradient as a single GEMM over all
 T·N rows (dW_hh = Σ_t dS_tᵀ h_{t-1}).
 
-Shapes: T steps, N sequences, H hidden units, F = gates·H features of the recurrent term.
-Norm kinds (ints, shared with C++): 0 none, 1 layer, 2 rms, 3 batch with batch statistics (training),
-4 batch with given per-step statistics (eval, or steps where fewer than two sequences run).
+Shapes: T steps, N sequences, H hidden units, F = gates·H features of the recurrent term; norm kinds as in
+:mod:`normrnn.fused.contract`.
 """
 from __future__ import annotations
 
@@ -20,7 +19,17 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-NONE, LAYER, RMS, BATCH, BATCH_FIXED = 0, 1, 2, 3, 4
+from .contract import (BATCH, BATCH_FIXED, LAYER, NONE, RMS, ForwardResult, GRUGrads, GRUJointGrads, GRUJointLoop,
+                       GRULoop, InferResult, LSTMGrads, LSTMLoop, RNNGrads, RNNLoop, Saved, Stats)
+
+name = "torch"
+devices = ("cpu", "cuda", "meta")  # any device PyTorch runs on
+has_stream = False  # no one-call streaming step: LSTM.step runs the general path
+has_input_kernels = False  # the input term's norms run as ordinary PyTorch (normrnn.cells.input_term)
+
+__all__ = ["NONE", "LAYER", "RMS", "BATCH", "BATCH_FIXED", "lstm_forward", "lstm_infer", "lstm_backward",
+           "gru_forward", "gru_infer", "gru_backward", "gru_joint_forward", "gru_joint_infer", "gru_joint_backward",
+           "rnn_forward", "rnn_infer", "rnn_backward", "norm_rows_"]
 
 
 # ------------------------------------------------------------------------------------------------ norms
@@ -142,20 +151,16 @@ def _split_finished(dh: Tensor, dh_step: Tensor, m: Optional[Tensor]) -> tuple[T
 # ------------------------------------------------------------------------------------------------ LSTM
 
 
-def lstm_forward(xa: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bias: Tensor, gamma_h: Tensor, gamma_c: Tensor,
-                 beta_c: Tensor, mask: Tensor, fix_mean_h: Tensor, fix_var_h: Tensor, fix_mean_c: Tensor,
-                 fix_var_c: Tensor, kind_h: int, kind_c: int, joint: bool, carry: bool, eps: float,
-                 keep: bool = True) -> list[Tensor]:
-    """LSTM over T steps.
-
-    xa (T, N, 4H): the input term (normalized when the terms are separate); bias (4H,) is added after the norm;
-    gamma_h (4H,) or empty (no norm); gamma_c/beta_c (H,) or empty (no cell norm); mask (T, N) bool or empty;
-    fix_* (T, F): the batch kind's per-step statistics for eval/fallback, or empty.
-    Returns [out (T,N,H), h_all (T+1,N,H), c_all (T+1,N,H), acts (T,N,4H), shat (T,N,4H), rstd_h, chat (T,N,H),
-    rstd_c, tc, mean_h, var_h, count_h, mean_c, var_c, count_c]; tc is empty: backward recomputes tanh(c_out)
-    from chat (or c) rather than keep T steps of it; so are chat unless the normalized cell is carried (backward
-    renormalizes c_all) and shat without a recurrent-term norm. Without padding, out is a view of h_all[1:].
+def _lstm(xa: Tensor, h0: Tensor, c0: Tensor, loop: LSTMLoop):
+    """LSTM over T steps (:class:`~.contract.LSTMLoop`). Returns out, h_all (T+1,N,H), c_all (T+1,N,H), acts
+    (T,N,4H), shat (T,N,4H), rstd_h, chat (T,N,H), rstd_c and the stats of norm_h and norm_c. Backward recomputes
+    tanh(c_out) from chat (or c) rather than keep T steps of it; chat is empty unless the normalized cell is
+    carried (backward renormalizes c_all), and so is shat without a recurrent-term norm. Without padding, out is a
+    view of h_all[1:].
     """
+    w_hh, bias, gamma_h, gamma_c, beta_c = loop.w_hh, loop.bias, loop.gamma_h, loop.gamma_c, loop.beta_c
+    mask, (fix_mean_h, fix_var_h), (fix_mean_c, fix_var_c) = loop.mask, loop.fixed_h, loop.fixed_c
+    kind_h, kind_c, joint, carry, eps = loop.kind_h, loop.kind_c, loop.joint, loop.carry, loop.eps
     T, N, G = xa.shape
     H = G // 4
     h_all, c_all = xa.new_empty(T + 1, N, H), xa.new_empty(T + 1, N, H)
@@ -201,9 +206,25 @@ def lstm_forward(xa: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bias: Tensor,
             h_all[t + 1] = torch.where(keep, o * tc, h)
             c_all[t + 1] = torch.where(keep, c_keep, c)
     out = h_all[1:] if mask.numel() == 0 else o_masked(h_all, mask)  # (a view of the states: no second copy)
-    # chat is returned only when the normalized cell is carried: else backward renormalizes c_all (_renormalized)
-    return [out, h_all, c_all, acts, shat_all, rstd_h, chat_all if carry else xa.new_empty(0), rstd_c,
-            xa.new_empty(0), mean_h, var_h, count_h, mean_c, var_c, count_c]
+    # chat is kept only when the normalized cell is carried: else backward renormalizes c_all (_renormalized)
+    return (out, h_all, c_all, acts, shat_all, rstd_h, chat_all if carry else xa.new_empty(0), rstd_c,
+            Stats(mean_h, var_h, count_h), Stats(mean_c, var_c, count_c))
+
+
+def lstm_forward(xa: Tensor, h0: Tensor, c0: Tensor, loop: LSTMLoop) -> ForwardResult:
+    out, h_all, c_all, acts, shat, rstd_h, chat, rstd_c, stats_h, stats_c = _lstm(xa, h0, c0, loop)
+    # the column means the batch kinds used, for backward's renormalized cell (the given ones copied: they may be
+    # a view of the running statistics, which a later training call updates in place)
+    mean_c = stats_c.mean if loop.kind_c == BATCH else loop.fixed_c.mean.clone()
+    saved = Saved((loop.w_hh, loop.gamma_h, loop.gamma_c, loop.beta_c, loop.mask, h_all, c_all, acts, shat, rstd_h,
+                   chat, rstd_c, mean_c, stats_h.count, stats_c.count),
+                  (loop.kind_h, loop.kind_c, loop.joint, loop.carry))
+    return ForwardResult(out, (h_all[-1].clone(), c_all[-1].clone()), (stats_h, stats_c), saved)
+
+
+def lstm_infer(xa: Tensor, h0: Tensor, c0: Tensor, loop: LSTMLoop) -> InferResult:
+    out, h_all, c_all, *_, stats_h, stats_c = _lstm(xa, h0, c0, loop)
+    return InferResult(out, (h_all[-1], c_all[-1]), (stats_h, stats_c))
 
 
 def _renormalized(c: Tensor, kind: int, rstd: Tensor, mean: Tensor) -> Tensor:
@@ -216,23 +237,21 @@ def _renormalized(c: Tensor, kind: int, rstd: Tensor, mean: Tensor) -> Tensor:
     return (c - mean.unsqueeze(1)) * rstd
 
 
-def lstm_backward(dout: Tensor, dhT: Tensor, dcT: Tensor, like: Tensor, w_hh: Tensor, gamma_h: Tensor,
-                  gamma_c: Tensor, beta_c: Tensor, mask: Tensor, h_all: Tensor, c_all: Tensor, acts: Tensor,
-                  shat_all: Tensor, rstd_h: Tensor, chat_all: Tensor, rstd_c: Tensor, mean_c: Tensor,
-                  count_h: Tensor, count_c: Tensor, kind_h: int, kind_c: int, joint: bool, carry: bool) -> list[Tensor]:
-    """Gradients of :func:`lstm_forward`: [dxa, dh0, dc0, dw_hh, dbias, dgamma_h, dgamma_c, dbeta_c].
-
-    ``like``: any tensor shaped as the input term (T, N, 4H), for sizes and dtype only (the autograd node passes
-    ``acts`` rather than keep the input term alive). ``chat_all`` empty (the raw cell carried): ĉ is recomputed
-    from c_all; ``mean_c`` (T, H) holds the column means the batch kinds used (batch statistics or given)."""
-    T, N, G = like.shape
+def lstm_backward(dout: Tensor, dhT: Tensor, dcT: Tensor, saved: Saved) -> LSTMGrads:
+    """Gradients of :func:`lstm_forward`. The input term itself is not kept: its shape is that of ``acts``.
+    ``chat_all`` empty (the raw cell carried): ĉ is recomputed from c_all; ``mean_c`` (T, H) holds the column
+    means the batch kinds used (batch statistics or given)."""
+    (w_hh, gamma_h, gamma_c, beta_c, mask, h_all, c_all, acts, shat_all, rstd_h, chat_all, rstd_c, mean_c, count_h,
+     count_c) = saved.tensors
+    kind_h, kind_c, joint, carry = saved.flags
+    T, N, G = acts.shape
     H = G // 4
     if gamma_c.numel() and not chat_all.numel():
         chat_all = _renormalized(c_all[1:], kind_c, rstd_c, mean_c)
-    dxa = torch.empty_like(like)
+    dxa = torch.empty_like(acts)
     # d(pre-activation) and d(recurrent product h W_hhᵀ) of every step; separate terms: dxa = da, joint: dxa = ds
-    da_all = torch.empty_like(like) if joint and gamma_h.numel() else dxa
-    ds_all = da_all if not gamma_h.numel() else (dxa if joint else torch.empty_like(like))
+    da_all = torch.empty_like(acts) if joint and gamma_h.numel() else dxa
+    ds_all = da_all if not gamma_h.numel() else (dxa if joint else torch.empty_like(acts))
     dcout_all = torch.empty_like(chat_all) if gamma_c.numel() else None
     dh, dc = dhT.clone(), dcT.clone()
     for t in range(T - 1, -1, -1):
@@ -284,18 +303,17 @@ def lstm_backward(dout: Tensor, dhT: Tensor, dcT: Tensor, like: Tensor, w_hh: Te
         dbeta_c = dcout_all.reshape(rows, H).sum(0)
     else:
         dgamma_c = dbeta_c = torch.zeros_like(gamma_c)
-    return [dxa, dh, dc, dw_hh, dbias, dgamma_h, dgamma_c, dbeta_c]
+    return LSTMGrads(dxa, dh, dc, dw_hh, dbias, dgamma_h, dgamma_c, dbeta_c)
 
 
 # ------------------------------------------------------------------------------------------------ GRU
 
 
-def gru_forward(xa: Tensor, h0: Tensor, w_hh: Tensor, bias_hh: Tensor, gamma_h: Tensor, mask: Tensor,
-                fix_mean_h: Tensor, fix_var_h: Tensor, kind_h: int, eps: float, keep: bool = True) -> list[Tensor]:
-    """GRU over T steps (separate terms). xa (T, N, 3H): the input term plus bias_ih; bias_hh (3H,) is added to
-    the normalized recurrent term before the reset gate multiplies its candidate part.
-    Returns [out, h_all (T+1,N,H), acts (T,N,3H) = (r, u, n), rec_n (T,N,H), shat (T,N,3H), rstd_h, mean_h,
-    var_h, count_h]."""
+def _gru(xa: Tensor, h0: Tensor, loop: GRULoop):
+    """GRU over T steps (separate terms, :class:`~.contract.GRULoop`). Returns out, h_all (T+1,N,H),
+    acts (T,N,3H) = (r, u, n), rec_n (T,N,H), shat (T,N,3H), rstd_h and the stats of norm_h."""
+    w_hh, bias_hh, gamma_h, mask, (fix_mean_h, fix_var_h) = loop.w_hh, loop.bias_hh, loop.gamma_h, loop.mask, loop.fixed_h
+    kind_h, eps = loop.kind_h, loop.eps
     T, N, G = xa.shape
     H = G // 3
     h_all = xa.new_empty(T + 1, N, H)
@@ -323,17 +341,29 @@ def gru_forward(xa: Tensor, h0: Tensor, w_hh: Tensor, bias_hh: Tensor, gamma_h: 
         rec_n_all[t] = rec_n
         h_new = n + u * (h - n)
         _hold_finished(h_all, out, t, h_new, h, m)
-    return [out, h_all, acts, rec_n_all, shat_all, rstd_h, mean_h, var_h, count_h]
+    return out, h_all, acts, rec_n_all, shat_all, rstd_h, Stats(mean_h, var_h, count_h)
 
 
-def gru_backward(dout: Tensor, dhT: Tensor, like: Tensor, w_hh: Tensor, gamma_h: Tensor, mask: Tensor, h_all: Tensor,
-                 acts: Tensor, rec_n_all: Tensor, shat_all: Tensor, rstd_h: Tensor, count_h: Tensor,
-                 kind_h: int) -> list[Tensor]:
-    """Gradients of :func:`gru_forward`: [dxa, dh0, dw_hh, dbias_hh, dgamma_h]."""
-    T, N, G = like.shape
+def gru_forward(xa: Tensor, h0: Tensor, loop: GRULoop) -> ForwardResult:
+    out, h_all, acts, rec_n, shat, rstd_h, stats_h = _gru(xa, h0, loop)
+    saved = Saved((loop.w_hh, loop.gamma_h, loop.mask, h_all, acts, rec_n, shat, rstd_h, stats_h.count),
+                  (loop.kind_h,))
+    return ForwardResult(out, (h_all[-1].clone(),), (stats_h,), saved)
+
+
+def gru_infer(xa: Tensor, h0: Tensor, loop: GRULoop) -> InferResult:
+    out, h_all, *_, stats_h = _gru(xa, h0, loop)
+    return InferResult(out, (h_all[-1],), (stats_h,))
+
+
+def gru_backward(dout: Tensor, dhT: Tensor, saved: Saved) -> GRUGrads:
+    """Gradients of :func:`gru_forward`."""
+    w_hh, gamma_h, mask, h_all, acts, rec_n_all, shat_all, rstd_h, count_h = saved.tensors
+    (kind_h,) = saved.flags
+    T, N, G = acts.shape
     H = G // 3
-    dxa, ds_all = torch.empty_like(like), torch.empty_like(like)
-    dbias = like.new_zeros(G)
+    dxa, ds_all = torch.empty_like(acts), torch.empty_like(acts)
+    dbias = acts.new_zeros(G)
     dgamma_h = torch.zeros_like(gamma_h)
     dh = dhT.clone()
     for t in range(T - 1, -1, -1):
@@ -360,15 +390,13 @@ def gru_backward(dout: Tensor, dhT: Tensor, like: Tensor, w_hh: Tensor, gamma_h:
         if dh_pass is not None:
             dh = dh + dh_pass
     dw_hh = ds_all.reshape(T * N, G).t() @ h_all[:-1].reshape(T * N, H)
-    return [dxa, dh, dw_hh, dbias, dgamma_h]
+    return GRUGrads(dxa, dh, dw_hh, dbias, dgamma_h)
 
 
 # ------------------------------------------------------------------------------------------------ GRU, joint terms
 
 
-def gru_joint_forward(xa: Tensor, h0: Tensor, w_hh: Tensor, bias_ih: Tensor, bias_hh: Tensor, gamma_g: Tensor,
-                      gamma_n: Tensor, mask: Tensor, fix_mean_g: Tensor, fix_var_g: Tensor, fix_mean_n: Tensor,
-                      fix_var_n: Tensor, kind_g: int, kind_n: int, eps: float, keep: bool = True) -> list[Tensor]:
+def _gru_joint(xa: Tensor, h0: Tensor, loop: GRUJointLoop):
     """GRU over T steps with joint terms (:func:`normrnn.cells.gru_step`): the gates see
     ``norm_gates(x_rz + s_rz) + b_ih_rz + b_hh_rz``, the candidate ``norm_new(x_n + r * (s_n + b_hh_n)) + b_ih_n``.
 
@@ -376,8 +404,12 @@ def gru_joint_forward(xa: Tensor, h0: Tensor, w_hh: Tensor, bias_ih: Tensor, bia
     bias is folded in); bias_ih/bias_hh (3H,) or empty; gamma_g (2H,) and gamma_n (H,) or empty (no norm).
     The candidate's pre-norm sum v depends on r, which depends on the first norm: batch statistics of u come
     before r is known, those of v after, so every step normalizes twice.
-    Returns [out, h_all (T+1,N,H), acts (T,N,3H) = (r, z, n), rec_n (T,N,H) = s_n + b_hh_n,
-    uhat (T,N,2H), vhat (T,N,H), rstd_g, rstd_n, mean_g, var_g, count_g, mean_n, var_n, count_n]."""
+    Returns out, h_all (T+1,N,H), acts (T,N,3H) = (r, z, n), rec_n (T,N,H) = s_n + b_hh_n, uhat (T,N,2H),
+    vhat (T,N,H), rstd_g, rstd_n and the stats of norm_gates and norm_new."""
+    w_hh, bias_ih, bias_hh, gamma_g, gamma_n, mask = (loop.w_hh, loop.bias_ih, loop.bias_hh, loop.gamma_g,
+                                                      loop.gamma_n, loop.mask)
+    (fix_mean_g, fix_var_g), (fix_mean_n, fix_var_n) = loop.fixed_g, loop.fixed_n
+    kind_g, kind_n, eps = loop.kind_g, loop.kind_n, loop.eps
     T, N, G = xa.shape
     H = G // 3
     h_all = xa.new_empty(T + 1, N, H)
@@ -415,22 +447,34 @@ def gru_joint_forward(xa: Tensor, h0: Tensor, w_hh: Tensor, bias_ih: Tensor, bia
         rec_n_all[t] = rec_n
         h_new = n + z * (h - n)
         _hold_finished(h_all, out, t, h_new, h, m)
-    return [out, h_all, acts, rec_n_all, uhat_all, vhat_all, rstd_g, rstd_n, mean_g, var_g, count_g, mean_n, var_n,
-            count_n]
+    return (out, h_all, acts, rec_n_all, uhat_all, vhat_all, rstd_g, rstd_n, Stats(mean_g, var_g, count_g),
+            Stats(mean_n, var_n, count_n))
 
 
-def gru_joint_backward(dout: Tensor, dhT: Tensor, like: Tensor, w_hh: Tensor, gamma_g: Tensor, gamma_n: Tensor,
-                       mask: Tensor, h_all: Tensor, acts: Tensor, rec_n_all: Tensor, uhat_all: Tensor,
-                       vhat_all: Tensor, rstd_g: Tensor, rstd_n: Tensor, count_g: Tensor, count_n: Tensor,
-                       kind_g: int, kind_n: int) -> list[Tensor]:
-    """Gradients of :func:`gru_joint_forward`: [dxa, dh0, dw_hh, dbias_ih, dbias_hh, dgamma_g, dgamma_n].
+def gru_joint_forward(xa: Tensor, h0: Tensor, loop: GRUJointLoop) -> ForwardResult:
+    out, h_all, acts, rec_n, uhat, vhat, rstd_g, rstd_n, stats_g, stats_n = _gru_joint(xa, h0, loop)
+    saved = Saved((loop.w_hh, loop.gamma_g, loop.gamma_n, loop.mask, h_all, acts, rec_n, uhat, vhat, rstd_g, rstd_n,
+                   stats_g.count, stats_n.count), (loop.kind_g, loop.kind_n))
+    return ForwardResult(out, (h_all[-1].clone(),), (stats_g, stats_n), saved)
+
+
+def gru_joint_infer(xa: Tensor, h0: Tensor, loop: GRUJointLoop) -> InferResult:
+    out, h_all, *_, stats_g, stats_n = _gru_joint(xa, h0, loop)
+    return InferResult(out, (h_all[-1],), (stats_g, stats_n))
+
+
+def gru_joint_backward(dout: Tensor, dhT: Tensor, saved: Saved) -> GRUJointGrads:
+    """Gradients of :func:`gru_joint_forward`.
 
     Backward runs the forward's order in reverse: the candidate's norm first (dv), then through r to the gates'
     norm (du). dpre holds the gradients of the three pre-activations (after the norms, where the biases and gains
     act), from which the bias and gain gradients are reduced once after the loop."""
-    T, N, G = like.shape
+    (w_hh, gamma_g, gamma_n, mask, h_all, acts, rec_n_all, uhat_all, vhat_all, rstd_g, rstd_n, count_g,
+     count_n) = saved.tensors
+    kind_g, kind_n = saved.flags
+    T, N, G = acts.shape
     H = G // 3
-    dxa, ds_all, dpre = torch.empty_like(like), torch.empty_like(like), torch.empty_like(like)
+    dxa, ds_all, dpre = torch.empty_like(acts), torch.empty_like(acts), torch.empty_like(acts)
     dh = dhT.clone()
     for t in range(T - 1, -1, -1):
         m = _mask_at(mask, t)
@@ -467,17 +511,17 @@ def gru_joint_backward(dout: Tensor, dhT: Tensor, like: Tensor, w_hh: Tensor, ga
         torch.zeros_like(gamma_g)
     dgamma_n = (dpre[..., 2 * H:] * vhat_all).reshape(rows, H).sum(0) if gamma_n.numel() else \
         torch.zeros_like(gamma_n)
-    return [dxa, dh, dw_hh, dbias_ih, dbias_hh, dgamma_g, dgamma_n]
+    return GRUJointGrads(dxa, dh, dw_hh, dbias_ih, dbias_hh, dgamma_g, dgamma_n)
 
 
 # ------------------------------------------------------------------------------------------------ Elman RNN
 
 
-def rnn_forward(xa: Tensor, h0: Tensor, w_hh: Tensor, bias: Tensor, gamma_h: Tensor, mask: Tensor,
-                fix_mean_h: Tensor, fix_var_h: Tensor, kind_h: int, joint: bool, relu: bool,
-                eps: float, keep: bool = True) -> list[Tensor]:
-    """Elman RNN over T steps. xa (T, N, H); bias (H,) after the norm. Returns [out, h_all, shat, rstd_h,
-    mean_h, var_h, count_h]; h_all[t+1] holds the new state (the activation's output)."""
+def _rnn(xa: Tensor, h0: Tensor, loop: RNNLoop):
+    """Elman RNN over T steps (:class:`~.contract.RNNLoop`). Returns out, h_all, act, shat, rstd_h and the stats
+    of norm_h; h_all[t+1] holds the new state (the activation's output)."""
+    w_hh, bias, gamma_h, mask, (fix_mean_h, fix_var_h) = loop.w_hh, loop.bias, loop.gamma_h, loop.mask, loop.fixed_h
+    kind_h, joint, relu, eps = loop.kind_h, loop.joint, loop.relu, loop.eps
     T, N, H = xa.shape
     h_all = xa.new_empty(T + 1, N, H)
     h_all[0] = h0
@@ -499,16 +543,28 @@ def rnn_forward(xa: Tensor, h0: Tensor, w_hh: Tensor, bias: Tensor, gamma_h: Ten
         h_new = torch.relu(a) if relu else torch.tanh(a)
         act_all[t] = h_new
         _hold_finished(h_all, out, t, h_new, h, m)
-    return [out, h_all, act_all, shat_all, rstd_h, mean_h, var_h, count_h]
+    return out, h_all, act_all, shat_all, rstd_h, Stats(mean_h, var_h, count_h)
 
 
-def rnn_backward(dout: Tensor, dhT: Tensor, like: Tensor, w_hh: Tensor, gamma_h: Tensor, mask: Tensor,
-                 h_all: Tensor, act_all: Tensor, shat_all: Tensor, rstd_h: Tensor, count_h: Tensor, kind_h: int,
-                 joint: bool, relu: bool) -> list[Tensor]:
-    """Gradients of :func:`rnn_forward`: [dxa, dh0, dw_hh, dbias, dgamma_h]."""
-    T, N, H = like.shape
-    dxa, ds_all = torch.empty_like(like), torch.empty_like(like)
-    dbias = like.new_zeros(H)
+def rnn_forward(xa: Tensor, h0: Tensor, loop: RNNLoop) -> ForwardResult:
+    out, h_all, act, shat, rstd_h, stats_h = _rnn(xa, h0, loop)
+    saved = Saved((loop.w_hh, loop.gamma_h, loop.mask, h_all, act, shat, rstd_h, stats_h.count),
+                  (loop.kind_h, loop.joint, loop.relu))
+    return ForwardResult(out, (h_all[-1].clone(),), (stats_h,), saved)
+
+
+def rnn_infer(xa: Tensor, h0: Tensor, loop: RNNLoop) -> InferResult:
+    out, h_all, *_, stats_h = _rnn(xa, h0, loop)
+    return InferResult(out, (h_all[-1],), (stats_h,))
+
+
+def rnn_backward(dout: Tensor, dhT: Tensor, saved: Saved) -> RNNGrads:
+    """Gradients of :func:`rnn_forward`."""
+    w_hh, gamma_h, mask, h_all, act_all, shat_all, rstd_h, count_h = saved.tensors
+    kind_h, joint, relu = saved.flags
+    T, N, H = act_all.shape
+    dxa, ds_all = torch.empty_like(act_all), torch.empty_like(act_all)
+    dbias = act_all.new_zeros(H)
     dgamma_h = torch.zeros_like(gamma_h)
     dh = dhT.clone()
     for t in range(T - 1, -1, -1):
@@ -530,4 +586,4 @@ def rnn_backward(dout: Tensor, dhT: Tensor, like: Tensor, w_hh: Tensor, gamma_h:
         if dh_pass is not None:
             dh = dh + dh_pass
     dw_hh = ds_all.reshape(T * N, H).t() @ h_all[:-1].reshape(T * N, H)
-    return [dxa, dh, dw_hh, dbias, dgamma_h]
+    return RNNGrads(dxa, dh, dw_hh, dbias, dgamma_h)

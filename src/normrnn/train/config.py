@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ..models import CELLS, POOLS, RNNConfig
+from .models import CELLS, POOLS, RNNConfig
 
 TASKS = ("charlm", "classify", "image", "adding", "copy")
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models import CharLM, ConvRNN, SeqClassifier, detach_state
+from .models import CharLM, ConvRNN, SeqClassifier, detach_state
 from .. import data as nd
 from .batches import Batch, BatchPlan, minibatches, stream_plan
 from .config import TrainConfig

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..models import count_parameters
+from .models import count_parameters
 from .checkpoint import (atomic_save, atomic_write_text, checkpoint_path, load_checkpoint, rng_state,
                          seed_everything, set_rng_state)
 from .config import TrainConfig, check_resume_compatible

@@ -1,6 +1,6 @@
 """C7 Distributed: LN needs no cross-device synchronisation; BN needs synchronised statistics, which cost time.
 
-Experiment: :func:`normrnn.sync_bench.measure_sync_cost` trains the same small LSTM on the adding problem with
+Experiment: :func:`normrnn.bench.sync_cost.measure_sync_cost` trains the same small LSTM on the adding problem with
 DistributedDataParallel at 2 ranks (gloo over loopback, one thread each), per-rank batch 2, with LN, BN using each
 rank's own statistics, and BN with statistics all-reduced at every time step. One launch per seed.
 """
@@ -50,7 +50,7 @@ class Distributed(Claim):
                                          "batch_per_rank": 2, "profile": ctx.profile}) for s in ctx.seed_list]
 
     def run(self, exp: Experiment, ctx: StudyContext, workdir: Path) -> dict:
-        from ...sync_bench import measure_sync_cost
+        from ...bench.sync_cost import measure_sync_cost
 
         s = exp.spec
         report = measure_sync_cost(world=s["world"], batch_per_rank=s["batch_per_rank"], steps=s["steps"],

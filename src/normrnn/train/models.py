@@ -11,7 +11,7 @@ from typing import Optional, Sequence, Union
 
 from torch import Tensor, nn
 
-from .layers import GRU, LSTM, RNN
+from ..layers import GRU, LSTM, RNN
 
 CELLS = ("lstm", "gru", "rnn")
 POOLS = ("last", "mean")

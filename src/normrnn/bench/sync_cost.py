@@ -14,7 +14,7 @@ and reports per variant:
 Synced layers run the reference loop (the fused kernels cannot all-reduce), so ``bn_local_reference`` (local
 statistics, reference loop) separates the loop's cost from the communication's.
 
-``python -m normrnn.sync_bench [--out sync_cost.json]`` prints (and saves) the dict.
+``python -m normrnn.bench.sync_cost [--out sync_cost.json]`` prints (and saves) the dict.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ class _Regressor(nn.Module):
 
     def __init__(self, norm: str, sync: bool, backend: str, hidden: int, seq_len: int) -> None:
         super().__init__()
-        from .layers import LSTM
+        from ..layers import LSTM
 
         self.rnn = LSTM(2, hidden, batch_first=True, norm=norm, sync_stats=sync, backend=backend,
                         max_steps=seq_len)
@@ -58,9 +58,9 @@ def _train_variant(rank: int, world: int, name: str, batch: int, seq_len: int, h
                    warmup: int, lr: float, seed: int) -> dict[str, Any]:
     import torch.distributed as dist
 
-    from .data import adding_problem
-    from .sync import COUNTER
-    from .train.distributed import no_buffer_sync
+    from ..data import adding_problem
+    from ..sync import COUNTER
+    from ..train.distributed import no_buffer_sync
 
     norm, sync, backend = VARIANTS[name]
     torch.manual_seed(seed)
@@ -116,12 +116,12 @@ def measure_sync_cost(world: int = 2, batch_per_rank: int = 2, seq_len: int = 20
                       timeout: float = 300.0) -> dict[str, Any]:
     """Train each variant for ``steps`` steps at ``world`` ranks x ``batch_per_rank`` and return a JSON-able
     dict (see the module docstring); ``out``: also write it there as JSON. One CPU thread per rank."""
-    from .multiproc import run_local
+    from ..multiproc import run_local
 
     t0 = time.perf_counter()
     kw = dict(batch=batch_per_rank, seq_len=seq_len, hidden=hidden, steps=steps, warmup=warmup, lr=lr,
               seed=seed, variants=list(variants))
-    results = run_local("normrnn.sync_bench:_rank_main", world, kw, timeout=timeout)
+    results = run_local("normrnn.bench.sync_cost:_rank_main", world, kw, timeout=timeout)
     rank0 = results[0]
     for name, r in rank0.items():
         # a step waits for the slowest rank: report the larger median
@@ -145,7 +145,7 @@ def measure_sync_cost(world: int = 2, batch_per_rank: int = 2, seq_len: int = 20
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m normrnn.sync_bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m normrnn.bench.sync_cost", description=__doc__.splitlines()[0])
     p.add_argument("--out", help="also write the result to this JSON file")
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--batch-per-rank", type=int, default=2)

@@ -25,22 +25,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as _dt
 import gc
-import importlib
-import importlib.util
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
+
+from .report import atomic_write, machine_info, markdown_table, shape_name
 
 DEFAULT_SHAPES = ((100, 32, 256), (100, 32, 512), (200, 8, 128), (50, 64, 1024))
 QUICK_SHAPES = ((20, 4, 64),)
@@ -84,10 +81,6 @@ class Config:
     @property
     def is_normrnn(self) -> bool:
         return "normrnn" in self.kind
-
-
-def shape_name(T: int, N: int, H: int) -> str:
-    return f"{T}x{N}x{H}"
 
 
 def parse_shapes(text: str) -> list[tuple[int, int, int]]:
@@ -181,48 +174,11 @@ def build(cfg: Config, device: str, seed: int = 0):
     return module, x
 
 
-def _fused_module():
-    """``normrnn.fused`` if this build has it (imported lazily; None otherwise)."""
-    if "normrnn.fused" in sys.modules:
-        return sys.modules["normrnn.fused"]
-    try:
-        if importlib.util.find_spec("normrnn.fused") is None:
-            return None
-        return importlib.import_module("normrnn.fused")
-    except Exception:  # a half-written module must not stop the benchmark
-        return None
-
-
 def backend_used(module, cfg: Config) -> str:
-    """What actually ran, as far as the layer tells: ``module.active_backend()`` (or a similar attribute),
-    else ``normrnn.fused.available()``, else ``"requested: <backend>"``."""
+    """What actually ran: ``"torch"`` for the PyTorch baselines, else the layer's ``active_backend()``."""
     if not cfg.is_normrnn:
         return "torch"
-    for name in ("active_backend", "backend_used", "last_backend", "resolved_backend", "_active_backend"):
-        attr = getattr(module, name, None)
-        if attr is None:
-            continue
-        try:
-            value = attr() if callable(attr) else attr
-        except Exception:
-            continue
-        if value:
-            return str(value)
-    requested = cfg.backend or "auto"
-    if requested != "reference":
-        fused = _fused_module()
-        available = getattr(fused, "available", None) if fused is not None else None
-        if callable(available):
-            try:
-                ok = bool(available())
-            except Exception:
-                ok = None
-            if ok is True:
-                return f"requested: {requested} (normrnn.fused.available()=True)"
-            if ok is False:
-                return ("reference (normrnn.fused.available()=False)" if requested == "auto"
-                        else f"requested: {requested} (normrnn.fused.available()=False)")
-    return f"requested: {requested}"
+    return str(module.active_backend())
 
 
 # --------------------------------------------------------------------------------------------- running
@@ -526,7 +482,7 @@ def _child_env() -> dict:
 
 def _memory_in_subprocess(cfg: Config, device: str, threads: int, seed: int, env: dict, timeout: float) -> dict:
     spec = {"config": asdict(cfg), "device": device, "threads": threads, "seed": seed}
-    code = "import sys, normrnn.bench as b; sys.exit(b._memory_child_main(sys.argv[1:]))"
+    code = "import sys, normrnn.bench.speed as b; sys.exit(b._memory_child_main(sys.argv[1:]))"
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
                           timeout=timeout, env=env)
     marker = [ln for ln in proc.stdout.splitlines() if ln.startswith("@@MEMORY@@")]
@@ -655,166 +611,6 @@ def assemble(configs: Sequence[Config], timing: dict[str, dict], memory: Optiona
     return rows
 
 
-def _git_commit(repo: Path) -> Optional[dict]:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
-        if sha.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, timeout=10)
-        return {"commit": sha.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info(device: str, threads: int) -> dict:
-    import torch
-
-    import normrnn
-
-    info: dict[str, Any] = {
-        "platform": platform.platform(), "python": platform.python_version(), "cpu_model": _cpu_model(),
-        "cpu_count": os.cpu_count(), "threads": threads, "torch": torch.__version__,
-        "normrnn": getattr(normrnn, "__version__", None), "device": device,
-        "date": _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds"),
-        "git": _git_commit(Path(normrnn.__file__).resolve().parent),
-    }
-    try:
-        info["load_average"] = list(os.getloadavg())
-    except (OSError, AttributeError):
-        pass
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return info
-
-
-# --------------------------------------------------------------------------------------------- markdown
-
-
-def _fmt_time(seconds: Optional[dict], unit: str = "ms") -> str:
-    if not seconds:
-        return "–"
-    scale = 1e3 if unit == "ms" else 1e6
-    med, iqr = seconds["median"] * scale, seconds["iqr"] * scale
-    digits = 1 if med >= 10 else 2
-    return f"{med:.{digits}f} ± {iqr / 2:.{digits}f}"
-
-
-def _fmt_ratio(ratio: Optional[float], target: Optional[float] = None) -> str:
-    if ratio is None:
-        return "–"
-    text = f"{ratio:.2f}x"
-    if target is not None:
-        text += " ✓" if ratio <= target else " ✗"
-    return text
-
-
-def _fmt_target(target: Optional[float]) -> str:
-    return "–" if target is None else f"≤{target:g}x"
-
-
-def _short_backend(row: dict) -> str:
-    used = row.get("backend_used") or ""
-    return used.replace("|", "/")
-
-
-def _label(row: dict) -> str:
-    return row.get("label") or row["name"]
-
-
-def markdown_table(results: dict) -> str:
-    """The Markdown report of a results dict (as written to ``speed.json``): one table for the sequence rows,
-    one for streaming. Times are median ± half the IQR over rounds; ratios are medians of per-round ratios to
-    the group's baseline; ✓/✗ compare with the target."""
-    rows = results.get("rows", [])
-    info = results.get("machine", {})
-    settings = results.get("settings", {})
-    lines = []
-    git = info.get("git") or {}
-    lines.append(f"normrnn speed benchmark — {info.get('date', '?')}, {info.get('cpu_model', '?')}, "
-                 f"{info.get('threads', '?')} threads, torch {info.get('torch', '?')}, device "
-                 f"{info.get('device', '?')}, {settings.get('rounds', '?')} rounds after "
-                 f"{settings.get('warmup', '?')} warm-up"
-                 + (f", commit {git['commit'][:10]}{' (dirty)' if git.get('dirty') else ''}" if git else "") + ".")
-    lines.append("")
-    seq = [r for r in rows if not r["kind"].startswith("stream:")]
-    if seq:
-        lines.append("| shape | configuration | backend used | fwd+bwd ms | ratio | target | fwd-only ms | ratio "
-                     "| target | train mem MiB | ratio | target | saved MiB | ratio | status |")
-        lines.append("|---|---|---|---:|---:|---|---:|---:|---|---:|---:|---|---:|---:|---|")
-        for r in seq:
-            m, tg = r["metrics"], r.get("targets", {})
-            train, fwd = m.get("train", {}), m.get("forward", {})
-            mem = r.get("memory") or {}
-            mib = f"{mem['peak_bytes'] / 2**20:.1f}" if mem.get("peak_bytes") is not None else (
-                "err" if mem.get("error") else "–")
-            saved = f"{mem['saved_bytes'] / 2**20:.2f}" if mem.get("saved_bytes") is not None else "–"
-            status = r.get("status", "")
-            if r.get("error"):
-                status = "error: " + r["error"].replace("|", "/")[:80]
-            lines.append("| " + " | ".join([
-                shape_name(r["T"], r["N"], r["H"]), _label(r), _short_backend(r),
-                _fmt_time(train.get("seconds")), _fmt_ratio((train.get("ratio") or {}).get("median"), tg.get("train")),
-                _fmt_target(tg.get("train")),
-                _fmt_time(fwd.get("seconds")), _fmt_ratio((fwd.get("ratio") or {}).get("median"), tg.get("forward")),
-                _fmt_target(tg.get("forward")),
-                mib, _fmt_ratio(mem.get("ratio"), tg.get("memory")), _fmt_target(tg.get("memory")),
-                saved, _fmt_ratio(mem.get("saved_ratio")), status,
-            ]) + " |")
-        lines.append("")
-    stream = [r for r in rows if r["kind"].startswith("stream:")]
-    if stream:
-        lines.append("| streaming (T x N x H) | configuration | backend used | µs/step | vs nn.LSTMCell | target "
-                     "| vs nn.LSTM 1-step | status |")
-        lines.append("|---|---|---|---:|---:|---|---:|---|")
-        for r in stream:
-            step, tg = r["metrics"].get("step", {}), r.get("targets", {})
-            status = r.get("status", "")
-            if r.get("error"):
-                status = "error: " + r["error"].replace("|", "/")[:80]
-            lines.append("| " + " | ".join([
-                shape_name(r["T"], r["N"], r["H"]), _label(r), _short_backend(r), _fmt_time(step.get("seconds"), "us"),
-                _fmt_ratio((step.get("ratio") or {}).get("median"), tg.get("step")), _fmt_target(tg.get("step")),
-                _fmt_ratio((step.get("ratio_vs_nn_lstm_step") or {}).get("median")), status,
-            ]) + " |")
-        lines.append("")
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r.get("status", "?")] = counts.get(r.get("status", "?"), 0) + 1
-    lines.append("Rows: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ". Times: median ± half "
-                 "the IQR; ratios: median of per-round ratios to the baseline of the same shape (nn.LSTM, nn.GRU, "
-                 "nn.LSTMCell) measured in the same rounds; train mem: peak extra RSS (CUDA: allocation) over "
-                 "model+input in one fwd+bwd; saved: tensors autograd saved for backward, parameters and input "
-                 "excluded.")
-    return "\n".join(lines) + "\n"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 # --------------------------------------------------------------------------------------------- command line
 
 
@@ -894,8 +690,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     }
     out = Path(args.out)
     table = markdown_table(results)
-    _atomic_write(out / "speed.json", json.dumps(results, indent=1, sort_keys=False) + "\n")
-    _atomic_write(out / "speed.md", table)
+    atomic_write(out / "speed.json", json.dumps(results, indent=1, sort_keys=False) + "\n")
+    atomic_write(out / "speed.md", table)
     print(table)
     print(f"wrote {out / 'speed.json'} and {out / 'speed.md'} in {results['settings']['wall_s']} s", file=sys.stderr)
     return 0

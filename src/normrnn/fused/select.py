@@ -1,0 +1,119 @@
+"""Picking the path: the one place that decides what runs.
+
+* which *engine* runs the fused loop for tensors of a device and dtype (:func:`engine`, :func:`force_engine`);
+* whether a layer runs the fused backend or the reference loop (the reference while exporting: an exported
+  graph holds ATen ops only), and why a variant has no fused path (:func:`uses_fused`, :func:`unsupported_reason`);
+* whether a call can take a one-call kernel: a whole LSTM stack's streaming step (:func:`streams`) or a
+  one-step sequence (:func:`one_step`).
+
+Everything here works from flags and the parameters' device and dtype, never from a layer module: the layers
+(:mod:`normrnn.layers`) pass what they are.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import torch
+
+from ..tracing import is_exporting
+from . import native, torch_engine
+from .contract import Engine
+
+BACKENDS = ("auto", "fused", "reference")
+NATIVE_DTYPES = (torch.float32, torch.float64)
+
+_forced: Optional[str] = None
+
+
+def forced() -> Optional[str]:
+    """The engine forced by :func:`force_engine` (``"native"``, ``"torch"``) or ``None``."""
+    return _forced
+
+
+@contextlib.contextmanager
+def force_engine(name: Optional[str]):
+    """Run the fused backend on ``"native"`` or ``"torch"`` inside the ``with`` block (tests, benchmarks)."""
+    global _forced
+    if name not in (None, "native", "torch"):
+        raise ValueError(f"unknown engine {name!r}; expected 'native' or 'torch'")
+    previous, _forced = _forced, name
+    try:
+        yield
+    finally:
+        _forced = previous
+
+
+def engine(device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> Engine:
+    """The engine for tensors on ``device`` of ``dtype``: the native one if it is (or can be) built and reads
+    them (CPU, float32/float64), else the PyTorch one (see :func:`force_engine`)."""
+    if _forced == "torch" or (device is not None and device.type != "cpu") or (
+            dtype is not None and dtype not in NATIVE_DTYPES):
+        return torch_engine
+    loaded = native.engine()
+    if _forced == "native" and loaded is None:
+        raise RuntimeError("the native fused kernels are not available on this machine")
+    return loaded or torch_engine
+
+
+def engine_name(device: Optional[torch.device] = None) -> str:
+    """``"native"`` or ``"torch"``: which engine the fused backend runs for tensors on ``device``."""
+    return engine(device).name
+
+
+def auto_prefers_reference(device: torch.device) -> bool:
+    """Whether ``backend="auto"`` should run the reference loop: on a CPU without the native kernels (and no
+    engine forced), the PyTorch engine is not faster than the reference loop, which lets autograd's C++ backward
+    do the per-step work (benchmarks/fallback.py: 0.80x-1.03x of its time here)."""
+    return _forced is None and device.type == "cpu" and native.load() is None
+
+
+def unsupported_reason(mode: str, norm_terms: str, zoneout: float, sync_stats: bool = False) -> Optional[str]:
+    """Why a configuration has no fused path, or ``None`` when it has one.
+
+    ``sync_stats``: the layer trains batch norm with synchronised statistics; the kernels compute batch
+    statistics inside their time loop and cannot all-reduce them, so that needs the reference loop once a
+    process group is initialised (without one, synced batch norm is plain batch norm).
+    """
+    if sync_stats and torch.distributed.is_available() and torch.distributed.is_initialized():
+        return "batch norm with sync_stats=True all-reduces per-step statistics, only in the reference loop"
+    if zoneout:
+        return "zoneout is only in the reference loop"
+    return None
+
+
+def uses_fused(backend: str, mode: str, norm_terms: str, device: torch.device, zoneout: float,
+               sync_stats: bool) -> bool:
+    """Whether a layer with these settings runs the fused backend; ``backend="fused"`` on a configuration it
+    does not cover is an error. ``sync_stats``: batch norm trains with synchronised statistics now."""
+    if backend == "reference" or is_exporting():  # (an exported graph holds ATen ops only)
+        return False
+    reason = unsupported_reason(mode, norm_terms, zoneout, sync_stats=sync_stats)
+    if reason and backend == "fused":
+        raise ValueError(f"backend='fused' cannot run this layer: {reason}; use backend='auto' or 'reference'")
+    if backend == "auto" and auto_prefers_reference(device):
+        return False
+    return reason is None
+
+
+def active_backend(fused: bool, device: torch.device) -> str:
+    """``"reference"``, ``"fused-native"`` (C++ kernels) or ``"fused-torch"`` (their PyTorch twin)."""
+    return f"fused-{engine_name(device)}" if fused else "reference"
+
+
+def streams(fused: bool, mode: str, bidirectional: bool, zoneout: float, residual: bool, dropout_active: bool,
+            device: torch.device, dtype: torch.dtype) -> Optional[Engine]:
+    """The engine that runs a streaming step of a whole stack in one call, or ``None`` when the general path must
+    (GRU/RNN, bidirectional, residual, zoneout, training-mode dropout or DropConnect, the reference backend, an
+    engine without the kernel: CUDA tensors, the PyTorch engine). Per-norm and per-call conditions (batch
+    statistics, gradients) are :mod:`normrnn.fused.stream`'s."""
+    if not fused or mode != "LSTM" or bidirectional or zoneout or residual or dropout_active:
+        return None
+    eng = engine(device, dtype)
+    return eng if eng.has_stream and device.type in eng.devices else None
+
+
+def one_step(mode: str, steps: int, eng: Engine) -> bool:
+    """Whether a fused call over ``steps`` steps should try the one-step kernel (an LSTM step in one call: at
+    T = 1 the per-call overhead of the sequence kernel would dominate)."""
+    return steps == 1 and mode == "LSTM" and eng.has_stream
