@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .cells import GATES, CellParams, State, add_cell_parameters, cell_params
-from .checks import LengthsLike, PaddedBatch, check_size, finish_output, prepare_input
+from .checks import LengthsLike, PaddedBatch, check_proj_size, check_size, finish_output, prepare_input
 from .norms import LayerNorm, RMSNorm
 from .options import NormOptions, check_probability
 from .fused import select
@@ -44,12 +44,13 @@ class _NormRNNBase(nn.Module):
                  dtype=None, *, norm: str = "layer", norm_terms: str = "separate", eps: float = 1e-5,
                  gamma_init: Optional[float] = None, max_steps: int = 256, momentum: float = 0.1,
                  residual: bool = False, zoneout: float = 0.0, dropconnect: float = 0.0, backend: str = "auto",
-                 sync_stats: bool = False, _lstm_options: Optional[dict] = None) -> None:
+                 sync_stats: bool = False, _lstm_options: Optional[dict] = None, proj_size: int = 0) -> None:
         super().__init__()
         self.mode = mode
         self.input_size = check_size("input_size", input_size)
         self.hidden_size = check_size("hidden_size", hidden_size)
         self.num_layers = check_size("num_layers", num_layers)
+        self.proj_size = check_proj_size(proj_size, hidden_size, mode)
         self.bias, self.batch_first, self.bidirectional = bool(bias), bool(batch_first), bool(bidirectional)
         self.dropout = check_probability("dropout", dropout)
         self.zoneout = check_probability("zoneout", zoneout)
@@ -60,14 +61,14 @@ class _NormRNNBase(nn.Module):
                                    momentum=momentum, sync_stats=sync_stats, **(_lstm_options or {}))
         directions = 2 if self.bidirectional else 1
         for k in range(self.num_layers):
-            layer_input = input_size if k == 0 else hidden_size * directions
+            layer_input = input_size if k == 0 else self.output_size * directions
             for d in range(directions):
                 add_cell_parameters(self, self._suffix(k, d), mode, layer_input, hidden_size, self.bias,
-                                    self.options, device, dtype)
+                                    self.options, device, dtype, proj_size=self.proj_size)
             if self._has_residual(k) and self.options.active:
                 # Pre-norm residual (x + layer(norm(x))): RMSNorm for norm="rms", LayerNorm otherwise, since a
                 # per-sample norm keeps the skip path independent of the batch.
-                width = hidden_size * directions
+                width = self.output_size * directions
                 pre = (RMSNorm(width, eps, device=device, dtype=dtype) if norm == "rms"
                        else LayerNorm(width, eps, device=device, dtype=dtype))
                 self.add_module(f"norm_input_l{k}", pre)
@@ -102,6 +103,11 @@ class _NormRNNBase(nn.Module):
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
+    @property
+    def output_size(self) -> int:
+        """Units of h and of the outputs per direction: ``proj_size`` when there is a projection, else H."""
+        return self.proj_size or self.hidden_size
+
     def _apply(self, fn, *args, **kwargs):
         # Moving or casting replaces buffers without registration hooks: drop cached streaming plans.
         invalidate_stream_plans()
@@ -123,7 +129,7 @@ class _NormRNNBase(nn.Module):
         if self.num_layers != 1:
             s += f", num_layers={self.num_layers}"
         for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False),
-                              ("residual", False), ("zoneout", 0.0), ("dropconnect", 0.0)):
+                              ("proj_size", 0), ("residual", False), ("zoneout", 0.0), ("dropconnect", 0.0)):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
         return s + f", norm={self.norm!r}, norm_terms={self.options.norm_terms!r}"
@@ -176,7 +182,7 @@ class _NormRNNBase(nn.Module):
             w = self.weight_hh_l0
             dropout = self.training and bool(self.dropconnect or (self.dropout and self.num_layers > 1))
             eng = select.streams(self.uses_fused(), self.mode, self.bidirectional, self.zoneout, self.residual,
-                                 dropout, w.device, w.dtype) if self.mode == "LSTM" else None
+                                 dropout, w.device, w.dtype, self.proj_size) if self.mode == "LSTM" else None
             plan = None if eng is None else build_stream_plan(
                 [self._cell(k, 0) for k in range(self.num_layers)], eng, self.options.eps)
             self.__dict__["_stream_plan_cache"] = cached = (key, plan)
@@ -205,7 +211,9 @@ class _NormRNNBase(nn.Module):
         if batch.hx is not None:
             return tuple(s[index] for s in batch.hx)
         zeros = batch.x.new_zeros(batch.x.shape[1], self.hidden_size)
-        return (zeros, zeros) if self.mode == "LSTM" else (zeros,)
+        if self.mode != "LSTM":
+            return (zeros,)
+        return (batch.x.new_zeros(batch.x.shape[1], self.proj_size), zeros) if self.proj_size else (zeros, zeros)
 
     def _run(self, batch: PaddedBatch, start: int) -> tuple[Tensor, tuple[Tensor, ...]]:
         """The stack over a checked batch: returns the last layer's output (T, N, D·H) and the final states,
@@ -244,7 +252,7 @@ class LSTM(_NormRNNBase):
     r"""A normalized ``nn.LSTM``.
 
     Args: as ``nn.LSTM`` (``input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-    bidirectional=False, device=None, dtype=None``; no ``proj_size``), plus keyword-only:
+    bidirectional=False, proj_size=0, device=None, dtype=None``), plus keyword-only:
 
     * ``norm="layer" | "rms" | "batch" | "none"``; ``norm_terms="separate" | "joint"``.
     * ``norm_cell=True``: normalize c_t before the output tanh; ``carry_normalized_cell=False``.
@@ -254,15 +262,17 @@ class LSTM(_NormRNNBase):
     * ``residual=False``: pre-norm residual connections around layers 2..num_layers.
     * ``zoneout=0.0`` (on h and c), ``dropconnect=0.0`` (on ``weight_hh``).
 
-    Shapes: input (L, N, H_in) or (N, L, H_in) with ``batch_first``; output (L, N, D·H_out); h_n and c_n
-    (num_layers·D, N, H_out).
+    Shapes: input (L, N, H_in) or (N, L, H_in) with ``batch_first``; output (L, N, D·H_out); h_n
+    (num_layers·D, N, H_out) and c_n (num_layers·D, N, H), where H_out is ``proj_size`` if > 0, else H. With a
+    projection (Sak et al. 2014) ``h = W_hr (o * tanh(norm_cell(c)))``; ``weight_hr_l{k}[_reverse]`` is (P, H).
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
-                 dtype=None, *, norm_cell: bool = True, carry_normalized_cell: bool = False, **options) -> None:
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
+                 device=None, dtype=None, *, norm_cell: bool = True, carry_normalized_cell: bool = False,
+                 **options) -> None:
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         device, dtype, **options, _lstm_options=dict(
+                         device, dtype, **options, proj_size=proj_size, _lstm_options=dict(
                              norm_cell=bool(norm_cell), carry_normalized_cell=bool(carry_normalized_cell)))
 
 
