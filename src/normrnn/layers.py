@@ -11,6 +11,7 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from .cells import GATES, CellParams, State, add_cell_parameters, cell_params
 from .checks import LengthsLike, PaddedBatch, check_proj_size, check_size, finish_output, prepare_input
@@ -26,6 +27,43 @@ from .fused.stream import stream_step as fused_stream_step
 from .reference import run_direction
 
 BACKENDS = select.BACKENDS
+HALF = (torch.bfloat16, torch.float16)
+
+
+def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """autocast's dtype for ``device_type`` when it is enabled there, else ``None``."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+        return torch.get_autocast_dtype(device_type) if enabled else None
+    except TypeError:  # torch < 2.4: per-device functions
+        if device_type == "cpu":
+            return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+        return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+
+
+def _cast(obj, dtype: torch.dtype):
+    """``obj`` with every floating tensor in it (also inside a PackedSequence, tuples, named tuples) cast."""
+    if isinstance(obj, PackedSequence):
+        return obj.to(dtype)
+    if isinstance(obj, Tensor):
+        return obj.to(dtype) if obj.is_floating_point() else obj
+    if isinstance(obj, tuple):
+        items = [_cast(o, dtype) for o in obj]
+        return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
+    if isinstance(obj, list):
+        return [_cast(o, dtype) for o in obj]
+    return obj
+
+
+class _Method(nn.Module):
+    """Calls one method of ``layer`` as its forward, so ``torch.func.functional_call`` can run ``step`` too."""
+
+    def __init__(self, layer: nn.Module, method: str) -> None:
+        super().__init__()
+        self.layer, self.method = layer, method
+
+    def forward(self, *args, **kwargs):
+        return getattr(self.layer, self.method)(*args, **kwargs)
 
 
 class StreamState(NamedTuple):
@@ -46,6 +84,7 @@ class _NormRNNBase(nn.Module):
                  residual: bool = False, zoneout: float = 0.0, dropconnect: float = 0.0, backend: str = "auto",
                  sync_stats: bool = False, _lstm_options: Optional[dict] = None, proj_size: int = 0) -> None:
         super().__init__()
+        self._in_float32 = False  # inside a half-precision call's float32 run (see _half_precision)
         self.mode = mode
         self.input_size = check_size("input_size", input_size)
         self.hidden_size = check_size("hidden_size", hidden_size)
@@ -146,6 +185,9 @@ class _NormRNNBase(nn.Module):
             its final state is the one at its last valid step.
         Returns ``(output, h_n)`` / ``(output, (h_n, c_n))``: output (L, N, D·H) (or packed, or batch first).
         """
+        low = self._half_precision()
+        if low is not None:
+            return self._in_float32_for(low, "forward", input, hx, lengths=lengths)
         batch = prepare_input(self, input, hx, lengths)
         out, states = self._run(batch, start=0)
         return finish_output(batch, out, states, self.mode == "LSTM")
@@ -163,8 +205,12 @@ class _NormRNNBase(nn.Module):
                              f"{tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__}")
         if state is not None and not isinstance(state, StreamState):
             raise TypeError("state must be the StreamState returned by the previous step() call, or None")
+        low = self._half_precision()
+        if low is not None:
+            return self._in_float32_for(low, "step", input, state)
         hx, start = (None, 0) if state is None else state
-        plan = self._stream_plan() if self.mode == "LSTM" else None
+        # (a half-precision call's float32 parameters are copies made per call: no plan may keep them)
+        plan = self._stream_plan() if self.mode == "LSTM" and not self._in_float32 else None
         fast = fused_stream_step(plan, input, hx, start) if plan is not None else None
         if fast is not None:
             return fast[0], StreamState(fast[1], start + 1)
@@ -172,6 +218,38 @@ class _NormRNNBase(nn.Module):
         out, states = self._run(batch, start=start)
         hx_new = states if self.mode == "LSTM" else states[0]
         return out[0], StreamState(hx_new, start + 1)
+
+    def _half_precision(self) -> Optional[torch.dtype]:
+        """The dtype a call returns when the layer computes in float32 for it: bf16/fp16 parameters', or under
+        ``torch.autocast`` autocast's (float32 parameters); ``None`` for a float32/float64 call."""
+        if self._in_float32:
+            return None
+        w = self.weight_ih_l0
+        if w.dtype in HALF:
+            return w.dtype
+        return _autocast_dtype(w.device.type) if w.dtype == torch.float32 else None
+
+    def _in_float32_for(self, low: torch.dtype, method: str, *args, **kwargs):
+        """Half precision as nn.LSTM has it, outputs and states in ``low``, with everything inside in float32: the
+        input term, the norms' statistics, the cell state and the time loop (in half precision a layer norm's
+        variance or a long cell-state sum lose most of their bits). The parameters enter through float32 casts,
+        so their gradients come back in their own dtype; batch norm's running statistics are updated in float32
+        and rounded once."""
+        params = {n: p.float() for n, p in self.named_parameters()}
+        buffers = {n: b.float() if b.is_floating_point() else b for n, b in self.named_buffers()}
+        self._in_float32 = True
+        try:
+            with torch.autocast(self.weight_ih_l0.device.type, enabled=False):
+                result = torch.func.functional_call(
+                    _Method(self, method), {f"layer.{n}": t for n, t in {**params, **buffers}.items()},
+                    _cast(args, torch.float32), _cast(kwargs, torch.float32))
+        finally:
+            self._in_float32 = False
+        with torch.no_grad():
+            for n, b in self.named_buffers():
+                if b.is_floating_point() and buffers[n] is not b:
+                    b.copy_(buffers[n])
+        return _cast(result, low)
 
     def _stream_plan(self):
         """The cached streaming plan (:mod:`normrnn.fused.stream`) of this stack, or ``None`` when ``step`` runs
