@@ -8,6 +8,8 @@ Gate layouts are PyTorch's (LSTM: i, f, g, o; GRU: r, z, n), so ``norm="none"`` 
   reset gate, so its joint form normalizes the r/z sum (``norm_gates``, 2H) and the candidate's pre-activation
   ``W_in x + r * (W_hn h + b_hn)`` (``norm_new``, H) with two norms.
 * LSTM cell: ``h = o * tanh(norm_cell(c))``; the raw ``c`` is carried on unless ``carry_normalized_cell``.
+  With a projection (``proj_size`` P, Sak et al. 2014, as in ``nn.LSTM``) ``h = W_hr (o * tanh(norm_cell(c)))``
+  has P units, and ``W_hh`` reads those P.
 
 The input term ``W_ih x`` (and its norm, when the terms are separate) does not depend on the state, so callers
 compute it for a whole sequence at once (:func:`input_term`) and hand one step of it to the step functions.
@@ -42,6 +44,7 @@ class CellParams(NamedTuple):
     norm_new: Optional[nn.Module] = None
     norm_cell: Optional[nn.Module] = None
     carry_normalized_cell: bool = False
+    weight_hr: Optional[Tensor] = None  # LSTM with a projection: h = W_hr (o * tanh(c)), (P, H)
 
 
 def norm_layout(mode: str, hidden_size: int, opts: NormOptions) -> dict[str, tuple[int, bool]]:
@@ -64,16 +67,19 @@ def norm_layout(mode: str, hidden_size: int, opts: NormOptions) -> dict[str, tup
 
 
 def add_cell_parameters(module: nn.Module, suffix: str, mode: str, input_size: int, hidden_size: int,
-                        bias: bool, opts: NormOptions, device=None, dtype=None) -> None:
-    """Register ``weight_ih{suffix}``, ``weight_hh{suffix}``, ``bias_*{suffix}`` and ``norm_*{suffix}`` on ``module``.
+                        bias: bool, opts: NormOptions, device=None, dtype=None, proj_size: int = 0) -> None:
+    """Register ``weight_ih{suffix}``, ``weight_hh{suffix}``, ``bias_*{suffix}``, with ``proj_size``
+    ``weight_hr{suffix}``, and ``norm_*{suffix}`` on ``module``.
 
     Names, shapes and the uniform(-1/sqrt(H), 1/sqrt(H)) initialisation are ``nn.LSTM``'s.
     """
     G = GATES[mode] * hidden_size
     k = 1.0 / math.sqrt(hidden_size)
-    shapes = {"weight_ih": (G, input_size), "weight_hh": (G, hidden_size)}
+    shapes = {"weight_ih": (G, input_size), "weight_hh": (G, proj_size or hidden_size)}
     if bias:
         shapes.update(bias_ih=(G,), bias_hh=(G,))
+    if proj_size:
+        shapes["weight_hr"] = (proj_size, hidden_size)
     for name, shape in shapes.items():
         w = torch.empty(shape, device=device, dtype=dtype)
         nn.init.uniform_(w, -k, k)
@@ -89,7 +95,7 @@ def cell_params(module: nn.Module, suffix: str, mode: str, opts: NormOptions,
     return CellParams(
         mode, get("weight_ih"), get("weight_hh") if weight_hh is None else weight_hh, get("bias_ih"), get("bias_hh"),
         get("norm_ih"), get("norm_hh"), get("norm_gates"), get("norm_new"), get("norm_cell"),
-        opts.carry_normalized_cell,
+        opts.carry_normalized_cell, get("weight_hr"),
     )
 
 
@@ -122,6 +128,8 @@ def lstm_step(xp: Tensor, state: State, p: CellParams, step: int, mask: Optional
     c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     c_hat = p.norm_cell(c_new, step, mask) if p.norm_cell is not None else c_new
     h_new = torch.sigmoid(o) * torch.tanh(c_hat)
+    if p.weight_hr is not None:
+        h_new = F.linear(h_new, p.weight_hr)
     return h_new, (c_hat if p.carry_normalized_cell else c_new)
 
 

@@ -21,6 +21,19 @@ def check_size(name: str, value: int) -> int:
     return value
 
 
+def check_proj_size(value: int, hidden_size: int, mode: str) -> int:
+    """``proj_size`` as ``nn.LSTM`` takes it: an int in [0, hidden_size), LSTM only (0: no projection)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"proj_size must be an int, got {type(value).__name__}")
+    if value and mode != "LSTM":
+        raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+    if value < 0:
+        raise ValueError(f"proj_size should be a positive integer or zero to disable projections, got {value}")
+    if value >= hidden_size:
+        raise ValueError(f"proj_size has to be smaller than hidden_size ({value} >= {hidden_size})")
+    return value
+
+
 def _reference_param(module: nn.Module) -> Tensor:
     return module.weight_ih if hasattr(module, "weight_ih") else module.weight_ih_l0
 
@@ -93,12 +106,14 @@ def _check_hx(module: nn.Module, hx, batch: int, unbatched: bool) -> Optional[tu
             raise ValueError(f"hx for a {type(module).__name__} must be one tensor h_0, not a {type(hx).__name__}")
         states = (hx,)
     rows = module.num_layers * (2 if module.bidirectional else 1)
-    want = (rows, module.hidden_size) if unbatched else (rows, batch, module.hidden_size)
+    proj = getattr(module, "proj_size", 0)
     for name, s in zip(("h_0", "c_0"), states):
+        units, what = (proj, "proj_size") if proj and name == "h_0" else (module.hidden_size, "hidden_size")
+        want = (rows, units) if unbatched else (rows, batch, units)
         _check_tensor(name, s, module)
         if tuple(s.shape) != want:
             raise ValueError(f"{name} must have shape {want} (num_layers * num_directions, "
-                             f"{'' if unbatched else 'batch, '}hidden_size), got {tuple(s.shape)}")
+                             f"{'' if unbatched else 'batch, '}{what}), got {tuple(s.shape)}")
     return tuple(s.unsqueeze(1) for s in states) if unbatched else states
 
 

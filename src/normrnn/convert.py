@@ -10,11 +10,11 @@ _TWINS = {nn.LSTM: LSTM, nn.GRU: GRU, nn.RNN: RNN}
 
 def convert_layer(layer: nn.RNNBase, norm: str = "layer", **options) -> nn.Module:
     """The normrnn layer with ``layer``'s arguments, weights, device, dtype and train/eval mode."""
-    if getattr(layer, "proj_size", 0):
-        raise ValueError("normrnn has no projected LSTM (proj_size > 0); convert a model without proj_size")
     cls = _TWINS[type(layer)]
     kwargs = dict(num_layers=layer.num_layers, bias=layer.bias, batch_first=layer.batch_first,
                   dropout=float(layer.dropout), bidirectional=layer.bidirectional)
+    if getattr(layer, "proj_size", 0):
+        kwargs["proj_size"] = layer.proj_size
     if cls is RNN:
         kwargs["nonlinearity"] = layer.nonlinearity
     w = layer.weight_ih_l0

@@ -11,9 +11,10 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from .cells import GATES, CellParams, State, add_cell_parameters, cell_params
-from .checks import LengthsLike, PaddedBatch, check_size, finish_output, prepare_input
+from .checks import LengthsLike, PaddedBatch, check_proj_size, check_size, finish_output, prepare_input
 from .norms import LayerNorm, RMSNorm
 from .options import NormOptions, check_probability
 from .fused import select
@@ -27,6 +28,43 @@ from .reference import run_direction
 from .tracing import is_exporting
 
 BACKENDS = select.BACKENDS
+HALF = (torch.bfloat16, torch.float16)
+
+
+def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """autocast's dtype for ``device_type`` when it is enabled there, else ``None``."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+        return torch.get_autocast_dtype(device_type) if enabled else None
+    except TypeError:  # torch < 2.4: per-device functions
+        if device_type == "cpu":
+            return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+        return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+
+
+def _cast(obj, dtype: torch.dtype):
+    """``obj`` with every floating tensor in it (also inside a PackedSequence, tuples, named tuples) cast."""
+    if isinstance(obj, PackedSequence):
+        return obj.to(dtype)
+    if isinstance(obj, Tensor):
+        return obj.to(dtype) if obj.is_floating_point() else obj
+    if isinstance(obj, tuple):
+        items = [_cast(o, dtype) for o in obj]
+        return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
+    if isinstance(obj, list):
+        return [_cast(o, dtype) for o in obj]
+    return obj
+
+
+class _Method(nn.Module):
+    """Calls one method of ``layer`` as its forward, so ``torch.func.functional_call`` can run ``step`` too."""
+
+    def __init__(self, layer: nn.Module, method: str) -> None:
+        super().__init__()
+        self.layer, self.method = layer, method
+
+    def forward(self, *args, **kwargs):
+        return getattr(self.layer, self.method)(*args, **kwargs)
 
 
 class StreamState(NamedTuple):
@@ -45,12 +83,14 @@ class _NormRNNBase(nn.Module):
                  dtype=None, *, norm: str = "layer", norm_terms: str = "separate", eps: float = 1e-5,
                  gamma_init: Optional[float] = None, max_steps: int = 256, momentum: float = 0.1,
                  residual: bool = False, zoneout: float = 0.0, dropconnect: float = 0.0, backend: str = "auto",
-                 sync_stats: bool = False, _lstm_options: Optional[dict] = None) -> None:
+                 sync_stats: bool = False, _lstm_options: Optional[dict] = None, proj_size: int = 0) -> None:
         super().__init__()
+        self._in_float32 = False  # inside a half-precision call's float32 run (see _half_precision)
         self.mode = mode
         self.input_size = check_size("input_size", input_size)
         self.hidden_size = check_size("hidden_size", hidden_size)
         self.num_layers = check_size("num_layers", num_layers)
+        self.proj_size = check_proj_size(proj_size, hidden_size, mode)
         self.bias, self.batch_first, self.bidirectional = bool(bias), bool(batch_first), bool(bidirectional)
         self.dropout = check_probability("dropout", dropout)
         self.zoneout = check_probability("zoneout", zoneout)
@@ -61,14 +101,14 @@ class _NormRNNBase(nn.Module):
                                    momentum=momentum, sync_stats=sync_stats, **(_lstm_options or {}))
         directions = 2 if self.bidirectional else 1
         for k in range(self.num_layers):
-            layer_input = input_size if k == 0 else hidden_size * directions
+            layer_input = input_size if k == 0 else self.output_size * directions
             for d in range(directions):
                 add_cell_parameters(self, self._suffix(k, d), mode, layer_input, hidden_size, self.bias,
-                                    self.options, device, dtype)
+                                    self.options, device, dtype, proj_size=self.proj_size)
             if self._has_residual(k) and self.options.active:
                 # Pre-norm residual (x + layer(norm(x))): RMSNorm for norm="rms", LayerNorm otherwise, since a
                 # per-sample norm keeps the skip path independent of the batch.
-                width = hidden_size * directions
+                width = self.output_size * directions
                 pre = (RMSNorm(width, eps, device=device, dtype=dtype) if norm == "rms"
                        else LayerNorm(width, eps, device=device, dtype=dtype))
                 self.add_module(f"norm_input_l{k}", pre)
@@ -103,6 +143,11 @@ class _NormRNNBase(nn.Module):
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
+    @property
+    def output_size(self) -> int:
+        """Units of h and of the outputs per direction: ``proj_size`` when there is a projection, else H."""
+        return self.proj_size or self.hidden_size
+
     def _apply(self, fn, *args, **kwargs):
         # Moving or casting replaces buffers without registration hooks: drop cached streaming plans.
         invalidate_stream_plans()
@@ -124,7 +169,7 @@ class _NormRNNBase(nn.Module):
         if self.num_layers != 1:
             s += f", num_layers={self.num_layers}"
         for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False),
-                              ("residual", False), ("zoneout", 0.0), ("dropconnect", 0.0)):
+                              ("proj_size", 0), ("residual", False), ("zoneout", 0.0), ("dropconnect", 0.0)):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
         return s + f", norm={self.norm!r}, norm_terms={self.options.norm_terms!r}"
@@ -141,6 +186,9 @@ class _NormRNNBase(nn.Module):
             its final state is the one at its last valid step.
         Returns ``(output, h_n)`` / ``(output, (h_n, c_n))``: output (L, N, D·H) (or packed, or batch first).
         """
+        low = self._half_precision()
+        if low is not None:
+            return self._in_float32_for(low, "forward", input, hx, lengths=lengths)
         batch = prepare_input(self, input, hx, lengths)
         out, states = self._run(batch, start=0)
         return finish_output(batch, out, states, self.mode == "LSTM")
@@ -158,9 +206,14 @@ class _NormRNNBase(nn.Module):
                              f"{tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__}")
         if state is not None and not isinstance(state, StreamState):
             raise TypeError("state must be the StreamState returned by the previous step() call, or None")
+        low = self._half_precision()
+        if low is not None:
+            return self._in_float32_for(low, "step", input, state)
         hx, start = (None, 0) if state is None else state
-        # (while exporting the graph holds ATen ops only: no kernel call, and a plan cached before is not used)
-        plan = self._stream_plan() if self.mode == "LSTM" and not is_exporting() else None
+        # (while exporting the graph holds ATen ops only: no kernel call, and a plan cached before is not used; a
+        # half-precision call's float32 parameters are copies made per call: no plan may keep them)
+        plan = (self._stream_plan() if self.mode == "LSTM" and not is_exporting() and not self._in_float32
+                else None)
         fast = fused_stream_step(plan, input, hx, start) if plan is not None else None
         if fast is not None:
             return fast[0], StreamState(fast[1], start + 1)
@@ -168,6 +221,38 @@ class _NormRNNBase(nn.Module):
         out, states = self._run(batch, start=start)
         hx_new = states if self.mode == "LSTM" else states[0]
         return out[0], StreamState(hx_new, start + 1)
+
+    def _half_precision(self) -> Optional[torch.dtype]:
+        """The dtype a call returns when the layer computes in float32 for it: bf16/fp16 parameters', or under
+        ``torch.autocast`` autocast's (float32 parameters); ``None`` for a float32/float64 call."""
+        if self._in_float32:
+            return None
+        w = self.weight_ih_l0
+        if w.dtype in HALF:
+            return w.dtype
+        return _autocast_dtype(w.device.type) if w.dtype == torch.float32 else None
+
+    def _in_float32_for(self, low: torch.dtype, method: str, *args, **kwargs):
+        """Half precision as nn.LSTM has it, outputs and states in ``low``, with everything inside in float32: the
+        input term, the norms' statistics, the cell state and the time loop (in half precision a layer norm's
+        variance or a long cell-state sum lose most of their bits). The parameters enter through float32 casts,
+        so their gradients come back in their own dtype; batch norm's running statistics are updated in float32
+        and rounded once."""
+        params = {n: p.float() for n, p in self.named_parameters()}
+        buffers = {n: b.float() if b.is_floating_point() else b for n, b in self.named_buffers()}
+        self._in_float32 = True
+        try:
+            with torch.autocast(self.weight_ih_l0.device.type, enabled=False):
+                result = torch.func.functional_call(
+                    _Method(self, method), {f"layer.{n}": t for n, t in {**params, **buffers}.items()},
+                    _cast(args, torch.float32), _cast(kwargs, torch.float32))
+        finally:
+            self._in_float32 = False
+        with torch.no_grad():
+            for n, b in self.named_buffers():
+                if b.is_floating_point() and buffers[n] is not b:
+                    b.copy_(buffers[n])
+        return _cast(result, low)
 
     def _stream_plan(self):
         """The cached streaming plan (:mod:`normrnn.fused.stream`) of this stack, or ``None`` when ``step`` runs
@@ -178,7 +263,7 @@ class _NormRNNBase(nn.Module):
             w = self.weight_hh_l0
             dropout = self.training and bool(self.dropconnect or (self.dropout and self.num_layers > 1))
             eng = select.streams(self.uses_fused(), self.mode, self.bidirectional, self.zoneout, self.residual,
-                                 dropout, w.device, w.dtype) if self.mode == "LSTM" else None
+                                 dropout, w.device, w.dtype, self.proj_size) if self.mode == "LSTM" else None
             plan = None if eng is None else build_stream_plan(
                 [self._cell(k, 0) for k in range(self.num_layers)], eng, self.options.eps)
             self.__dict__["_stream_plan_cache"] = cached = (key, plan)
@@ -207,7 +292,9 @@ class _NormRNNBase(nn.Module):
         if batch.hx is not None:
             return tuple(s[index] for s in batch.hx)
         zeros = batch.x.new_zeros(batch.x.shape[1], self.hidden_size)
-        return (zeros, zeros) if self.mode == "LSTM" else (zeros,)
+        if self.mode != "LSTM":
+            return (zeros,)
+        return (batch.x.new_zeros(batch.x.shape[1], self.proj_size), zeros) if self.proj_size else (zeros, zeros)
 
     def _run(self, batch: PaddedBatch, start: int) -> tuple[Tensor, tuple[Tensor, ...]]:
         """The stack over a checked batch: returns the last layer's output (T, N, D·H) and the final states,
@@ -250,7 +337,7 @@ class LSTM(_NormRNNBase):
     r"""A normalized ``nn.LSTM``.
 
     Args: as ``nn.LSTM`` (``input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-    bidirectional=False, device=None, dtype=None``; no ``proj_size``), plus keyword-only:
+    bidirectional=False, proj_size=0, device=None, dtype=None``), plus keyword-only:
 
     * ``norm="layer" | "rms" | "batch" | "none"``; ``norm_terms="separate" | "joint"``.
     * ``norm_cell=True``: normalize c_t before the output tanh; ``carry_normalized_cell=False``.
@@ -260,15 +347,17 @@ class LSTM(_NormRNNBase):
     * ``residual=False``: pre-norm residual connections around layers 2..num_layers.
     * ``zoneout=0.0`` (on h and c), ``dropconnect=0.0`` (on ``weight_hh``).
 
-    Shapes: input (L, N, H_in) or (N, L, H_in) with ``batch_first``; output (L, N, D·H_out); h_n and c_n
-    (num_layers·D, N, H_out).
+    Shapes: input (L, N, H_in) or (N, L, H_in) with ``batch_first``; output (L, N, D·H_out); h_n
+    (num_layers·D, N, H_out) and c_n (num_layers·D, N, H), where H_out is ``proj_size`` if > 0, else H. With a
+    projection (Sak et al. 2014) ``h = W_hr (o * tanh(norm_cell(c)))``; ``weight_hr_l{k}[_reverse]`` is (P, H).
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
-                 dtype=None, *, norm_cell: bool = True, carry_normalized_cell: bool = False, **options) -> None:
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
+                 device=None, dtype=None, *, norm_cell: bool = True, carry_normalized_cell: bool = False,
+                 **options) -> None:
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         device, dtype, **options, _lstm_options=dict(
+                         device, dtype, **options, proj_size=proj_size, _lstm_options=dict(
                              norm_cell=bool(norm_cell), carry_normalized_cell=bool(carry_normalized_cell)))
 
 

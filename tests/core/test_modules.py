@@ -58,8 +58,11 @@ def test_convert_with_norm_keeps_weights():
     new = normrnn.convert(lstm, norm="layer", norm_terms="joint")
     assert isinstance(new, normrnn.LSTM) and new.norm == "layer" and new.options.norm_terms == "joint"
     assert torch.equal(new.weight_hh_l1, lstm.weight_hh_l1)
-    with pytest.raises(ValueError, match="proj_size"):
-        normrnn.convert(nn.LSTM(3, 4, proj_size=2))
+    projected = nn.LSTM(3, 4, 2, proj_size=2)
+    same = normrnn.convert(projected, norm="none")
+    assert same.proj_size == 2 and torch.equal(same.weight_hr_l1, projected.weight_hr_l1)
+    x = torch.randn(5, 2, 3)
+    torch.testing.assert_close(same(x)[0], projected(x)[0], atol=1e-5, rtol=0)
 
 
 def test_zoneout_train_and_eval():

@@ -10,10 +10,12 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..cells import CellParams, State
 from ..checks import reverse_padded
+from ..reference import run_direction as reference_run
 from . import select
 from .autograd import GRU, GRU_JOINT, LSTM, RNN, needs_graph, run_loop
 from .contract import GRUJointLoop, GRULoop, LSTMLoop, RNNLoop
@@ -31,6 +33,8 @@ def _sum_bias(p: CellParams, like: Tensor) -> Tensor:
 def run_direction(p: CellParams, x: Tensor, state: State, mask: Optional[Tensor], lengths: Optional[Tensor],
                   reverse: bool = False, start: int = 0, eps: float = 1e-5) -> tuple[Tensor, State]:
     """Same contract as :func:`normrnn.reference.run_direction` (without zoneout), on the fused engine."""
+    if p.weight_hr is not None:
+        return _run_projected(p, x, state, mask, lengths, reverse, start, eps)
     eng = select.engine(x.device)
     if select.one_step(p.mode, x.shape[0], eng):
         stepped = one_step(eng, p, x[0], state, start, eps)
@@ -78,3 +82,29 @@ def run_direction(p: CellParams, x: Tensor, state: State, mask: Optional[Tensor]
         r = run_loop(eng, RNN, xp.contiguous(), (h0,), loop)
     update_running(norm_h, r.stats[0], steps, eng)
     return (reverse_padded(r.out, lengths) if reverse else r.out), r.state
+
+
+def _run_projected(p: CellParams, x: Tensor, state: State, mask: Optional[Tensor], lengths: Optional[Tensor],
+                   reverse: bool, start: int, eps: float) -> tuple[Tensor, State]:
+    """An LSTM with a projection on the loop of a plain one. h = W_hr m with m = o * tanh(c) enters the next step
+    only through W_hh h = (W_hh W_hr) m, so the loop runs on m (H units) with W_hh W_hr (4H x H), and the outputs
+    and final h are W_hr m, one GEMM over all steps after the loop (zero stays zero past a sequence's end). The
+    loop starts from the m_0 of least norm with W_hr m_0 = h_0, which exists when W_hr (P x H, P < H) has full
+    row rank, as it has unless set so on purpose; otherwise the reference loop runs. Autograd differentiates
+    the whole composition, so the gradients are those of nn.LSTM's. The price: a 4H x H GEMM per step where
+    nn.LSTM has 4H x P and P x H."""
+    w_hr = p.weight_hr
+    h0, c0 = state
+    if not h0.requires_grad and not bool(h0.any()):
+        m0 = h0.new_zeros(h0.shape[0], w_hr.shape[1])
+    else:
+        try:
+            m0 = torch.linalg.solve(w_hr @ w_hr.T, h0.T).T @ w_hr
+        except RuntimeError:  # W_hr W_hr^T singular
+            return reference_run(p, x, state, mask, lengths, reverse=reverse, start=start)
+        residual = (F.linear(m0.detach(), w_hr.detach()) - h0.detach()).norm()
+        if not bool(residual <= 1e-3 * h0.detach().norm()):  # (NaN too: nearly singular, or a NaN in h_0)
+            return reference_run(p, x, state, mask, lengths, reverse=reverse, start=start)
+    inner = p._replace(weight_hh=p.weight_hh @ w_hr, weight_hr=None)
+    out, (m, c) = run_direction(inner, x, (m0, c0), mask, lengths, reverse=reverse, start=start, eps=eps)
+    return F.linear(out, w_hr), (F.linear(m, w_hr), c)

@@ -102,12 +102,12 @@ def active_backend(fused: bool, device: torch.device) -> str:
 
 
 def streams(fused: bool, mode: str, bidirectional: bool, zoneout: float, residual: bool, dropout_active: bool,
-            device: torch.device, dtype: torch.dtype) -> Optional[Engine]:
+            device: torch.device, dtype: torch.dtype, proj_size: int = 0) -> Optional[Engine]:
     """The engine that runs a streaming step of a whole stack in one call, or ``None`` when the general path must
-    (GRU/RNN, bidirectional, residual, zoneout, training-mode dropout or DropConnect, the reference backend, an
-    engine without the kernel: CUDA tensors, the PyTorch engine). Per-norm and per-call conditions (batch
+    (GRU/RNN, bidirectional, residual, zoneout, training-mode dropout or DropConnect, a projection, the reference
+    backend, an engine without the kernel: CUDA tensors, the PyTorch engine). Per-norm and per-call conditions (batch
     statistics, gradients) are :mod:`normrnn.fused.stream`'s."""
-    if not fused or mode != "LSTM" or bidirectional or zoneout or residual or dropout_active:
+    if not fused or mode != "LSTM" or bidirectional or zoneout or residual or dropout_active or proj_size:
         return None
     eng = engine(device, dtype)
     return eng if eng.has_stream and device.type in eng.devices else None
