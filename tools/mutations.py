@@ -41,7 +41,7 @@ MUTATIONS = [
         "batch-norm column statistics drop their block's offset (only wrong once F is split over threads)"),
     Mutation(
         "residual_pre_norm", PY,
-        "layer_in = pre_norm(x) if pre_norm is not None else x",
+        "layer_in = fused_normalize(pre_norm, x, 0, None, select.engine(x.device)) if fused else pre_norm(x)",
         "layer_in = x",
         ["tests/core/test_residual.py"],
         "the residual stack forgets its input norm: x + f(x) instead of x + f(norm(x))", fast=True),
@@ -52,6 +52,31 @@ MUTATIONS = [
         ["tests/train/test_resume.py::test_resume_after_kill_is_bit_identical",
          "tests/train/test_resume.py::test_resume_keeps_the_best_result_from_before_the_checkpoint"],
         "resume does not restore the best validation result", fast=True),
+    # ------------------------------------------------------------------ verdict thresholds (the study's rules)
+    Mutation(
+        "verdict_level_one_se", PY,
+        "LEVEL = 0.95  # two-sided confidence",
+        "LEVEL = 0.68  # two-sided confidence",
+        ["tests/study/test_stats.py", "tests/study/test_rules.py"],
+        "every interval shrinks to about one standard error: verdicts fire on noise", fast=True),
+    Mutation(
+        "verdict_margin_ignored", PY,
+        "    if c.low > margin:\n        return HOLDS",
+        "    if c.low > 0:\n        return HOLDS",
+        ["tests/study/test_stats.py", "tests/study/test_rules.py"],
+        "'holds' tests the difference against 0, not against the practical margin", fast=True),
+    Mutation(
+        "verdict_no_holm", PY,
+        "        if pvalues[k] <= alpha / (m - i):",
+        "        if pvalues[k] <= alpha:",
+        ["tests/study/test_stats.py", "tests/study/test_rules.py"],
+        "union rules ('some rival wins') without multiplicity control", fast=True),
+    Mutation(
+        "verdict_diverged_kept", PY,
+        "ok = [s for s in seeds if s in a and s in b and _finite([a[s]]) and _finite([b[s]])]",
+        "ok = [s for s in seeds if s in a and s in b]",
+        ["tests/study/test_stats.py", "tests/study/test_rules.py"],
+        "a diverged run's value enters the paired comparison instead of being counted and left out", fast=True),
     # ------------------------------------------------------------------ padding
     Mutation(
         "padding_layer_input", PY,

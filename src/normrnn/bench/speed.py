@@ -73,6 +73,7 @@ class Config:
     baseline: Optional[str] = None  # name of the row this one is compared with (None: it is a baseline)
     label: str = ""  # the name without the shape, for tables
     targets: dict = field(default_factory=dict)  # metric -> max ratio
+    dtype: str = "float32"  # parameters and input ("bfloat16": the half-precision rows)
 
     @property
     def streaming(self) -> bool:
@@ -126,6 +127,14 @@ def make_configs(shapes: Sequence[tuple[int, int, int]], stream_steps: int = 100
                                   backend=backend, baseline=gru_base, label=label,
                                   targets={"train": TARGET_GRU_TRAIN, "forward": TARGET_FORWARD,
                                            "memory": TARGET_MEMORY}))
+        # bf16 parameters and input against nn.LSTM in bf16 (oneDNN's bf16 kernels); normrnn computes inside in
+        # float32 (see the README), so this row says what that costs. Reported, no target.
+        bf_base = f"{s} nn.LSTM bf16"
+        configs.append(Config(bf_base, f"{s} LSTM bf16", "nn.LSTM", T, N, H, label="nn.LSTM bf16",
+                              dtype="bfloat16"))
+        configs.append(Config(f"{s} LSTM norm=layer auto bf16", f"{s} LSTM bf16", "normrnn.LSTM", T, N, H,
+                              norm="layer", backend="auto", baseline=bf_base, label="LSTM norm=layer auto bf16",
+                              dtype="bfloat16"))
     if stream_steps > 0:
         T, N, H = stream_steps, 1, stream_hidden
         group = f"stream {shape_name(T, N, H)}"
@@ -169,8 +178,9 @@ def build(cfg: Config, device: str, seed: int = 0):
         module.backend = cfg.backend
     else:
         raise ValueError(f"unknown kind {cfg.kind!r}")
-    module = module.to(device)
-    x = torch.randn(T, N, H, device=device)
+    dtype = getattr(torch, cfg.dtype)
+    module = module.to(device=device, dtype=dtype)
+    x = torch.randn(T, N, H, device=device, dtype=dtype)
     return module, x
 
 
