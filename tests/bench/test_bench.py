@@ -43,7 +43,7 @@ def test_quick_run_writes_json_and_markdown(tmp_path, capsys):
     assert torch.get_num_threads() == threads  # the benchmark restores the thread count
     expected = [c.name for c in bench.make_configs([(5, 2, 8)], 5, 8)]
     data, md = _check_results(tmp_path, expected)
-    assert len(expected) == 12 + 4  # per shape 1 + 4x2 LSTM + 1 + 2 GRU; 4 streaming rows
+    assert len(expected) == 14 + 4  # per shape 1 + 4x2 LSTM + 1 + 2 GRU + 2 bf16 LSTM; 4 streaming rows
     # every row ran, normrnn's and the streaming rows included: a row that raises is a failed benchmark, and
     # _check_results checks the metrics only of rows without an error
     assert [(r["name"], r["error"]) for r in data["rows"] if r["error"] or r["status"] == "error"] == []
