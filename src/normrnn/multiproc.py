@@ -70,7 +70,7 @@ def run_local(target: str, world: int = 2, kwargs: Optional[dict[str, Any]] = No
                                           env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
                                           stdout=log, stderr=subprocess.STDOUT))
         try:
-            _wait_all(procs, logs, timeout)
+            _wait_all(procs, logs, timeout, work)
         finally:
             for p in procs:
                 if p.poll() is None:
@@ -81,20 +81,26 @@ def run_local(target: str, world: int = 2, kwargs: Optional[dict[str, Any]] = No
         return [torch.load(work / f"result{r}.pt", weights_only=False) for r in range(world)]
 
 
-def _wait_all(procs: list[subprocess.Popen], logs: list[Any], timeout: float) -> None:
+def _wait_all(procs: list[subprocess.Popen], logs: list[Any], timeout: float, work: Path) -> None:
+    """Wait for every rank. A rank that exited non-zero after writing its result only failed in the process
+    group's teardown (see :func:`_worker`): its work counts."""
     deadline = time.monotonic() + timeout
+
+    def failed(rank: int, code: Optional[int]) -> bool:
+        return code not in (None, 0) and not (work / f"result{rank}.pt").exists()
+
     while True:
         codes = [p.poll() for p in procs]
-        if any(code not in (None, 0) for code in codes):
+        if any(failed(rank, code) for rank, code in enumerate(codes)):
             time.sleep(1.0)  # let the peers it takes down finish writing their errors
             failures = {}
             for rank, p in enumerate(procs):
                 code = p.poll()
-                if code not in (None, 0):
+                if failed(rank, code):
                     logs[rank].seek(0)
                     failures[rank] = (code, logs[rank].read())
             raise WorkerError(failures)
-        if all(code == 0 for code in codes):
+        if all(code is not None for code in codes):
             return
         if time.monotonic() > deadline:
             raise TimeoutError(f"ranks {[r for r, c in enumerate(codes) if c is None]} still running after "
@@ -133,8 +139,11 @@ def _worker(target: str, work: Path) -> None:
     except BaseException:
         close_process_group(wait=False)  # the peers may be inside a collective: no barrier to meet them in
         raise
+    # The result first, atomically: the work is done once it is on disk, and a gloo rank can still abort in the
+    # teardown below when its peer closes the connections first (more likely on a loaded machine).
+    torch.save(result, work / f"result{rank}.pt.tmp")
+    os.replace(work / f"result{rank}.pt.tmp", work / f"result{rank}.pt")
     close_process_group()
-    torch.save(result, work / f"result{rank}.pt")
 
 
 if __name__ == "__main__":
