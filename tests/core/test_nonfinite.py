@@ -22,7 +22,7 @@ def _pair(kind, norm, terms, training, bidirectional=False):
     if norm == "batch":
         ref(torch.randn(12, 5, 4))
     fast = copy.deepcopy(ref)
-    fast._backend = "fused"  # noqa: the same module on the fused backend (the constructor's check is done)
+    fast.backend = "fused"
     ref.train(training), fast.train(training)
     return ref, fast
 
@@ -86,7 +86,7 @@ def test_auto_backend_matches_nn_on_nonfinite_input(kind, value):
 def test_streaming_step_propagates_nan(kind, norm):
     """``layer.step`` carries a NaN in its state from the step it enters, for that sequence only (eval)."""
     ref, fast = _pair(kind, norm, "separate", training=False)
-    fast._backend = "auto"
+    fast.backend = "auto"
     x = _bad_input(float("nan")).detach()
     with torch.no_grad():
         expected, _ = ref(x)
