@@ -31,7 +31,8 @@ from rnn_helpers import initial_state, make, outputs_and_grads, randomize_norms,
 
 # the interpreter evaluates in numpy, which warns on exp overflow (inf is right there) and on NaN arithmetic
 pytestmark = [pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning"),
-              pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")]
+              pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
+              pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION:UserWarning")]
 
 KINDS = {"none": NONE, "layer": LAYER, "rms": RMS, "batch": BATCH, "fixed": BATCH_FIXED}
 T, N, H = 4, 3, 5
