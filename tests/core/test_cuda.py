@@ -170,10 +170,12 @@ def test_cuda_graph_cache_reuse_and_invalidation():
         with torch.no_grad():
             torch.testing.assert_close(gpu(xd)[0].cpu(), ref(x)[0], rtol=1e-4, atol=1e-5)
 
-    check()
+    check()  # first call: no graph yet
+    assert cuda_graphs.cache_info()["misses"] == 0 and cuda_graphs.cache_info()["eager"] >= 1
+    check()  # second: captured
     misses = cuda_graphs.cache_info()["misses"]
     assert misses >= 1
-    check()
+    check()  # third: replayed
     info = cuda_graphs.cache_info()
     assert info["misses"] == misses and info["hits"] >= 1
     with torch.no_grad():  # a parameter replaced by a new tensor, then one changed in place
@@ -187,13 +189,14 @@ def test_cuda_graph_cache_reuse_and_invalidation():
     assert cuda_graphs.cache_info()["misses"] == misses
     x, xd = torch.randn(13, 4, 8), None
     xd = x.cuda()
-    check()  # a new length: a new graph
+    check()  # a new length: a new graph, captured on its second call
+    check()
     assert cuda_graphs.cache_info()["misses"] > misses
     # training: forward and backward graphs, gradients equal the reference's
     ref.train(), gpu.train()
     xr = x.clone().requires_grad_()
     xg = xd.clone().requires_grad_()
-    for _ in range(2):
+    for _ in range(3):  # eager, captured, replayed
         g_r = torch.autograd.grad(ref(xr)[0].pow(2).sum(), [xr, *ref.parameters()])
         g_g = torch.autograd.grad(gpu(xg)[0].pow(2).sum(), [xg, *gpu.parameters()])
         for a, b in zip(g_g, g_r):

@@ -11,6 +11,8 @@ key.
   parameter, or changing it in place, needs no invalidation (a new shape is a new key).
 * Outputs: the graph's static outputs are copied out after each replay (views of one buffer stay views of one
   copy), because the next replay overwrites them while autograd may still hold the previous call's.
+* Captured on the *second* call with a key (the first runs as plain launches): a shape seen once, as in a
+  one-off evaluation or a test, costs no capture.
 * Bounded: an LRU of :data:`MAX_GRAPHS` graphs (``NORMRNN_CUDA_GRAPHS_MAX``); each holds its own memory pool.
   ``NORMRNN_CUDA_GRAPHS=0`` turns capture off (every call then runs the loop as plain launches).
 * Off for CPU tensors (Triton's interpreter in the tests) and inside an enclosing capture.
@@ -31,7 +33,8 @@ from torch import Tensor
 MAX_GRAPHS = int(os.environ.get("NORMRNN_CUDA_GRAPHS_MAX", "8"))
 
 _cache: "OrderedDict[tuple, _Graph]" = OrderedDict()
-_counts = {"hits": 0, "misses": 0, "evictions": 0}
+_seen: "OrderedDict[tuple, None]" = OrderedDict()  # keys called once, not captured yet (bounded as well)
+_counts = {"hits": 0, "misses": 0, "evictions": 0, "eager": 0}
 
 
 def enabled(device: torch.device) -> bool:
@@ -118,7 +121,14 @@ def run(name: str, fn: Callable, *args):
         return fn(*args)
     key = (name, spec, tuple((tuple(t.shape), t.dtype, t.device) for t in tensors))
     graph = _cache.get(key)
+    if graph is None and key not in _seen:
+        _counts["eager"] += 1
+        _seen[key] = None
+        while len(_seen) > 4 * MAX_GRAPHS:
+            _seen.popitem(last=False)
+        return fn(*args)
     if graph is None:
+        del _seen[key]
         _counts["misses"] += 1
         graph = _Graph(fn, spec, tensors)
         _cache[key] = graph
@@ -132,11 +142,13 @@ def run(name: str, fn: Callable, *args):
 
 
 def cache_info() -> dict:
-    """hits, misses, evictions since the last :func:`clear`, and the graphs held."""
+    """hits (replays), misses (captures), evictions, eager (first calls of a key, run without a graph) since the
+    last :func:`clear`, and the graphs held."""
     return {**_counts, "size": len(_cache)}
 
 
 def clear() -> None:
     _cache.clear()
+    _seen.clear()
     for k in _counts:
         _counts[k] = 0
