@@ -27,7 +27,7 @@ from normrnn import fused  # noqa: E402
 from normrnn.fused import cuda_graphs, select, torch_engine as spec, triton_engine as eng  # noqa: E402
 from normrnn.fused.contract import (BATCH, BATCH_FIXED, LAYER, NONE, RMS, Fixed, GRUJointLoop, GRULoop,  # noqa: E402
                                     LSTMLoop, RNNLoop)
-from rnn_helpers import initial_state, make, outputs_and_grads, randomize_norms, reference_and_twin, twin_inputs  # noqa: E402,E501
+from rnn_helpers import make, outputs_and_grads, randomize_norms, reference_and_twin, twin_inputs  # noqa: E402
 
 # the interpreter evaluates in numpy, which warns on exp overflow (inf is right there) and on NaN arithmetic
 pytestmark = [pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning"),

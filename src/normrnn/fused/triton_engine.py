@@ -46,11 +46,6 @@ _lock = threading.Lock()
 _kernels: dict = {}
 
 
-def available() -> bool:
-    """Whether Triton imports (the kernels are compiled on first use)."""
-    return importlib.util.find_spec("triton") is not None
-
-
 def kernels(device: torch.device):
     """The kernels module for tensors on ``device``: compiled for CUDA, interpreted for CPU."""
     interpret = device.type != "cuda"
@@ -190,7 +185,8 @@ def _lstm(xa: Tensor, h0: Tensor, c0: Tensor, loop: LSTMLoop, save: bool):
 
 
 def lstm_forward(xa: Tensor, h0: Tensor, c0: Tensor, loop: LSTMLoop) -> ForwardResult:
-    out, h_all, c_all, c_last, acts, shat, rstd_h, chat, rstd_c, stats_h, stats_c = cuda_graphs.run("lstm_forward", _lstm, xa, h0, c0, loop, True)
+    out, h_all, c_all, c_last, acts, shat, rstd_h, chat, rstd_c, stats_h, stats_c = cuda_graphs.run(
+        "lstm_forward", _lstm, xa, h0, c0, loop, True)
     saved = Saved((loop.w_hh, loop.gamma_h, loop.gamma_c, loop.beta_c, loop.mask, h_all, c_all, acts, shat,
                    rstd_h, chat, rstd_c, stats_h.count, stats_c.count),
                   (_kind(loop.kind_h, loop.gamma_h), _kind(loop.kind_c, loop.gamma_c), loop.joint, loop.carry))
@@ -346,7 +342,8 @@ def _gru_joint(xa: Tensor, h0: Tensor, loop: GRUJointLoop, save: bool):
 
 
 def gru_joint_forward(xa: Tensor, h0: Tensor, loop: GRUJointLoop) -> ForwardResult:
-    out, h_all, acts, rec_n, uhat, vhat, rstd_g, rstd_n, stats_g, stats_n = cuda_graphs.run("gru_joint_forward", _gru_joint, xa, h0, loop, True)
+    out, h_all, acts, rec_n, uhat, vhat, rstd_g, rstd_n, stats_g, stats_n = cuda_graphs.run(
+        "gru_joint_forward", _gru_joint, xa, h0, loop, True)
     saved = Saved((loop.w_hh, loop.gamma_g, loop.gamma_n, loop.mask, h_all, acts, rec_n, uhat, vhat, rstd_g, rstd_n,
                    stats_g.count, stats_n.count),
                   (_kind(loop.kind_g, loop.gamma_g), _kind(loop.kind_n, loop.gamma_n)))

@@ -12,6 +12,9 @@ program can
 * reduce a column over the step's running rows (recurrent batch norm): the host makes ``BN >= N``;
 * both (a loop that mixes the two kinds): one program.
 
+The step index ``t`` is not specialized (``do_not_specialize``): one compiled kernel serves every step (Triton
+would otherwise compile extra variants for t = 1 and multiples of 16), and it is widened to int64 for offsets.
+
 Computation runs in the buffers' dtype (float32, or float64 under the tests' interpreter; the layers run half
 precision calls in float32 before the engine sees them). Finished sequences (``mask`` False) keep their state
 and output zero by *selection* (``tl.where``), so whatever a padded row holds reaches no output and no batch
@@ -172,7 +175,7 @@ def _running(mask_ptr, t, N, rows, HAS_MASK: tl.constexpr):
 # ------------------------------------------------------------------------------------------------ LSTM
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["t", "ci", "co"])
 def lstm_fwd_kernel(s_ptr, xa_ptr, bias_ptr, gh_ptr, gc_ptr, bc_ptr, mask_ptr,
                     fmh_ptr, fvh_ptr, fmc_ptr, fvc_ptr,
                     h_ptr, c_ptr, out_ptr, acts_ptr, shat_ptr, rstdh_ptr, chat_ptr, rstdc_ptr,
@@ -184,6 +187,9 @@ def lstm_fwd_kernel(s_ptr, xa_ptr, bias_ptr, gh_ptr, gc_ptr, bc_ptr, mask_ptr,
     """One LSTM step after its GEMM ``s = h_t W_hhᵀ`` (N, 4H): the recurrent (or joint) norm, gates, cell update,
     cell norm, output and padding. h (T+1, N, H) step t -> t+1; the cell at index ci -> co of ``c_ptr`` (the
     whole T+1 history in training, two alternating rows in inference)."""
+    t = t.to(tl.int64)  # (offsets such as t * N * 4H pass 2**31 on long, wide loops)
+    ci = ci.to(tl.int64)
+    co = co.to(tl.int64)
     rows, r3, g3, u3, v4, fv4, v1 = _tile(N, H, 4, 4, BN, BH)
     G = 4 * H
     fo = g3 * H + u3
@@ -244,7 +250,7 @@ def lstm_fwd_kernel(s_ptr, xa_ptr, bias_ptr, gh_ptr, gc_ptr, bc_ptr, mask_ptr,
     tl.store(c_ptr + co * N * H + off1, c_keep, mask=v1)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["t"])
 def lstm_bwd_kernel(dhmm_ptr, dhp_ptr, dc_ptr, dout_ptr, sdt, sdn,
                     acts_ptr, c_ptr, chat_ptr, rstdc_ptr, shat_ptr, rstdh_ptr,
                     gh_ptr, gc_ptr, bc_ptr, mask_ptr, cnth_ptr, cntc_ptr,
@@ -256,6 +262,7 @@ def lstm_bwd_kernel(dhmm_ptr, dhp_ptr, dc_ptr, dout_ptr, sdt, sdn,
     dh = dh_mm (the previous GEMM ds W_hh) + dh_pass, and dc; writes da (pre-activation gradients), ds (the
     recurrent product's gradient, = da without a norm), dcout, dc <- the gradient into c_t, dh_pass <- the part
     of dh_t that does not go through the next GEMM."""
+    t = t.to(tl.int64)  # (offsets such as t * N * 4H pass 2**31 on long, wide loops)
     rows, r3, g3, u3, v4, fv4, v1 = _tile(N, H, 4, 4, BN, BH)
     G = 4 * H
     fo = g3 * H + u3
@@ -323,13 +330,14 @@ def lstm_bwd_kernel(dhmm_ptr, dhp_ptr, dc_ptr, dout_ptr, sdt, sdn,
 # ------------------------------------------------------------------------------------------------ GRU
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["t"])
 def gru_fwd_kernel(s_ptr, xa_ptr, bhh_ptr, gh_ptr, mask_ptr, fmh_ptr, fvh_ptr,
                    h_ptr, out_ptr, acts_ptr, recn_ptr, shat_ptr, rstdh_ptr, smh_ptr, svh_ptr, sch_ptr,
                    t, N, H, eps,
                    KIND_H: tl.constexpr, HAS_BHH: tl.constexpr, HAS_MASK: tl.constexpr, SAVE: tl.constexpr,
                    BN: tl.constexpr, BH: tl.constexpr):
     """One GRU step with separate terms (:func:`normrnn.fused.torch_engine._gru`) after its GEMM (N, 3H)."""
+    t = t.to(tl.int64)  # (offsets such as t * N * 4H pass 2**31 on long, wide loops)
     rows, r3, g3, u3, v3, fv3, v1 = _tile(N, H, 4, 3, BN, BH)
     G = 3 * H
     fo = g3 * H + u3
@@ -365,7 +373,7 @@ def gru_fwd_kernel(s_ptr, xa_ptr, bhh_ptr, gh_ptr, mask_ptr, fmh_ptr, fvh_ptr,
     tl.store(h_ptr + (t + 1) * N * H + off1, h_new, mask=v1)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["t"])
 def gru_bwd_kernel(dhmm_ptr, dhp_ptr, dout_ptr, sdt, sdn, h_ptr, acts_ptr, recn_ptr, shat_ptr, rstdh_ptr,
                    gh_ptr, mask_ptr, cnth_ptr, dxa_ptr, drec_ptr, ds_ptr,
                    t, N, H,
@@ -373,6 +381,7 @@ def gru_bwd_kernel(dhmm_ptr, dhp_ptr, dout_ptr, sdt, sdn, h_ptr, acts_ptr, recn_
     """Backward of one GRU step (:func:`normrnn.fused.torch_engine.gru_backward`'s loop body): writes dxa, drec
     (the normalized recurrent term's gradient, for the bias and gain), ds and dh_pass (dh_step u plus what a
     finished row passes through)."""
+    t = t.to(tl.int64)  # (offsets such as t * N * 4H pass 2**31 on long, wide loops)
     rows, r3, g3, u3, v3, fv3, v1 = _tile(N, H, 4, 3, BN, BH)
     G = 3 * H
     fo = g3 * H + u3
@@ -410,7 +419,7 @@ def gru_bwd_kernel(dhmm_ptr, dhp_ptr, dout_ptr, sdt, sdn, h_ptr, acts_ptr, recn_
     tl.store(dhp_ptr + off1, dh_pass, mask=v1)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["t"])
 def gru_joint_fwd_kernel(s_ptr, xa_ptr, bih_ptr, bhh_ptr, gg_ptr, gn_ptr, mask_ptr,
                          fmg_ptr, fvg_ptr, fmn_ptr, fvn_ptr,
                          h_ptr, out_ptr, acts_ptr, recn_ptr, uhat_ptr, vhat_ptr, rstdg_ptr, rstdn_ptr,
@@ -421,6 +430,7 @@ def gru_joint_fwd_kernel(s_ptr, xa_ptr, bih_ptr, bhh_ptr, gg_ptr, gn_ptr, mask_p
                          BN: tl.constexpr, BH: tl.constexpr):
     """One GRU step with joint terms (:func:`normrnn.fused.torch_engine._gru_joint`): norm_gates(x_rz + s_rz)
     then the candidate's norm_new(x_n + r (s_n + b_hh_n)), both in this kernel."""
+    t = t.to(tl.int64)  # (offsets such as t * N * 4H pass 2**31 on long, wide loops)
     rows, r3, g3, u3, v2, fv2, v1 = _tile(N, H, 2, 2, BN, BH)
     G = 3 * H
     fo = g3 * H + u3
@@ -472,7 +482,7 @@ def gru_joint_fwd_kernel(s_ptr, xa_ptr, bih_ptr, bhh_ptr, gg_ptr, gn_ptr, mask_p
     tl.store(h_ptr + (t + 1) * N * H + off1, h_new, mask=v1)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["t"])
 def gru_joint_bwd_kernel(dhmm_ptr, dhp_ptr, dout_ptr, sdt, sdn, h_ptr, acts_ptr, recn_ptr, uhat_ptr, vhat_ptr,
                          rstdg_ptr, rstdn_ptr, gg_ptr, gn_ptr, mask_ptr, cntg_ptr, cntn_ptr,
                          dpre_ptr, dxa_ptr, ds_ptr,
@@ -482,6 +492,7 @@ def gru_joint_bwd_kernel(dhmm_ptr, dhp_ptr, dout_ptr, sdt, sdn, h_ptr, acts_ptr,
     """Backward of one joint-terms GRU step (:func:`normrnn.fused.torch_engine.gru_joint_backward`'s loop body):
     the candidate's norm first, then through r to the gates' norm. Writes dpre (e_r, e_z, e_n), dxa, ds and
     dh_pass."""
+    t = t.to(tl.int64)  # (offsets such as t * N * 4H pass 2**31 on long, wide loops)
     rows, r3, g3, u3, v2, fv2, v1 = _tile(N, H, 2, 2, BN, BH)
     G = 3 * H
     fo = g3 * H + u3
@@ -531,7 +542,7 @@ def gru_joint_bwd_kernel(dhmm_ptr, dhp_ptr, dout_ptr, sdt, sdn, h_ptr, acts_ptr,
 # ------------------------------------------------------------------------------------------------ Elman RNN
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["t"])
 def rnn_fwd_kernel(s_ptr, xa_ptr, bias_ptr, gh_ptr, mask_ptr, fmh_ptr, fvh_ptr,
                    h_ptr, out_ptr, act_ptr, shat_ptr, rstdh_ptr, smh_ptr, svh_ptr, sch_ptr,
                    t, N, H, eps,
@@ -539,6 +550,7 @@ def rnn_fwd_kernel(s_ptr, xa_ptr, bias_ptr, gh_ptr, mask_ptr, fmh_ptr, fvh_ptr,
                    HAS_MASK: tl.constexpr, SAVE: tl.constexpr, BN: tl.constexpr, BH: tl.constexpr):
     """One Elman step (:func:`normrnn.fused.torch_engine._rnn`) after its GEMM (N, H); ``act`` (T, N, H): the
     activation before a finished row's state is held (what backward reads)."""
+    t = t.to(tl.int64)  # (offsets such as t * N * 4H pass 2**31 on long, wide loops)
     rows, r3, g3, u3, v1, f1, _ = _tile(N, H, 1, 1, BN, BH)
     off1 = r3 * H + u3
     run, cnt = _running(mask_ptr, t, N, rows, HAS_MASK)
@@ -570,7 +582,7 @@ def rnn_fwd_kernel(s_ptr, xa_ptr, bias_ptr, gh_ptr, mask_ptr, fmh_ptr, fvh_ptr,
     tl.store(h_ptr + (t + 1) * N * H + off1, h_new, mask=v1)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["t"])
 def rnn_bwd_kernel(dhmm_ptr, dhp_ptr, dout_ptr, sdt, sdn, act_ptr, shat_ptr, rstdh_ptr, gh_ptr, mask_ptr,
                    cnth_ptr, da_ptr, ds_ptr,
                    t, N, H,
@@ -578,6 +590,7 @@ def rnn_bwd_kernel(dhmm_ptr, dhp_ptr, dout_ptr, sdt, sdn, act_ptr, shat_ptr, rst
                    BN: tl.constexpr, BH: tl.constexpr):
     """Backward of one Elman step (:func:`normrnn.fused.torch_engine.rnn_backward`'s loop body). ``act``: the
     step's activation (T, N, H)."""
+    t = t.to(tl.int64)  # (offsets such as t * N * 4H pass 2**31 on long, wide loops)
     rows, r3, g3, u3, v1, f1, _ = _tile(N, H, 1, 1, BN, BH)
     off1 = r3 * H + u3
     run, cnt = _running(mask_ptr, t, N, rows, HAS_MASK)
