@@ -277,3 +277,37 @@ def test_cpu_gradcheck(cuda_engine_on_cpu, norm):
 @pytest.mark.parametrize("norm", ["layer", "batch", "none"])
 def test_cpu_packed_sequence_and_streaming(cuda_engine_on_cpu, norm):
     check_packed_and_streaming("cpu", norm)
+
+
+def test_cuda_without_triton_falls_back_to_the_torch_engine_with_one_warning(monkeypatch):
+    """Where Triton does not import, CUDA tensors get the PyTorch engine and one warning (select decides from the
+    device type alone, so this runs without a GPU)."""
+    import sys
+    import warnings
+
+    monkeypatch.setattr(select, "_triton", None)
+    monkeypatch.setitem(sys.modules, "triton", None)  # (import triton raises ImportError)
+    with pytest.warns(RuntimeWarning, match="Triton is not available"):
+        assert select.engine(torch.device("cuda")) is fused.torch_engine
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert select.engine(torch.device("cuda")) is fused.torch_engine
+    with pytest.raises(RuntimeError, match="Triton"), fused.force_engine("triton"):
+        select.engine(torch.device("cuda"))
+
+
+def test_cpu_runs_import_no_triton():
+    """A CPU install gains no dependency: training and inference on CPU tensors never import Triton."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, torch, normrnn\n"
+            "m = normrnn.LSTM(4, 8, norm='layer', backend='fused')\n"
+            "m(torch.randn(3, 2, 4, requires_grad=True))[0].sum().backward()\n"
+            "m.eval(); m(torch.randn(3, 2, 4))\n"
+            "assert 'triton' not in sys.modules, 'triton was imported'\n")
+    src = str(Path(normrnn.__file__).resolve().parents[1])
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**__import__("os").environ, "PYTHONPATH": src})
+    assert r.returncode == 0, r.stderr[-2000:]
