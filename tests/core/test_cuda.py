@@ -187,7 +187,7 @@ def test_cuda_graph_cache_reuse_and_invalidation():
         gpu.bias_hh_l0.add_(0.5)
         check()
     assert cuda_graphs.cache_info()["misses"] == misses
-    x, xd = torch.randn(13, 4, 8), None
+    x = torch.randn(13, 4, 8)
     xd = x.cuda()
     check()  # a new length: a new graph, captured on its second call
     check()

@@ -517,7 +517,8 @@ def measure_memory_here(cfg: Config, device: str, threads: int, seed: int = 0) -
             result["method"] = "getrusage maxrss above the previous peak"
         result["peak_bytes"] = max(0, peak - base)
     runner.module.zero_grad(set_to_none=True)
-    result["saved_bytes"] = _saved_tensor_bytes(runner)
+    with runner._settings():
+        result["saved_bytes"] = _saved_tensor_bytes(runner)
     return result
 
 
