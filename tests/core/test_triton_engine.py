@@ -278,6 +278,33 @@ def test_layer_padding_contents_never_matter(on_triton, kind, norm, terms):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("kind,norm,terms", [("LSTM", "batch", "joint"), ("GRU", "layer", "separate")], ids=str)
+def test_layer_nonfinite_like_the_reference(on_triton, kind, norm, terms):
+    """NaN at a valid position of a padded, bidirectional batch: the same outputs, states and gradients are
+    non-finite as in the reference loop (which outputs zero past a sequence's end by selection, as the kernels do)."""
+    torch.manual_seed(10)
+    ref = make(kind, 3, 5, norm=norm, norm_terms=terms, dtype=torch.float64, bidirectional=True,
+               backend="reference")
+    randomize_norms(ref)
+    m = make(kind, 3, 5, norm=norm, norm_terms=terms, dtype=torch.float64, bidirectional=True)
+    m.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 3, 3, dtype=torch.float64)
+    x[1, 1, 0] = math.nan
+    lengths = torch.tensor([5, 3, 4])
+
+    def masks(layer):
+        xr = x.clone().requires_grad_()
+        out, h = layer(xr, lengths=lengths)
+        states = h if isinstance(h, tuple) else (h,)
+        grads = torch.autograd.grad(out.sum() + sum(s.sum() for s in states), [xr, *layer.parameters()])
+        return [t.isfinite() for t in (out, *states, *grads)]
+
+    expected = masks(ref)
+    assert not expected[0].all()
+    for a, b in zip(masks(m), expected):
+        assert torch.equal(a, b)
+
+
 # ---------------------------------------------------------------------------------------------- selection, graphs
 
 
