@@ -24,13 +24,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import threading
-from typing import Optional
 
 import torch
 from torch import Tensor
 
 from . import cuda_graphs
-from .contract import (BATCH, BATCH_FIXED, LAYER, NONE, RMS, ForwardResult, GRUGrads, GRUJointGrads, GRUJointLoop,
+from .contract import (BATCH, LAYER, NONE, RMS, ForwardResult, GRUGrads, GRUJointGrads, GRUJointLoop,
                        GRULoop, InferResult, LSTMGrads, LSTMLoop, RNNGrads, RNNLoop, Saved, Stats)
 
 name = "triton"
