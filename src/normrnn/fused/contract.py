@@ -257,7 +257,9 @@ class Engine(Protocol):
       (:class:`InferResult`, nothing kept) and ``*_backward`` (from the output gradient, the final state's
       gradient and ``saved``, the named gradients of the loop's differentiable arguments);
     * ``has_stream`` / ``has_input_kernels``: whether it also implements :class:`StreamKernels` /
-      :class:`InputKernels` (optional: without them the general path and ordinary PyTorch run instead).
+      :class:`InputKernels` (optional: without them the general path and ordinary PyTorch run instead);
+    * optional ``reduces = True``: its loops call the loop's ``reduce`` (synchronised batch norm); an engine
+      without it never sees such a loop (:mod:`normrnn.fused.run` gives it to the PyTorch engine).
     """
 
     name: str

@@ -129,6 +129,7 @@ class NativeEngine:
     devices = ("cpu",)
     has_stream = True
     has_input_kernels = True
+    reduces = True  # the loops call a loop's reducer (csrc/reduce.h)
 
     def __init__(self, module: ModuleType) -> None:
         self.module = module

@@ -16,7 +16,7 @@ from torch import Tensor
 from ..cells import CellParams, State
 from ..checks import reverse_padded
 from ..reference import run_direction as reference_run
-from . import select
+from . import select, torch_engine
 from .autograd import GRU, GRU_JOINT, LSTM, RNN, needs_graph, run_loop
 from .contract import GRUJointLoop, GRULoop, LSTMLoop, RNNLoop
 from .input_term import input_term
@@ -36,6 +36,8 @@ def run_direction(p: CellParams, x: Tensor, state: State, mask: Optional[Tensor]
     if p.weight_hr is not None:
         return _run_projected(p, x, state, mask, lengths, reverse, start, eps)
     eng = select.engine(x.device)
+    if not getattr(eng, "reduces", False) and reducer(p.norm_hh, p.norm_gates, p.norm_new, p.norm_cell) is not None:
+        eng = torch_engine  # synced batch norm on an engine that cannot call the loop's reducer: its PyTorch twin
     if select.one_step(p.mode, x.shape[0], eng):
         stepped = one_step(eng, p, x[0], state, start, eps)
         if stepped is not None:

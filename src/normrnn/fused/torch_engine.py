@@ -26,6 +26,7 @@ name = "torch"
 devices = ("cpu", "cuda", "meta")  # any device PyTorch runs on
 has_stream = False  # no one-call streaming step: LSTM.step runs the general path
 has_input_kernels = False  # the input term's norms run as ordinary PyTorch (normrnn.cells.input_term)
+reduces = True  # calls a loop's reducer (synchronised batch norm, see .contract)
 
 __all__ = ["NONE", "LAYER", "RMS", "BATCH", "BATCH_FIXED", "lstm_forward", "lstm_infer", "lstm_backward",
            "gru_forward", "gru_infer", "gru_backward", "gru_joint_forward", "gru_joint_infer", "gru_joint_backward",
