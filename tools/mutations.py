@@ -204,8 +204,10 @@ MUTATIONS = [
         "where one rank has a single sequence)"),
     Mutation(
         "sync_native_global_param_grads", CPP,
-        "      add_to(dgamma_h.data_ptr<T>(), sum_a_hat.data(), G);\n      reduce_sums<T>(reduce, sum_a.data(), sum_a_hat.data(), G);",
-        "      reduce_sums<T>(reduce, sum_a.data(), sum_a_hat.data(), G);\n      add_to(dgamma_h.data_ptr<T>(), sum_a_hat.data(), G);",
+        "      add_to(dgamma_h.data_ptr<T>(), sum_a_hat.data(), G);\n"
+        "      reduce_sums<T>(reduce, sum_a.data(), sum_a_hat.data(), G);",
+        "      reduce_sums<T>(reduce, sum_a.data(), sum_a_hat.data(), G);\n"
+        "      add_to(dgamma_h.data_ptr<T>(), sum_a_hat.data(), G);",
         [SYNC_FUSED],
         "the LSTM's recurrent gain gradient sums the reduced (every rank's) sums: DDP would count them twice"),
     Mutation(

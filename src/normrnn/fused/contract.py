@@ -79,7 +79,8 @@ class ForwardResult(NamedTuple):
 # ``[count | sum (F) | sum of squares (F)]`` of the running rows (the statistics become the global ones, the count
 # the number of sequences running at that step on all ranks: under 2, the given statistics are used), in backward
 # with ``[sum d (F) | sum d·ŝ (F)]`` over the running rows (d: the gradient of the normalized term ŝ, before or
-# after its gain, which is the same on every rank), the column sums batch norm's backward subtracts. Every rank makes the same calls in the same order. ``None``: local statistics.
+# after its gain, which is the same on every rank), the column sums batch norm's backward subtracts. Every rank
+# makes the same calls in the same order. ``None``: local statistics.
 # The backward finds it in ``Saved.flags`` (last).
 
 

@@ -176,7 +176,8 @@ class NativeEngine:
 
     def gru_joint_forward(self, xa: Tensor, h0: Tensor, loop: GRUJointLoop) -> ForwardResult:
         out, state, stats, saved = self.module.gru_joint_forward(*self._gru_joint_args(xa, h0, loop))
-        return ForwardResult(out, tuple(state), _stats(stats), Saved(tuple(saved), (loop.kind_g, loop.kind_n, loop.reduce)))
+        return ForwardResult(out, tuple(state), _stats(stats),
+                             Saved(tuple(saved), (loop.kind_g, loop.kind_n, loop.reduce)))
 
     def gru_joint_infer(self, xa: Tensor, h0: Tensor, loop: GRUJointLoop) -> InferResult:
         out, state, stats = self.module.gru_joint_infer(*self._gru_joint_args(xa, h0, loop))
