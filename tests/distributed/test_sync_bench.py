@@ -10,8 +10,8 @@ from normrnn.bench.sync_cost import measure_sync_cost
 def test_measure_sync_cost_small(tmp_path):
     out = tmp_path / "c7.json"
     r = measure_sync_cost(steps=4, warmup=1, seq_len=5, hidden=8,
-                          variants=("ln", "bn_local", "bn_local_reference", "bn_sync", "bn_sync_reference"), out=str(out),
-                          timeout=120)
+                          variants=("ln", "bn_local", "bn_local_reference", "bn_sync", "bn_sync_reference"),
+                          out=str(out), timeout=600, latency_samples=10)
     assert json.loads(out.read_text()) == json.loads(json.dumps(r))
     ln, bn, ref = r["variants"]["ln"], r["variants"]["bn_sync"], r["variants"]["bn_sync_reference"]
     assert ln["norm_allreduce_bytes_per_step"] == 0 and bn["norm_allreduce_bytes_per_step"] > 0
@@ -27,4 +27,5 @@ def test_measure_sync_cost_small(tmp_path):
     assert bn["norm_allreduce_calls_per_time_step"] == 2 * (1 + 2 * T) / T
     for k in ("calls", "bytes"):
         assert ref[f"norm_allreduce_{k}_per_step"] == bn[f"norm_allreduce_{k}_per_step"]
-    assert r["sync_overhead_fused"] > 0 and r["sync_overhead_reference"] > 0
+    assert r["sync_overhead_fused"] > 0 and r["sync_overhead_reference"] > 0 and r["allreduce_latency_us"] > 0
+    assert bn["allreduce_latency_ms_per_step"] == bn["norm_allreduce_calls_per_step"] * r["allreduce_latency_us"] / 1e3

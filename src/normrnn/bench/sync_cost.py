@@ -9,6 +9,9 @@ and reports per variant:
   (counted in :func:`normrnn.sync.all_reduce_sum`), split into ``forward_``/``backward_`` calls and bytes, and
   per time step of the sequence (``_per_time_step``); ``ddp_grad_bytes_per_step``: parameters x 4 bytes, as DDP
   all-reduces every float32 gradient once per step;
+* ``allreduce_latency_ms_per_step``: those all-reduces times the median latency of one small all-reduce measured
+  in the same launch (``allreduce_latency_us``, the report's): the part of a synced step that is waiting, whatever
+  the loop (on a loaded machine each all-reduce waits for the peer process to be scheduled);
 * ``valid_mse`` (eval mode, running statistics) and ``train_mse_last``: the accuracy effect when each rank's
   batch is tiny. Synced BN at R ranks with batch B computes exactly what one process with batch R·B would.
 
@@ -122,32 +125,52 @@ def _train_variant(rank: int, world: int, name: str, batch: int, seq_len: int, h
     return out
 
 
-def _rank_main(rank: int, world: int, variants: list[str], **kw: Any) -> dict[str, Any]:
-    """Every variant in one launch (interpreter start-up would otherwise dominate)."""
-    return {name: _train_variant(rank, world, name, **kw) for name in variants}
+def allreduce_latency_us(n: int = 200, numel: int = 129) -> float:
+    """Median time (µs) of one all-reduce of ``numel`` float32 values (an LSTM step's [count | sum | sum of
+    squares] at 16 units x 4 gates) in this group: the latency floor of each synchronised step, here, now."""
+    import torch.distributed as dist
+
+    t, times = torch.zeros(numel), []
+    for i in range(n + 10):
+        t0 = time.perf_counter()
+        dist.all_reduce(t)
+        if i >= 10:
+            times.append(time.perf_counter() - t0)
+    return 1e6 * statistics.median(times)
+
+
+def _rank_main(rank: int, world: int, variants: list[str], latency_samples: int = 200, **kw: Any) -> dict[str, Any]:
+    """Every variant in one launch (interpreter start-up would otherwise dominate); first the all-reduce latency."""
+    out: dict[str, Any] = {"allreduce_latency_us": allreduce_latency_us(latency_samples)}
+    out.update({name: _train_variant(rank, world, name, **kw) for name in variants})
+    return out
 
 
 def measure_sync_cost(world: int = 2, batch_per_rank: int = 2, seq_len: int = 20, hidden: int = 32,
                       steps: int = 150, warmup: int = 5, lr: float = 5e-3, seed: int = 0,
                       variants: tuple[str, ...] = tuple(VARIANTS), out: Optional[str] = None,
-                      timeout: float = 300.0) -> dict[str, Any]:
+                      timeout: float = 300.0, latency_samples: int = 200) -> dict[str, Any]:
     """Train each variant for ``steps`` steps at ``world`` ranks x ``batch_per_rank`` and return a JSON-able
     dict (see the module docstring); ``out``: also write it there as JSON. One CPU thread per rank."""
     from ..multiproc import run_local
 
     t0 = time.perf_counter()
     kw = dict(batch=batch_per_rank, seq_len=seq_len, hidden=hidden, steps=steps, warmup=warmup, lr=lr,
-              seed=seed, variants=list(variants))
+              seed=seed, variants=list(variants), latency_samples=latency_samples)
     results = run_local("normrnn.bench.sync_cost:_rank_main", world, kw, timeout=timeout)
     rank0 = results[0]
+    latency = max(res.pop("allreduce_latency_us") for res in results)
     for name, r in rank0.items():
         # a step waits for the slowest rank: report the larger median
         r["step_ms"] = max(res[name]["step_ms"] for res in results)
+        # what the synced norms' all-reduces cost at the measured latency, if nothing overlapped them
+        r["allreduce_latency_ms_per_step"] = r["norm_allreduce_calls_per_step"] * latency / 1e3
     report: dict[str, Any] = {
         "claim": "C7", "world_size": world, "backend": "gloo", "transport": "loopback (127.0.0.1)",
         "threads_per_rank": 1, "task": "adding", "batch_per_rank": batch_per_rank,
         "global_batch": world * batch_per_rank, "seq_len": seq_len, "hidden": hidden, "cell": "lstm",
-        "steps": steps, "lr": lr, "seed": seed, "torch": torch.__version__, "variants": rank0,
+        "steps": steps, "lr": lr, "seed": seed, "torch": torch.__version__, "allreduce_latency_us": latency,
+        "variants": rank0,
         "baseline_mse_predict_1": 1 / 6,
     }
     # Synced over unsynced step time on the same loop: bn_sync runs the fused loop (bn_local's), bn_sync_reference
