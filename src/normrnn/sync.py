@@ -2,7 +2,8 @@
 
 With ``sync_stats=True`` a :class:`~normrnn.norms.RecurrentBatchNorm` asks
 :func:`normrnn.moments.global_moments` for the mean and variance of each time step instead of computing them
-from its own rank's batch (one all-reduce per call forward and one backward). :func:`sync_batch_norm` turns
+from its own rank's batch (one all-reduce per call forward and one backward; the fused loops make the same calls
+through their reducer, :mod:`normrnn.fused.contract`). :func:`sync_batch_norm` turns
 that on in a built model; the collective primitives are re-exported here from :mod:`normrnn.moments`.
 
 ``torch.nn.SyncBatchNorm`` does the same for feed-forward batch norm, but only on CUDA and without time steps or
@@ -27,8 +28,9 @@ def sync_batch_norm(module: nn.Module, process_group: Optional[object] = None, e
 
     The normrnn counterpart of ``nn.SyncBatchNorm.convert_sync_batchnorm``: nothing is replaced, the norms and
     the layers' ``options`` get ``sync_stats=enabled``, so state dicts are unchanged. Layers with synced batch
-    norm run the reference loop in training while a process group is initialised (the fused kernels compute
-    the statistics in C++ and cannot all-reduce). Per-sample norms (layer, RMS) need nothing and are left alone.
+    norm keep their loop: the fused engines all-reduce each step's sums through the loop's reducer
+    (:mod:`normrnn.fused.contract`), the reference loop per norm call (:func:`global_moments`). Per-sample norms
+    (layer, RMS) need nothing and are left alone.
     Returns ``module``.
     """
     for m in module.modules():

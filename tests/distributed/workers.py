@@ -29,6 +29,7 @@ def sample(seed: int = 1) -> dict[str, Tensor]:
 
 
 def build_lstm(sync: bool, seed: int = 0) -> nn.Module:
+    """The LSTM of the synced-BN tests (backend "auto": the fused native loop where the kernels build)."""
     torch.manual_seed(seed)
     return normrnn.LSTM(I, H, norm="batch", sync_stats=sync, max_steps=T)
 
@@ -162,3 +163,66 @@ def raise_on_rank1(rank: int, world: int) -> None:
     if rank == 1:
         raise RuntimeError("boom on rank 1")
     dist.all_reduce(torch.ones(1))
+
+
+# ------------------------------------------------------------------------------------------------ fused synced BN
+# Synchronised batch norm on the fused engines (and the reference loop, for comparison): every loop kind, with and
+# without padding, two training steps each; the all-reduces of each step's forward and backward are counted.
+
+FUSED_CASES: dict[str, tuple[str, dict]] = {
+    "lstm": ("LSTM", {}),
+    "lstm_joint": ("LSTM", {"norm_terms": "joint", "carry_normalized_cell": True}),
+    "gru": ("GRU", {}),
+    "gru_joint": ("GRU", {"norm_terms": "joint"}),
+    "rnn": ("RNN", {}),
+    "rnn_joint": ("RNN", {"norm_terms": "joint", "nonlinearity": "relu"}),
+}
+
+
+def build_case(case: str, sync: bool, engine: str, seed: int = 0) -> nn.Module:
+    """The layer of ``case`` with batch norm; ``engine`` "native"/"torch" runs the fused backend, "reference" the
+    reference loop."""
+    torch.manual_seed(seed)
+    cls, kw = FUSED_CASES[case]
+    backend = "reference" if engine == "reference" else "fused"
+    return getattr(normrnn, cls)(I, H, norm="batch", sync_stats=sync, max_steps=T, backend=backend, **kw)
+
+
+def counted_step(model: nn.Module, x: Tensor, proj: Tensor, lengths: Optional[Tensor]) -> dict[str, Any]:
+    """One forward/backward of a sum loss over the outputs and the final state(s); returns outputs, input and
+    parameter grads, buffers and the all-reduces (calls, bytes) of the forward and of the backward."""
+    x = x.clone().requires_grad_(True)
+    model.zero_grad()
+    c0 = COUNTER.snapshot()
+    out, state = model(x, lengths=lengths)
+    c1 = COUNTER.snapshot()
+    states = state if isinstance(state, tuple) else (state,)
+    loss = (out * proj).sum() + sum((0.5 ** i) * (s * (i + 1.5)).sum() for i, s in enumerate(states))
+    loss.backward()
+    c2 = COUNTER.snapshot()
+    return {"out": out.detach(), "state": [s.detach() for s in states], "x_grad": x.grad,
+            "grads": {k: p.grad.clone() for k, p in model.named_parameters()},
+            "buffers": {k: b.clone() for k, b in model.named_buffers()},
+            "forward": {k: c1[k] - c0[k] for k in c0}, "backward": {k: c2[k] - c1[k] for k in c0}}
+
+
+def fused_sync_run(case: str, engine: str, padded: bool, cols: slice, lengths: Optional[Tensor],
+                   sync: bool = True) -> dict[str, Any]:
+    """Two training steps of ``case`` on the columns ``cols`` of the sample batch."""
+    from normrnn.fused.select import force_engine
+
+    data = sample()
+    with force_engine(None if engine == "reference" else engine):
+        model = build_case(case, sync, engine)
+        backend = model.active_backend()
+        steps = [counted_step(model, data["x"][:, cols], data["proj"][:, cols],
+                              lengths[cols] if padded else None) for _ in range(2)]
+    return {"backend": backend, "steps": steps}
+
+
+def sync_fused_worker(rank: int, world: int, cases: list, engines: list) -> dict[str, Any]:
+    """Each rank: its N/world columns (lengths differing across ranks), every case x engine x padding."""
+    data, B = sample(), N // world
+    cols = slice(rank * B, (rank + 1) * B)
+    return {(case, engine, padded): fused_sync_run(case, engine, padded, cols, data["lengths"])
+            for case in cases for engine in engines for padded in (False, True)}

@@ -22,7 +22,8 @@ on the previous state (the input term and its norm) stays outside it, vectorized
 =====================  ==========================================================================================
 
 The names below are this package's face for the layers, tests and benchmarks.
-Not covered (``auto`` uses the reference loop, ``fused`` raises): zoneout; synchronised batch norm in training.
+Not covered (``auto`` uses the reference loop, ``fused`` raises): zoneout. Synchronised batch norm runs fused: the
+engines all-reduce each step's sums through the loop's reducer (:mod:`.contract`).
 """
 from . import native, torch_engine
 from .input_term import release_scratch

@@ -73,6 +73,16 @@ class ForwardResult(NamedTuple):
 
 # ------------------------------------------------------------------------------------------------ loop arguments
 
+# Synchronised batch norm (``sync_stats=True`` under a process group): a loop's ``reduce`` is a *Reducer*, a
+# callable that sums one flat contiguous tensor over the ranks in place (``reduce(buf)``; what it returns is
+# ignored). The engines call it once per step for each batch-norm kind of the loop: in forward with
+# ``[count | sum (F) | sum of squares (F)]`` of the running rows (the statistics become the global ones, the count
+# the number of sequences running at that step on all ranks: under 2, the given statistics are used), in backward
+# with ``[sum d (F) | sum d·ŝ (F)]`` over the running rows (d: the gradient of the normalized term ŝ, before or
+# after its gain, which is the same on every rank), the column sums batch norm's backward subtracts. Every rank
+# makes the same calls in the same order. ``None``: local statistics.
+# The backward finds it in ``Saved.flags`` (last).
+
 
 class LSTMLoop(NamedTuple):
     """An LSTM loop. Input term ``xa`` (T, N, 4H): W_ih·x, normalized when the terms are separate (then the
@@ -93,6 +103,7 @@ class LSTMLoop(NamedTuple):
     joint: bool
     carry: bool  # carry the normalized cell (else the raw one)
     eps: float
+    reduce: object = None  # synchronised batch norm: a Reducer (see above), else None
 
 
 class LSTMGrads(NamedTuple):
@@ -118,6 +129,7 @@ class GRULoop(NamedTuple):
     fixed_h: Fixed
     kind_h: int
     eps: float
+    reduce: object = None  # synchronised batch norm: a Reducer (see above), else None
 
 
 class GRUGrads(NamedTuple):
@@ -144,6 +156,7 @@ class GRUJointLoop(NamedTuple):
     kind_g: int
     kind_n: int
     eps: float
+    reduce: object = None  # synchronised batch norm: a Reducer (see above), else None
 
 
 class GRUJointGrads(NamedTuple):
@@ -169,6 +182,7 @@ class RNNLoop(NamedTuple):
     joint: bool
     relu: bool
     eps: float
+    reduce: object = None  # synchronised batch norm: a Reducer (see above), else None
 
 
 class RNNGrads(NamedTuple):
@@ -244,7 +258,9 @@ class Engine(Protocol):
       (:class:`InferResult`, nothing kept) and ``*_backward`` (from the output gradient, the final state's
       gradient and ``saved``, the named gradients of the loop's differentiable arguments);
     * ``has_stream`` / ``has_input_kernels``: whether it also implements :class:`StreamKernels` /
-      :class:`InputKernels` (optional: without them the general path and ordinary PyTorch run instead).
+      :class:`InputKernels` (optional: without them the general path and ordinary PyTorch run instead);
+    * optional ``reduces = True``: its loops call the loop's ``reduce`` (synchronised batch norm); an engine
+      without it never sees such a loop (:mod:`normrnn.fused.run` gives it to the PyTorch engine).
     """
 
     name: str

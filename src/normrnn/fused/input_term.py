@@ -20,7 +20,7 @@ from ..cells import input_term as reference_input_term
 from ..norms import IdentityNorm, LayerNorm, RecurrentBatchNorm, RMSNorm
 from .autograd import BatchNormSteps, RMSNormRows, needs_graph
 from .contract import NONE, Engine, Stats
-from .loop_args import fixed_stats, gain_of, kind_of, update_running
+from .loop_args import fixed_stats, gain_of, kind_of, syncs, update_running
 
 
 class Scratch(threading.local):
@@ -95,7 +95,9 @@ def input_term(p: CellParams, x: Tensor, start: int, mask: Optional[Tensor], eng
         xp = _inference(p, x, start, eng)
         if xp is not None:
             return xp
-    if not isinstance(norm, RecurrentBatchNorm) or norm.bias is not None:
+    # Synchronised batch norm: the module's own path, one all-reduce of every step's [count | sum | sum of
+    # squares] before the loop (and one of the matching gradients in backward: normrnn.moments).
+    if not isinstance(norm, RecurrentBatchNorm) or norm.bias is not None or syncs(norm):
         return normalize(norm, torch.nn.functional.linear(x, p.weight_ih), start, mask, eng)
     xp = torch.nn.functional.linear(x, p.weight_ih).contiguous()
     steps = torch.arange(start, start + x.shape[0], device=x.device)

@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from .. import moments
 from ..norms import IdentityNorm, LayerNorm, RecurrentBatchNorm, RMSNorm
 from .contract import BATCH, BATCH_FIXED, LAYER, NONE, RMS, Engine, Fixed, Stats
 
@@ -62,3 +63,36 @@ def update_running(norm: Optional[nn.Module], stats: Stats, steps: Tensor, eng: 
         longest = eng.bn_update_running_(norm.running_mean, norm.running_var, stats, int(steps[0]), norm.momentum)
         if longest > int(norm.steps_tracked):
             norm.steps_tracked.fill_(longest)
+
+
+class Reducer:
+    """A loop's ``reduce`` for synchronised batch norm (:mod:`normrnn.fused.contract`): sums a flat tensor over
+    ``process_group`` in place through :func:`normrnn.moments.all_reduce_sum`, which counts the call and its
+    bytes in :data:`normrnn.moments.COUNTER`."""
+
+    __slots__ = ("process_group",)
+
+    def __init__(self, process_group: Optional[object] = None) -> None:
+        self.process_group = process_group
+
+    def __call__(self, buf: Tensor) -> None:
+        moments.all_reduce_sum(buf, self.process_group)
+
+    def __repr__(self) -> str:
+        return f"Reducer({self.process_group!r})"
+
+
+def reducer(*norms: Optional[nn.Module]) -> Optional[Reducer]:
+    """The loop's reducer when one of its norms trains batch norm with synchronised statistics under a process
+    group of more than one rank (the norms of one layer share the group: :func:`normrnn.sync.sync_batch_norm`
+    sets it on all of them), else ``None``."""
+    for norm in norms:
+        if (isinstance(norm, RecurrentBatchNorm) and norm.training and norm.sync_stats
+                and moments.is_active(norm.process_group)):
+            return Reducer(norm.process_group)
+    return None
+
+
+def syncs(norm: Optional[nn.Module]) -> bool:
+    """Whether ``norm`` is a training batch norm whose statistics are synchronised now."""
+    return reducer(norm) is not None

@@ -129,6 +129,7 @@ class NativeEngine:
     devices = ("cpu",)
     has_stream = True
     has_input_kernels = True
+    reduces = True  # the loops call a loop's reducer (csrc/reduce.h)
 
     def __init__(self, module: ModuleType) -> None:
         self.module = module
@@ -137,12 +138,12 @@ class NativeEngine:
     @staticmethod
     def _lstm_args(xa: Tensor, h0: Tensor, c0: Tensor, p: LSTMLoop) -> tuple:
         return (xa, h0, c0, p.w_hh, p.bias, p.gamma_h, p.gamma_c, p.beta_c, p.mask, *p.fixed_h, *p.fixed_c, p.kind_h,
-                p.kind_c, p.joint, p.carry, p.eps)
+                p.kind_c, p.joint, p.carry, p.eps, p.reduce)
 
     def lstm_forward(self, xa: Tensor, h0: Tensor, c0: Tensor, loop: LSTMLoop) -> ForwardResult:
         out, state, stats, saved = self.module.lstm_forward(*self._lstm_args(xa, h0, c0, loop))
         return ForwardResult(out, tuple(state), _stats(stats),
-                             Saved(tuple(saved), (loop.kind_h, loop.kind_c, loop.joint, loop.carry)))
+                             Saved(tuple(saved), (loop.kind_h, loop.kind_c, loop.joint, loop.carry, loop.reduce)))
 
     def lstm_infer(self, xa: Tensor, h0: Tensor, c0: Tensor, loop: LSTMLoop) -> InferResult:
         out, state, stats = self.module.lstm_infer(*self._lstm_args(xa, h0, c0, loop))
@@ -154,11 +155,11 @@ class NativeEngine:
     # -- GRU, separate terms
     @staticmethod
     def _gru_args(xa: Tensor, h0: Tensor, p: GRULoop) -> tuple:
-        return xa, h0, p.w_hh, p.bias_hh, p.gamma_h, p.mask, *p.fixed_h, p.kind_h, p.eps
+        return xa, h0, p.w_hh, p.bias_hh, p.gamma_h, p.mask, *p.fixed_h, p.kind_h, p.eps, p.reduce
 
     def gru_forward(self, xa: Tensor, h0: Tensor, loop: GRULoop) -> ForwardResult:
         out, state, stats, saved = self.module.gru_forward(*self._gru_args(xa, h0, loop))
-        return ForwardResult(out, tuple(state), _stats(stats), Saved(tuple(saved), (loop.kind_h,)))
+        return ForwardResult(out, tuple(state), _stats(stats), Saved(tuple(saved), (loop.kind_h, loop.reduce)))
 
     def gru_infer(self, xa: Tensor, h0: Tensor, loop: GRULoop) -> InferResult:
         out, state, stats = self.module.gru_infer(*self._gru_args(xa, h0, loop))
@@ -171,11 +172,12 @@ class NativeEngine:
     @staticmethod
     def _gru_joint_args(xa: Tensor, h0: Tensor, p: GRUJointLoop) -> tuple:
         return (xa, h0, p.w_hh, p.bias_ih, p.bias_hh, p.gamma_g, p.gamma_n, p.mask, *p.fixed_g, *p.fixed_n, p.kind_g,
-                p.kind_n, p.eps)
+                p.kind_n, p.eps, p.reduce)
 
     def gru_joint_forward(self, xa: Tensor, h0: Tensor, loop: GRUJointLoop) -> ForwardResult:
         out, state, stats, saved = self.module.gru_joint_forward(*self._gru_joint_args(xa, h0, loop))
-        return ForwardResult(out, tuple(state), _stats(stats), Saved(tuple(saved), (loop.kind_g, loop.kind_n)))
+        return ForwardResult(out, tuple(state), _stats(stats),
+                             Saved(tuple(saved), (loop.kind_g, loop.kind_n, loop.reduce)))
 
     def gru_joint_infer(self, xa: Tensor, h0: Tensor, loop: GRUJointLoop) -> InferResult:
         out, state, stats = self.module.gru_joint_infer(*self._gru_joint_args(xa, h0, loop))
@@ -187,11 +189,12 @@ class NativeEngine:
     # -- Elman RNN
     @staticmethod
     def _rnn_args(xa: Tensor, h0: Tensor, p: RNNLoop) -> tuple:
-        return xa, h0, p.w_hh, p.bias, p.gamma_h, p.mask, *p.fixed_h, p.kind_h, p.joint, p.relu, p.eps
+        return xa, h0, p.w_hh, p.bias, p.gamma_h, p.mask, *p.fixed_h, p.kind_h, p.joint, p.relu, p.eps, p.reduce
 
     def rnn_forward(self, xa: Tensor, h0: Tensor, loop: RNNLoop) -> ForwardResult:
         out, state, stats, saved = self.module.rnn_forward(*self._rnn_args(xa, h0, loop))
-        return ForwardResult(out, tuple(state), _stats(stats), Saved(tuple(saved), (loop.kind_h, loop.joint, loop.relu)))
+        return ForwardResult(out, tuple(state), _stats(stats), Saved(tuple(saved), (loop.kind_h, loop.joint, loop.relu,
+                                                                                   loop.reduce)))
 
     def rnn_infer(self, xa: Tensor, h0: Tensor, loop: RNNLoop) -> InferResult:
         out, state, stats = self.module.rnn_infer(*self._rnn_args(xa, h0, loop))

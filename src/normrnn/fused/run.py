@@ -16,11 +16,11 @@ from torch import Tensor
 from ..cells import CellParams, State
 from ..checks import reverse_padded
 from ..reference import run_direction as reference_run
-from . import select
+from . import select, torch_engine
 from .autograd import GRU, GRU_JOINT, LSTM, RNN, needs_graph, run_loop
 from .contract import GRUJointLoop, GRULoop, LSTMLoop, RNNLoop
 from .input_term import input_term
-from .loop_args import bias_of, fixed_stats, gain_of, kind_of, or_empty, update_running
+from .loop_args import bias_of, fixed_stats, gain_of, kind_of, or_empty, reducer, update_running
 from .stream import one_step
 
 
@@ -36,6 +36,8 @@ def run_direction(p: CellParams, x: Tensor, state: State, mask: Optional[Tensor]
     if p.weight_hr is not None:
         return _run_projected(p, x, state, mask, lengths, reverse, start, eps)
     eng = select.engine(x.device)
+    if not getattr(eng, "reduces", False) and reducer(p.norm_hh, p.norm_gates, p.norm_new, p.norm_cell) is not None:
+        eng = torch_engine  # synced batch norm on an engine that cannot call the loop's reducer: its PyTorch twin
     if select.one_step(p.mode, x.shape[0], eng):
         stepped = one_step(eng, p, x[0], state, start, eps)
         if stepped is not None:
@@ -58,13 +60,13 @@ def run_direction(p: CellParams, x: Tensor, state: State, mask: Optional[Tensor]
     if p.mode == "LSTM":
         loop = LSTMLoop(w_hh, _sum_bias(p, x), gamma_h, or_empty(gain_of(p.norm_cell), x),
                         or_empty(bias_of(p.norm_cell), x), m, fixed_h, fixed_stats(p.norm_cell, steps, x), kind_h,
-                        kind_of(p.norm_cell), joint, p.carry_normalized_cell, eps)
+                        kind_of(p.norm_cell), joint, p.carry_normalized_cell, eps, reducer(norm_h, p.norm_cell))
         r = run_loop(eng, LSTM, xp.contiguous(), (h0, state[1].contiguous()), loop)
         update_running(p.norm_cell, r.stats[1], steps, eng)
     elif p.mode == "GRU" and joint:
         loop = GRUJointLoop(w_hh, or_empty(p.bias_ih, x), or_empty(p.bias_hh, x), gamma_h,
                             or_empty(gain_of(p.norm_new), x), m, fixed_h, fixed_stats(p.norm_new, steps, x), kind_h,
-                            kind_of(p.norm_new), eps)
+                            kind_of(p.norm_new), eps, reducer(norm_h, p.norm_new))
         r = run_loop(eng, GRU_JOINT, xp.contiguous(), (h0,), loop)
         update_running(p.norm_new, r.stats[1], steps, eng)
     elif p.mode == "GRU":
@@ -75,10 +77,11 @@ def run_direction(p: CellParams, x: Tensor, state: State, mask: Optional[Tensor]
         else:  # nothing records a graph: add in place (xp may be the kept inference memory)
             xa = xp.add_(p.bias_ih)
         del xp  # the normalized term is not needed once xa has the bias: free it before the time loop
-        loop = GRULoop(w_hh, or_empty(p.bias_hh, x), gamma_h, m, fixed_h, kind_h, eps)
+        loop = GRULoop(w_hh, or_empty(p.bias_hh, x), gamma_h, m, fixed_h, kind_h, eps, reducer(norm_h))
         r = run_loop(eng, GRU, xa.contiguous(), (h0,), loop)
     else:
-        loop = RNNLoop(w_hh, _sum_bias(p, x), gamma_h, m, fixed_h, kind_h, joint, p.mode == "RNN_RELU", eps)
+        loop = RNNLoop(w_hh, _sum_bias(p, x), gamma_h, m, fixed_h, kind_h, joint, p.mode == "RNN_RELU", eps,
+                       reducer(norm_h))
         r = run_loop(eng, RNN, xp.contiguous(), (h0,), loop)
     update_running(norm_h, r.stats[0], steps, eng)
     return (reverse_padded(r.out, lengths) if reverse else r.out), r.state

@@ -100,12 +100,9 @@ def auto_prefers_reference(device: torch.device) -> bool:
 def unsupported_reason(mode: str, norm_terms: str, zoneout: float, sync_stats: bool = False) -> Optional[str]:
     """Why a configuration has no fused path, or ``None`` when it has one.
 
-    ``sync_stats``: the layer trains batch norm with synchronised statistics; the kernels compute batch
-    statistics inside their time loop and cannot all-reduce them, so that needs the reference loop once a
-    process group is initialised (without one, synced batch norm is plain batch norm).
+    ``sync_stats`` (the layer trains batch norm with synchronised statistics) is covered: the engines all-reduce
+    each step's sums through the loop's reducer (:mod:`.contract`).
     """
-    if sync_stats and torch.distributed.is_available() and torch.distributed.is_initialized():
-        return "batch norm with sync_stats=True all-reduces per-step statistics, only in the reference loop"
     if zoneout:
         return "zoneout is only in the reference loop"
     return None

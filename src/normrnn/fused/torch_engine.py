@@ -26,6 +26,7 @@ name = "torch"
 devices = ("cpu", "cuda", "meta")  # any device PyTorch runs on
 has_stream = False  # no one-call streaming step: LSTM.step runs the general path
 has_input_kernels = False  # the input term's norms run as ordinary PyTorch (normrnn.cells.input_term)
+reduces = True  # calls a loop's reducer (synchronised batch norm, see .contract)
 
 __all__ = ["NONE", "LAYER", "RMS", "BATCH", "BATCH_FIXED", "lstm_forward", "lstm_infer", "lstm_backward",
            "gru_forward", "gru_infer", "gru_backward", "gru_joint_forward", "gru_joint_infer", "gru_joint_backward",
@@ -35,11 +36,14 @@ __all__ = ["NONE", "LAYER", "RMS", "BATCH", "BATCH_FIXED", "lstm_forward", "lstm
 # ------------------------------------------------------------------------------------------------ norms
 
 
-def norm_forward(s: Tensor, kind: int, mask: Optional[Tensor], fix_mean: Tensor, fix_var: Tensor, eps: float):
+def norm_forward(s: Tensor, kind: int, mask: Optional[Tensor], fix_mean: Tensor, fix_var: Tensor, eps: float,
+                 reduce=None):
     """Normalize one step s (N, F) without gain. Returns (ŝ, rstd, mean, var, count).
 
     rstd is (N, 1) for layer/rms and (1, F) for batch; mean/var/count are the batch statistics (batch kind only,
-    for the running averages; ``count`` < 2 means the step used ``fix_mean``/``fix_var`` instead).
+    for the running averages; ``count`` < 2 means the step used ``fix_mean``/``fix_var`` instead). ``reduce``
+    (synchronised batch norm, see :mod:`.contract`): the statistics and the count are those of every rank's
+    running rows, from one reduced ``[count | sum | sum of squares]``.
     """
     if kind == LAYER:
         shat, _, rstd = torch.native_layer_norm(s, (s.shape[1],), None, None, eps)
@@ -48,7 +52,17 @@ def norm_forward(s: Tensor, kind: int, mask: Optional[Tensor], fix_mean: Tensor,
         rstd = torch.rsqrt(s.pow(2).mean(1, keepdim=True) + eps)
         return s * rstd, rstd, None, None, None
     if kind == BATCH:
-        if mask is None:
+        if reduce is not None:
+            F = s.shape[1]
+            sel = s if mask is None else torch.where(mask.unsqueeze(1), s, 0)
+            n = s.new_full((1,), s.shape[0]) if mask is None else mask.sum(0, dtype=s.dtype).reshape(1)
+            buf = torch.cat([n, sel.sum(0), (sel * sel).sum(0)])
+            reduce(buf)
+            count = round(float(buf[0]))
+            mean = buf[1:F + 1].unsqueeze(0) / max(count, 1)
+            # (E[x²] - E[x]² can round below zero when the variance is tiny next to the mean)
+            var = (buf[F + 1:].unsqueeze(0) / max(count, 1) - mean * mean).clamp(min=0)
+        elif mask is None:
             count = s.shape[0]
             mean = s.mean(0, keepdim=True)
             var = (s - mean).pow(2).mean(0, keepdim=True)
@@ -71,15 +85,23 @@ def norm_forward(s: Tensor, kind: int, mask: Optional[Tensor], fix_mean: Tensor,
 
 
 def norm_backward(dshat: Tensor, shat: Tensor, rstd: Tensor, kind: int, mask: Optional[Tensor],
-                  count: int) -> Tensor:
-    """ds from dŝ for one step (the gain is applied by the caller). count: the batch kind's valid rows."""
+                  count: int, reduce=None) -> Tensor:
+    """ds from dŝ for one step (the gain is applied by the caller). count: the batch kind's valid rows (on every
+    rank when ``reduce``: then the column sums of dŝ and dŝ·ŝ are reduced over the ranks too)."""
     if kind == LAYER:
         return rstd * (dshat - dshat.mean(1, keepdim=True) - shat * (dshat * shat).mean(1, keepdim=True))
     if kind == RMS:
         return rstd * (dshat - shat * (dshat * shat).mean(1, keepdim=True))
     if kind == BATCH and count >= 2:
         # Rows of finished sequences carry dŝ = 0 and must not receive any gradient: their s was not counted.
-        ds = rstd * (dshat - dshat.sum(0, keepdim=True) / count - shat * (dshat * shat).sum(0, keepdim=True) / count)
+        if reduce is None:
+            ds = rstd * (dshat - dshat.sum(0, keepdim=True) / count
+                         - shat * (dshat * shat).sum(0, keepdim=True) / count)
+        else:  # one reduced [sum dŝ | sum dŝ·ŝ]
+            F = dshat.shape[1]
+            sums = torch.cat([dshat.sum(0), (dshat * shat).sum(0)])
+            reduce(sums)
+            ds = rstd * (dshat - sums[:F] / count - shat * sums[F:] / count)
         return ds if mask is None else ds * mask.to(ds.dtype).unsqueeze(1)
     if kind in (BATCH, BATCH_FIXED):
         return dshat * rstd
@@ -119,10 +141,10 @@ def _mask_at(mask: Tensor, t: int) -> Optional[Tensor]:
 
 
 def _norm_step(s: Tensor, kind: int, m: Optional[Tensor], t: int, fix_mean: Tensor, fix_var: Tensor, eps: float,
-               shat_all: Tensor, rstd: Tensor, stats: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+               shat_all: Tensor, rstd: Tensor, stats: tuple[Tensor, Tensor, Tensor], reduce=None) -> Tensor:
     """:func:`norm_forward` of step t: keeps ŝ and rstd for backward and, for batch statistics, the step's
     (mean, var, count) in ``stats``. Returns ŝ."""
-    shat, r, mu, var, cnt = norm_forward(s, kind, m, _row(fix_mean, t), _row(fix_var, t), eps)
+    shat, r, mu, var, cnt = norm_forward(s, kind, m, _row(fix_mean, t), _row(fix_var, t), eps, reduce)
     shat_all[t], rstd[t] = shat, r
     if kind == BATCH:
         stats[0][t], stats[1][t], stats[2][t] = mu, var, cnt
@@ -181,7 +203,7 @@ def _lstm(xa: Tensor, h0: Tensor, c0: Tensor, loop: LSTMLoop):
         a = acts[t]  # the gates are computed in place in the saved buffer
         if gamma_h.numel():
             shat = _norm_step(s, kind_h, m, t, fix_mean_h, fix_var_h, eps, shat_all, rstd_h,
-                              (mean_h, var_h, count_h))
+                              (mean_h, var_h, count_h), loop.reduce)
             torch.addcmul(base[t], shat, gamma_h, out=a)
         else:
             torch.add(base[t], s, out=a)
@@ -192,7 +214,7 @@ def _lstm(xa: Tensor, h0: Tensor, c0: Tensor, loop: LSTMLoop):
         c_new = torch.addcmul(f * c, i, g)
         if gamma_c.numel():
             chat = _norm_step(c_new, kind_c, m, t, fix_mean_c, fix_var_c, eps, chat_all, rstd_c,
-                              (mean_c, var_c, count_c))
+                              (mean_c, var_c, count_c), loop.reduce)
             c_out = torch.addcmul(beta_c, chat, gamma_c) if beta_c.numel() else chat * gamma_c
         else:
             c_out = c_new
@@ -218,7 +240,7 @@ def lstm_forward(xa: Tensor, h0: Tensor, c0: Tensor, loop: LSTMLoop) -> ForwardR
     mean_c = stats_c.mean if loop.kind_c == BATCH else loop.fixed_c.mean.clone()
     saved = Saved((loop.w_hh, loop.gamma_h, loop.gamma_c, loop.beta_c, loop.mask, h_all, c_all, acts, shat, rstd_h,
                    chat, rstd_c, mean_c, stats_h.count, stats_c.count),
-                  (loop.kind_h, loop.kind_c, loop.joint, loop.carry))
+                  (loop.kind_h, loop.kind_c, loop.joint, loop.carry, loop.reduce))
     return ForwardResult(out, (h_all[-1].clone(), c_all[-1].clone()), (stats_h, stats_c), saved)
 
 
@@ -243,7 +265,7 @@ def lstm_backward(dout: Tensor, dhT: Tensor, dcT: Tensor, saved: Saved) -> LSTMG
     means the batch kinds used (batch statistics or given)."""
     (w_hh, gamma_h, gamma_c, beta_c, mask, h_all, c_all, acts, shat_all, rstd_h, chat_all, rstd_c, mean_c, count_h,
      count_c) = saved.tensors
-    kind_h, kind_c, joint, carry = saved.flags
+    kind_h, kind_c, joint, carry, reduce = saved.flags
     T, N, G = acts.shape
     H = G // 4
     if gamma_c.numel() and not chat_all.numel():
@@ -277,7 +299,7 @@ def lstm_backward(dout: Tensor, dhT: Tensor, dcT: Tensor, saved: Saved) -> LSTMG
         if gamma_c.numel():
             dcout_all[t] = dcout
             dc_new = norm_backward(dcout * gamma_c, chat_all[t], rstd_c[t], kind_c, m,
-                                   int(count_c[t]) if count_c.numel() else 0)
+                                   int(count_c[t]) if count_c.numel() else 0, reduce)
         else:
             dc_new = dcout
         if not carry:
@@ -289,7 +311,7 @@ def lstm_backward(dout: Tensor, dhT: Tensor, dcT: Tensor, saved: Saved) -> LSTMG
         torch.mul(dh_step * tc, o * (1 - o), out=do)
         if gamma_h.numel():
             ds_all[t] = norm_backward(da_all[t] * gamma_h, shat_all[t], rstd_h[t], kind_h, m,
-                                      int(count_h[t]) if count_h.numel() else 0)
+                                      int(count_h[t]) if count_h.numel() else 0, reduce)
         dh = ds_all[t] @ w_hh
         dc = dc_new * f
         if m is not None:
@@ -330,7 +352,7 @@ def _gru(xa: Tensor, h0: Tensor, loop: GRULoop):
         s = h @ wt
         if gamma_h.numel():
             shat = _norm_step(s, kind_h, m, t, fix_mean_h, fix_var_h, eps, shat_all, rstd_h,
-                              (mean_h, var_h, count_h))
+                              (mean_h, var_h, count_h), loop.reduce)
             s = shat * gamma_h
         rec = s + bias_hh if bias_hh.numel() else s
         x_r, x_u, x_n = xa[t].chunk(3, 1)
@@ -347,7 +369,7 @@ def _gru(xa: Tensor, h0: Tensor, loop: GRULoop):
 def gru_forward(xa: Tensor, h0: Tensor, loop: GRULoop) -> ForwardResult:
     out, h_all, acts, rec_n, shat, rstd_h, stats_h = _gru(xa, h0, loop)
     saved = Saved((loop.w_hh, loop.gamma_h, loop.mask, h_all, acts, rec_n, shat, rstd_h, stats_h.count),
-                  (loop.kind_h,))
+                  (loop.kind_h, loop.reduce))
     return ForwardResult(out, (h_all[-1].clone(),), (stats_h,), saved)
 
 
@@ -359,7 +381,7 @@ def gru_infer(xa: Tensor, h0: Tensor, loop: GRULoop) -> InferResult:
 def gru_backward(dout: Tensor, dhT: Tensor, saved: Saved) -> GRUGrads:
     """Gradients of :func:`gru_forward`."""
     w_hh, gamma_h, mask, h_all, acts, rec_n_all, shat_all, rstd_h, count_h = saved.tensors
-    (kind_h,) = saved.flags
+    kind_h, reduce = saved.flags
     T, N, G = acts.shape
     H = G // 3
     dxa, ds_all = torch.empty_like(acts), torch.empty_like(acts)
@@ -382,7 +404,8 @@ def gru_backward(dout: Tensor, dhT: Tensor, saved: Saved) -> GRUGrads:
         if gamma_h.numel():
             shat = shat_all[t]
             dgamma_h += (drec * shat).sum(0)
-            ds = norm_backward(drec * gamma_h, shat, rstd_h[t], kind_h, m, int(count_h[t]) if count_h.numel() else 0)
+            ds = norm_backward(drec * gamma_h, shat, rstd_h[t], kind_h, m, int(count_h[t]) if count_h.numel() else 0,
+                               reduce)
         else:
             ds = drec
         ds_all[t] = ds
@@ -433,14 +456,14 @@ def _gru_joint(xa: Tensor, h0: Tensor, loop: GRUJointLoop):
         u = x_rz + s[:, :2 * H]
         if gamma_g.numel():
             uhat = _norm_step(u, kind_g, m, t, fix_mean_g, fix_var_g, eps, uhat_all, rstd_g,
-                              (mean_g, var_g, count_g))
+                              (mean_g, var_g, count_g), loop.reduce)
             u = uhat * gamma_g
         r, z = torch.sigmoid(u + b_rz).chunk(2, 1)
         rec_n = s[:, 2 * H:] + b_hn
         v = x_n + r * rec_n
         if gamma_n.numel():
             vhat = _norm_step(v, kind_n, m, t, fix_mean_n, fix_var_n, eps, vhat_all, rstd_n,
-                              (mean_n, var_n, count_n))
+                              (mean_n, var_n, count_n), loop.reduce)
             v = vhat * gamma_n
         n = torch.tanh(v + b_in)
         acts[t] = torch.cat([r, z, n], 1)
@@ -454,7 +477,7 @@ def _gru_joint(xa: Tensor, h0: Tensor, loop: GRUJointLoop):
 def gru_joint_forward(xa: Tensor, h0: Tensor, loop: GRUJointLoop) -> ForwardResult:
     out, h_all, acts, rec_n, uhat, vhat, rstd_g, rstd_n, stats_g, stats_n = _gru_joint(xa, h0, loop)
     saved = Saved((loop.w_hh, loop.gamma_g, loop.gamma_n, loop.mask, h_all, acts, rec_n, uhat, vhat, rstd_g, rstd_n,
-                   stats_g.count, stats_n.count), (loop.kind_g, loop.kind_n))
+                   stats_g.count, stats_n.count), (loop.kind_g, loop.kind_n, loop.reduce))
     return ForwardResult(out, (h_all[-1].clone(),), (stats_g, stats_n), saved)
 
 
@@ -471,7 +494,7 @@ def gru_joint_backward(dout: Tensor, dhT: Tensor, saved: Saved) -> GRUJointGrads
     act), from which the bias and gain gradients are reduced once after the loop."""
     (w_hh, gamma_g, gamma_n, mask, h_all, acts, rec_n_all, uhat_all, vhat_all, rstd_g, rstd_n, count_g,
      count_n) = saved.tensors
-    kind_g, kind_n = saved.flags
+    kind_g, kind_n, reduce = saved.flags
     T, N, G = acts.shape
     H = G // 3
     dxa, ds_all, dpre = torch.empty_like(acts), torch.empty_like(acts), torch.empty_like(acts)
@@ -486,14 +509,14 @@ def gru_joint_backward(dout: Tensor, dhT: Tensor, saved: Saved) -> GRUJointGrads
         e_z = dh_step * (h - n) * z * (1 - z)
         if gamma_n.numel():
             dv = norm_backward(e_n * gamma_n, vhat_all[t], rstd_n[t], kind_n, m,
-                               int(count_n[t]) if count_n.numel() else 0)
+                               int(count_n[t]) if count_n.numel() else 0, reduce)
         else:
             dv = e_n
         e_r = dv * rec_n_all[t] * r * (1 - r)
         e_rz = torch.cat([e_r, e_z], 1)
         if gamma_g.numel():
             du = norm_backward(e_rz * gamma_g, uhat_all[t], rstd_g[t], kind_g, m,
-                               int(count_g[t]) if count_g.numel() else 0)
+                               int(count_g[t]) if count_g.numel() else 0, reduce)
         else:
             du = e_rz
         dpre[t] = torch.cat([e_rz, e_n], 1)
@@ -537,7 +560,7 @@ def _rnn(xa: Tensor, h0: Tensor, loop: RNNLoop):
         s = xa[t] + h @ wt if joint else h @ wt
         if gamma_h.numel():
             shat = _norm_step(s, kind_h, m, t, fix_mean_h, fix_var_h, eps, shat_all, rstd_h,
-                              (mean_h, var_h, count_h))
+                              (mean_h, var_h, count_h), loop.reduce)
             s = shat * gamma_h
         a = s + bias if joint else xa[t] + s + bias
         h_new = torch.relu(a) if relu else torch.tanh(a)
@@ -549,7 +572,7 @@ def _rnn(xa: Tensor, h0: Tensor, loop: RNNLoop):
 def rnn_forward(xa: Tensor, h0: Tensor, loop: RNNLoop) -> ForwardResult:
     out, h_all, act, shat, rstd_h, stats_h = _rnn(xa, h0, loop)
     saved = Saved((loop.w_hh, loop.gamma_h, loop.mask, h_all, act, shat, rstd_h, stats_h.count),
-                  (loop.kind_h, loop.joint, loop.relu))
+                  (loop.kind_h, loop.joint, loop.relu, loop.reduce))
     return ForwardResult(out, (h_all[-1].clone(),), (stats_h,), saved)
 
 
@@ -561,7 +584,7 @@ def rnn_infer(xa: Tensor, h0: Tensor, loop: RNNLoop) -> InferResult:
 def rnn_backward(dout: Tensor, dhT: Tensor, saved: Saved) -> RNNGrads:
     """Gradients of :func:`rnn_forward`."""
     w_hh, gamma_h, mask, h_all, act_all, shat_all, rstd_h, count_h = saved.tensors
-    kind_h, joint, relu = saved.flags
+    kind_h, joint, relu, reduce = saved.flags
     T, N, H = act_all.shape
     dxa, ds_all = torch.empty_like(act_all), torch.empty_like(act_all)
     dbias = act_all.new_zeros(H)
@@ -577,7 +600,8 @@ def rnn_backward(dout: Tensor, dhT: Tensor, saved: Saved) -> RNNGrads:
         if gamma_h.numel():
             shat = shat_all[t]
             dgamma_h += (da * shat).sum(0)
-            ds = norm_backward(da * gamma_h, shat, rstd_h[t], kind_h, m, int(count_h[t]) if count_h.numel() else 0)
+            ds = norm_backward(da * gamma_h, shat, rstd_h[t], kind_h, m, int(count_h[t]) if count_h.numel() else 0,
+                               reduce)
         else:
             ds = da
         dxa[t] = ds if joint else da

@@ -9,7 +9,7 @@ template <typename T>
 std::vector<at::Tensor> rnn_forward_impl(const at::Tensor& xa, const at::Tensor& h0, const at::Tensor& w_hh,
                                          const at::Tensor& bias, const at::Tensor& gamma_h, const at::Tensor& mask,
                                          const at::Tensor& fmh, const at::Tensor& fvh, int64_t kind_h, bool joint,
-                                         bool relu, double eps_, bool keep) {
+                                         bool relu, double eps_, bool keep, const Reducer& reduce) {
   const int64_t T_ = xa.size(0), N = xa.size(1), H = xa.size(2);
   const T eps = static_cast<T>(eps_);
   // Without backward to feed (inference), the per-step buffers hold one step and are reused.
@@ -35,7 +35,7 @@ std::vector<at::Tensor> rnn_forward_impl(const at::Tensor& xa, const at::Tensor&
     const bool* m = mk ? mk + t * N : nullptr;
     T* rh = rstd_h.data_ptr<T>() + tk * rstd_h.size(1) * rstd_h.size(2);
     if (has_h && per_col(kind_h)) {
-      const int64_t cnt = col_stats<T>(sp, N, H, m, ptr<T>(fmh) + t * H, ptr<T>(fvh) + t * H, eps, kind_h,
+      const int64_t cnt = col_stats<T>(reduce, sp, N, H, m, ptr<T>(fmh) + t * H, ptr<T>(fvh) + t * H, eps, kind_h,
                                        colmean.data(), rh, kind_h == BATCH ? ptr<T>(mean_h) + t * H : nullptr,
                                        kind_h == BATCH ? ptr<T>(var_h) + t * H : nullptr);
       if (kind_h == BATCH) count_h.data_ptr<T>()[t] = static_cast<T>(cnt);
@@ -67,7 +67,8 @@ template <typename T>
 std::vector<at::Tensor> rnn_backward_impl(const at::Tensor& dout, const at::Tensor& dhT, const at::Tensor& w_hh, const at::Tensor& gamma_h, const at::Tensor& mask,
                                           const at::Tensor& h_all, const at::Tensor& act,
                                           const at::Tensor& shat_all, const at::Tensor& rstd_h,
-                                          const at::Tensor& count_h, int64_t kind_h, bool joint, bool relu) {
+                                          const at::Tensor& count_h, int64_t kind_h, bool joint, bool relu,
+                                          const Reducer& reduce) {
   const int64_t T_ = act.size(0), N = act.size(1), H = act.size(2);
   const bool has_h = gamma_h.numel() > 0;
   const auto o = act.options();
@@ -109,7 +110,7 @@ std::vector<at::Tensor> rnn_backward_impl(const at::Tensor& dout, const at::Tens
       }
     });
     add_col_sums<T>(da_t, has_h ? sh_t : nullptr, N, H, dbias.data_ptr<T>(), ptr<T>(dgamma));
-    if (col_h) col_norm_bwd<T>(ds_t, sh_t, rh, N, H, m, static_cast<int64_t>(count_h.data_ptr<T>()[t]));
+    if (col_h) col_norm_bwd<T>(reduce, ds_t, sh_t, rh, N, H, m, static_cast<int64_t>(count_h.data_ptr<T>()[t]));
     gemm(dh_next.data_ptr<T>(), ring.slot(t), ring.G);
     ring.done(t, h_all);
     if (m != nullptr) {

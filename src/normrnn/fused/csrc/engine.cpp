@@ -14,6 +14,7 @@
 //   row_kernels.h   norm kinds, activations, row and column norms, the cell kernels of one step
 //   gemm.h          the per-step recurrent GEMM (MKL's packed GEMM or at::mm_out)
 //   loop.h          shared by the time loops: per-step gradient sums, the ds ring for dW_hh, row groups, states
+//   reduce.h        synchronised batch norm: per-step sums over the ranks through the loop's reducer
 //   lstm.h          the LSTM loop
 //   gru.h           the GRU loops: separate terms, joint terms
 //   elman.h         the Elman RNN loop
@@ -42,6 +43,7 @@ namespace {
 #include "row_kernels.h"
 #include "gemm.h"
 #include "loop.h"
+#include "reduce.h"
 #include "lstm.h"
 #include "gru.h"
 #include "elman.h"
@@ -56,7 +58,8 @@ namespace {
 // loop, [mean (T, F), var (T, F), count (T)] per norm (empty tensors unless the norm computes batch statistics);
 // and `saved`, what the matching backward reads, in the order of its impl's arguments. Python keeps `saved` with
 // the autograd node and hands it back unread. An inference forward returns (out, state, stats): it keeps one
-// step's buffers and saves nothing.
+// step's buffers and saves nothing. The last argument of every loop's binding, forward and backward, is the loop's
+// reducer (synchronised batch norm, reduce.h) or None.
 
 #define NORMRNN_DISPATCH(x, name, call) \
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), name, [&] { return call; })
@@ -76,18 +79,18 @@ Tensors slots(const Tensors& r, size_t from) { return Tensors(r.begin() + from, 
 Tensors lstm_run(at::Tensor xa, at::Tensor h0, at::Tensor c0, at::Tensor w_hh, at::Tensor bias, at::Tensor gamma_h,
                  at::Tensor gamma_c, at::Tensor beta_c, at::Tensor mask, at::Tensor fmh, at::Tensor fvh,
                  at::Tensor fmc, at::Tensor fvc, int64_t kind_h, int64_t kind_c, bool joint, bool carry, double eps,
-                 bool keep) {
+                 bool keep, const Reducer& reduce) {
   return NORMRNN_DISPATCH(xa, "lstm_forward",
       lstm_forward_impl<scalar_t>(xa, h0, c0, w_hh, bias, gamma_h, gamma_c, beta_c, mask, fmh, fvh, fmc, fvc,
-                                  kind_h, kind_c, joint, carry, eps, keep));
+                                  kind_h, kind_c, joint, carry, eps, keep, reduce));
 }
 
 Trained lstm_forward(at::Tensor xa, at::Tensor h0, at::Tensor c0, at::Tensor w_hh, at::Tensor bias,
                      at::Tensor gamma_h, at::Tensor gamma_c, at::Tensor beta_c, at::Tensor mask, at::Tensor fmh,
                      at::Tensor fvh, at::Tensor fmc, at::Tensor fvc, int64_t kind_h, int64_t kind_c, bool joint,
-                     bool carry, double eps) {
+                     bool carry, double eps, py::object reduce) {
   const auto r = lstm_run(xa, h0, c0, w_hh, bias, gamma_h, gamma_c, beta_c, mask, fmh, fvh, fmc, fvc, kind_h, kind_c,
-                          joint, carry, eps, true);
+                          joint, carry, eps, true, Reducer(reduce));
   // Backward renormalizes the cell with the column means the batch kinds used; fmc may view the running
   // statistics, which a later training call updates in place: a copy.
   const at::Tensor mean_c_used = kind_c == BATCH ? r[11] : fmc.clone();
@@ -99,104 +102,116 @@ Trained lstm_forward(at::Tensor xa, at::Tensor h0, at::Tensor c0, at::Tensor w_h
 Inferred lstm_infer(at::Tensor xa, at::Tensor h0, at::Tensor c0, at::Tensor w_hh, at::Tensor bias,
                     at::Tensor gamma_h, at::Tensor gamma_c, at::Tensor beta_c, at::Tensor mask, at::Tensor fmh,
                     at::Tensor fvh, at::Tensor fmc, at::Tensor fvc, int64_t kind_h, int64_t kind_c, bool joint,
-                    bool carry, double eps) {
+                    bool carry, double eps, py::object reduce) {
   const auto r = lstm_run(xa, h0, c0, w_hh, bias, gamma_h, gamma_c, beta_c, mask, fmh, fvh, fmc, fvc, kind_h, kind_c,
-                          joint, carry, eps, false);
+                          joint, carry, eps, false, Reducer(reduce));
   return {r[0], {last_state(r[1], false), last_state(r[2], false)}, slots(r, 8)};
 }
 
 Tensors lstm_backward(at::Tensor dout, at::Tensor dhT, at::Tensor dcT, Tensors s, int64_t kind_h, int64_t kind_c,
-                      bool joint, bool carry) {
+                      bool joint, bool carry, py::object reduce) {
   TORCH_CHECK(s.size() == 15, "lstm_backward: the saved state of lstm_forward");
   return NORMRNN_DISPATCH(s[7], "lstm_backward",
       lstm_backward_impl<scalar_t>(dout, dhT, dcT, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10],
-                                   s[11], s[12], s[13], s[14], kind_h, kind_c, joint, carry));
+                                   s[11], s[12], s[13], s[14], kind_h, kind_c, joint, carry, Reducer(reduce)));
 }
 
 // GRU, separate terms. impl: out, h_all, acts, rec_n, shat, rstd_h | mean_h, var_h, count_h
 Tensors gru_run(at::Tensor xa, at::Tensor h0, at::Tensor w_hh, at::Tensor bias_hh, at::Tensor gamma_h,
-                at::Tensor mask, at::Tensor fmh, at::Tensor fvh, int64_t kind_h, double eps, bool keep) {
+                at::Tensor mask, at::Tensor fmh, at::Tensor fvh, int64_t kind_h, double eps, bool keep,
+                const Reducer& reduce) {
   return NORMRNN_DISPATCH(xa, "gru_forward",
-      gru_forward_impl<scalar_t>(xa, h0, w_hh, bias_hh, gamma_h, mask, fmh, fvh, kind_h, eps, keep));
+      gru_forward_impl<scalar_t>(xa, h0, w_hh, bias_hh, gamma_h, mask, fmh, fvh, kind_h, eps, keep, reduce));
 }
 
 Trained gru_forward(at::Tensor xa, at::Tensor h0, at::Tensor w_hh, at::Tensor bias_hh, at::Tensor gamma_h,
-                    at::Tensor mask, at::Tensor fmh, at::Tensor fvh, int64_t kind_h, double eps) {
-  const auto r = gru_run(xa, h0, w_hh, bias_hh, gamma_h, mask, fmh, fvh, kind_h, eps, true);
+                    at::Tensor mask, at::Tensor fmh, at::Tensor fvh, int64_t kind_h, double eps, py::object reduce) {
+  const auto r = gru_run(xa, h0, w_hh, bias_hh, gamma_h, mask, fmh, fvh, kind_h, eps, true, Reducer(reduce));
   return {r[0], {last_state(r[1], true)}, slots(r, 6), {w_hh, gamma_h, mask, r[1], r[2], r[3], r[4], r[5], r[8]}};
 }
 
 Inferred gru_infer(at::Tensor xa, at::Tensor h0, at::Tensor w_hh, at::Tensor bias_hh, at::Tensor gamma_h,
-                   at::Tensor mask, at::Tensor fmh, at::Tensor fvh, int64_t kind_h, double eps) {
-  const auto r = gru_run(xa, h0, w_hh, bias_hh, gamma_h, mask, fmh, fvh, kind_h, eps, false);
+                   at::Tensor mask, at::Tensor fmh, at::Tensor fvh, int64_t kind_h, double eps, py::object reduce) {
+  const auto r = gru_run(xa, h0, w_hh, bias_hh, gamma_h, mask, fmh, fvh, kind_h, eps, false, Reducer(reduce));
   return {r[0], {last_state(r[1], false)}, slots(r, 6)};
 }
 
-Tensors gru_backward(at::Tensor dout, at::Tensor dhT, Tensors s, int64_t kind_h) {
+Tensors gru_backward(at::Tensor dout, at::Tensor dhT, Tensors s, int64_t kind_h, py::object reduce) {
   TORCH_CHECK(s.size() == 9, "gru_backward: the saved state of gru_forward");
   return NORMRNN_DISPATCH(s[4], "gru_backward",
-      gru_backward_impl<scalar_t>(dout, dhT, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], kind_h));
+      gru_backward_impl<scalar_t>(dout, dhT, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], kind_h,
+                                  Reducer(reduce)));
 }
 
 // GRU, joint terms. impl: out, h_all, acts, rec_n, uhat, vhat, rstd_g, rstd_n | mean_g, var_g, count_g, mean_n,
 // var_n, count_n
 Tensors gru_joint_run(at::Tensor xa, at::Tensor h0, at::Tensor w_hh, at::Tensor bias_ih, at::Tensor bias_hh,
                       at::Tensor gamma_g, at::Tensor gamma_n, at::Tensor mask, at::Tensor fmg, at::Tensor fvg,
-                      at::Tensor fmn, at::Tensor fvn, int64_t kind_g, int64_t kind_n, double eps, bool keep) {
+                      at::Tensor fmn, at::Tensor fvn, int64_t kind_g, int64_t kind_n, double eps, bool keep,
+                      const Reducer& reduce) {
   return NORMRNN_DISPATCH(xa, "gru_joint_forward",
       gru_joint_forward_impl<scalar_t>(xa, h0, w_hh, bias_ih, bias_hh, gamma_g, gamma_n, mask, fmg, fvg, fmn, fvn,
-                                       kind_g, kind_n, eps, keep));
+                                       kind_g, kind_n, eps, keep, reduce));
 }
 
 Trained gru_joint_forward(at::Tensor xa, at::Tensor h0, at::Tensor w_hh, at::Tensor bias_ih, at::Tensor bias_hh,
                           at::Tensor gamma_g, at::Tensor gamma_n, at::Tensor mask, at::Tensor fmg, at::Tensor fvg,
-                          at::Tensor fmn, at::Tensor fvn, int64_t kind_g, int64_t kind_n, double eps) {
+                          at::Tensor fmn, at::Tensor fvn, int64_t kind_g, int64_t kind_n, double eps,
+                          py::object reduce) {
   const auto r = gru_joint_run(xa, h0, w_hh, bias_ih, bias_hh, gamma_g, gamma_n, mask, fmg, fvg, fmn, fvn, kind_g,
-                               kind_n, eps, true);
+                               kind_n, eps, true, Reducer(reduce));
   return {r[0], {last_state(r[1], true)}, slots(r, 8),
           {w_hh, gamma_g, gamma_n, mask, r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[10], r[13]}};
 }
 
 Inferred gru_joint_infer(at::Tensor xa, at::Tensor h0, at::Tensor w_hh, at::Tensor bias_ih, at::Tensor bias_hh,
                          at::Tensor gamma_g, at::Tensor gamma_n, at::Tensor mask, at::Tensor fmg, at::Tensor fvg,
-                         at::Tensor fmn, at::Tensor fvn, int64_t kind_g, int64_t kind_n, double eps) {
+                         at::Tensor fmn, at::Tensor fvn, int64_t kind_g, int64_t kind_n, double eps,
+                         py::object reduce) {
   const auto r = gru_joint_run(xa, h0, w_hh, bias_ih, bias_hh, gamma_g, gamma_n, mask, fmg, fvg, fmn, fvn, kind_g,
-                               kind_n, eps, false);
+                               kind_n, eps, false, Reducer(reduce));
   return {r[0], {last_state(r[1], false)}, slots(r, 8)};
 }
 
-Tensors gru_joint_backward(at::Tensor dout, at::Tensor dhT, Tensors s, int64_t kind_g, int64_t kind_n) {
+Tensors gru_joint_backward(at::Tensor dout, at::Tensor dhT, Tensors s, int64_t kind_g, int64_t kind_n,
+                           py::object reduce) {
   TORCH_CHECK(s.size() == 13, "gru_joint_backward: the saved state of gru_joint_forward");
   return NORMRNN_DISPATCH(s[5], "gru_joint_backward",
       gru_joint_backward_impl<scalar_t>(dout, dhT, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9],
-                                        s[10], s[11], s[12], kind_g, kind_n));
+                                        s[10], s[11], s[12], kind_g, kind_n, Reducer(reduce)));
 }
 
 // Elman RNN. impl: out, h_all, act, shat, rstd_h | mean_h, var_h, count_h
 Tensors rnn_run(at::Tensor xa, at::Tensor h0, at::Tensor w_hh, at::Tensor bias, at::Tensor gamma_h, at::Tensor mask,
-                at::Tensor fmh, at::Tensor fvh, int64_t kind_h, bool joint, bool relu, double eps, bool keep) {
+                at::Tensor fmh, at::Tensor fvh, int64_t kind_h, bool joint, bool relu, double eps, bool keep,
+                const Reducer& reduce) {
   return NORMRNN_DISPATCH(xa, "rnn_forward",
-      rnn_forward_impl<scalar_t>(xa, h0, w_hh, bias, gamma_h, mask, fmh, fvh, kind_h, joint, relu, eps, keep));
+      rnn_forward_impl<scalar_t>(xa, h0, w_hh, bias, gamma_h, mask, fmh, fvh, kind_h, joint, relu, eps, keep,
+                                 reduce));
 }
 
 Trained rnn_forward(at::Tensor xa, at::Tensor h0, at::Tensor w_hh, at::Tensor bias, at::Tensor gamma_h,
                     at::Tensor mask, at::Tensor fmh, at::Tensor fvh, int64_t kind_h, bool joint, bool relu,
-                    double eps) {
-  const auto r = rnn_run(xa, h0, w_hh, bias, gamma_h, mask, fmh, fvh, kind_h, joint, relu, eps, true);
+                    double eps, py::object reduce) {
+  const auto r = rnn_run(xa, h0, w_hh, bias, gamma_h, mask, fmh, fvh, kind_h, joint, relu, eps, true,
+                         Reducer(reduce));
   return {r[0], {last_state(r[1], true)}, slots(r, 5), {w_hh, gamma_h, mask, r[1], r[2], r[3], r[4], r[7]}};
 }
 
 Inferred rnn_infer(at::Tensor xa, at::Tensor h0, at::Tensor w_hh, at::Tensor bias, at::Tensor gamma_h,
                    at::Tensor mask, at::Tensor fmh, at::Tensor fvh, int64_t kind_h, bool joint, bool relu,
-                   double eps) {
-  const auto r = rnn_run(xa, h0, w_hh, bias, gamma_h, mask, fmh, fvh, kind_h, joint, relu, eps, false);
+                   double eps, py::object reduce) {
+  const auto r = rnn_run(xa, h0, w_hh, bias, gamma_h, mask, fmh, fvh, kind_h, joint, relu, eps, false,
+                         Reducer(reduce));
   return {r[0], {last_state(r[1], false)}, slots(r, 5)};
 }
 
-Tensors rnn_backward(at::Tensor dout, at::Tensor dhT, Tensors s, int64_t kind_h, bool joint, bool relu) {
+Tensors rnn_backward(at::Tensor dout, at::Tensor dhT, Tensors s, int64_t kind_h, bool joint, bool relu,
+                     py::object reduce) {
   TORCH_CHECK(s.size() == 8, "rnn_backward: the saved state of rnn_forward");
   return NORMRNN_DISPATCH(s[4], "rnn_backward",
-      rnn_backward_impl<scalar_t>(dout, dhT, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], kind_h, joint, relu));
+      rnn_backward_impl<scalar_t>(dout, dhT, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], kind_h, joint, relu,
+                                  Reducer(reduce)));
 }
 
 std::vector<at::Tensor> lstm_stream(at::Tensor x, at::Tensor h0, at::Tensor c0, std::vector<StreamLayer> layers,

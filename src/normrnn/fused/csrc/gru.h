@@ -9,7 +9,7 @@ template <typename T>
 std::vector<at::Tensor> gru_forward_impl(const at::Tensor& xa, const at::Tensor& h0, const at::Tensor& w_hh,
                                          const at::Tensor& bias_hh, const at::Tensor& gamma_h,
                                          const at::Tensor& mask, const at::Tensor& fmh, const at::Tensor& fvh,
-                                         int64_t kind_h, double eps_, bool keep) {
+                                         int64_t kind_h, double eps_, bool keep, const Reducer& reduce) {
   const int64_t T_ = xa.size(0), N = xa.size(1), G = xa.size(2), H = G / 3;
   const T eps = static_cast<T>(eps_);
   // Without backward to feed (inference), the per-step buffers hold one step and are reused.
@@ -35,7 +35,7 @@ std::vector<at::Tensor> gru_forward_impl(const at::Tensor& xa, const at::Tensor&
     const bool* m = mk ? mk + t * N : nullptr;
     T* rh = rstd_h.data_ptr<T>() + tk * rstd_h.size(1) * rstd_h.size(2);
     if (has_h && per_col(kind_h)) {
-      const int64_t cnt = col_stats<T>(sp, N, G, m, ptr<T>(fmh) + t * G, ptr<T>(fvh) + t * G, eps, kind_h,
+      const int64_t cnt = col_stats<T>(reduce, sp, N, G, m, ptr<T>(fmh) + t * G, ptr<T>(fvh) + t * G, eps, kind_h,
                                        colmean.data(), rh, kind_h == BATCH ? ptr<T>(mean_h) + t * G : nullptr,
                                        kind_h == BATCH ? ptr<T>(var_h) + t * G : nullptr);
       if (kind_h == BATCH) count_h.data_ptr<T>()[t] = static_cast<T>(cnt);
@@ -67,7 +67,8 @@ template <typename T>
 std::vector<at::Tensor> gru_backward_impl(const at::Tensor& dout, const at::Tensor& dhT, const at::Tensor& w_hh, const at::Tensor& gamma_h, const at::Tensor& mask,
                                           const at::Tensor& h_all, const at::Tensor& acts,
                                           const at::Tensor& rec_n_all, const at::Tensor& shat_all,
-                                          const at::Tensor& rstd_h, const at::Tensor& count_h, int64_t kind_h) {
+                                          const at::Tensor& rstd_h, const at::Tensor& count_h, int64_t kind_h,
+                                          const Reducer& reduce) {
   const int64_t T_ = acts.size(0), N = acts.size(1), G = acts.size(2), H = G / 3;
   const bool has_h = gamma_h.numel() > 0;
   const auto o = acts.options();
@@ -116,7 +117,7 @@ std::vector<at::Tensor> gru_backward_impl(const at::Tensor& dout, const at::Tens
       }
     });
     add_col_sums<T>(dr_t, has_h ? sh_t : nullptr, N, G, dbias.data_ptr<T>(), ptr<T>(dgamma));
-    if (col_h) col_norm_bwd<T>(ds_t, sh_t, rh, N, G, m, static_cast<int64_t>(count_h.data_ptr<T>()[t]));
+    if (col_h) col_norm_bwd<T>(reduce, ds_t, sh_t, rh, N, G, m, static_cast<int64_t>(count_h.data_ptr<T>()[t]));
     gemm(dh_next.data_ptr<T>(), ring.slot(t), ring.G, direct.data_ptr<T>());
     ring.done(t, h_all);
     std::swap(dh, dh_next);
@@ -212,7 +213,7 @@ std::vector<at::Tensor> gru_joint_forward_impl(const at::Tensor& xa, const at::T
                                                const at::Tensor& gamma_g, const at::Tensor& gamma_n,
                                                const at::Tensor& mask, const at::Tensor& fmg, const at::Tensor& fvg,
                                                const at::Tensor& fmn, const at::Tensor& fvn, int64_t kind_g,
-                                               int64_t kind_n, double eps_, bool keep) {
+                                               int64_t kind_n, double eps_, bool keep, const Reducer& reduce) {
   const int64_t T_ = xa.size(0), N = xa.size(1), G = xa.size(2), H = G / 3, H2 = 2 * H;
   const T eps = static_cast<T>(eps_);
   // Without backward to feed (inference), the per-step buffers hold one step and are reused.
@@ -276,7 +277,7 @@ std::vector<at::Tensor> gru_joint_forward_impl(const at::Tensor& xa, const at::T
     }
     if (col_g) {
       for_rows(N, H2, form_u);
-      count_g.data_ptr<T>()[t] = static_cast<T>(col_stats<T>(uh_t, N, H2, m, ptr<T>(fmg) + t * H2,
+      count_g.data_ptr<T>()[t] = static_cast<T>(col_stats<T>(reduce, uh_t, N, H2, m, ptr<T>(fmg) + t * H2,
                                                               ptr<T>(fvg) + t * H2, eps, kind_g, colmean_g.data(),
                                                               rg, ptr<T>(mean_g) + t * H2, ptr<T>(var_g) + t * H2));
     }
@@ -286,7 +287,7 @@ std::vector<at::Tensor> gru_joint_forward_impl(const at::Tensor& xa, const at::T
     };
     if (col_n) {
       for_rows(N, G, front);
-      count_n.data_ptr<T>()[t] = static_cast<T>(col_stats<T>(vh_t, N, H, m, ptr<T>(fmn) + t * H, ptr<T>(fvn) + t * H,
+      count_n.data_ptr<T>()[t] = static_cast<T>(col_stats<T>(reduce, vh_t, N, H, m, ptr<T>(fmn) + t * H, ptr<T>(fvn) + t * H,
                                                               eps, kind_n, colmean_n.data(), rn, ptr<T>(mean_n) + t * H,
                                                               ptr<T>(var_n) + t * H));
       for_rows(N, H, candidate);
@@ -311,7 +312,7 @@ std::vector<at::Tensor> gru_joint_backward_impl(const at::Tensor& dout, const at
                                                 const at::Tensor& uhat_all, const at::Tensor& vhat_all,
                                                 const at::Tensor& rstd_g, const at::Tensor& rstd_n,
                                                 const at::Tensor& count_g, const at::Tensor& count_n, int64_t kind_g,
-                                                int64_t kind_n) {
+                                                int64_t kind_n, const Reducer& reduce) {
   const int64_t T_ = acts.size(0), N = acts.size(1), G = acts.size(2), H = G / 3, H2 = 2 * H;
   const bool has_g = gamma_g.numel() > 0, has_n = gamma_n.numel() > 0;
   const auto o = acts.options();
@@ -386,7 +387,7 @@ std::vector<at::Tensor> gru_joint_backward_impl(const at::Tensor& dout, const at
     };
     if (col_n) {
       for_rows(N, H, [&](int64_t n) { if (running(n)) candidate(n); else finished(n); });
-      col_norm_bwd<T>(dv, vh_t, rn, N, H, m, static_cast<int64_t>(count_n.data_ptr<T>()[t]));
+      col_norm_bwd<T>(reduce, dv, vh_t, rn, N, H, m, static_cast<int64_t>(count_n.data_ptr<T>()[t]));
       for_rows(N, G, [&](int64_t n) { if (running(n)) back(n); });
     } else {
       for_rows(N, G, [&](int64_t n) {
@@ -399,7 +400,7 @@ std::vector<at::Tensor> gru_joint_backward_impl(const at::Tensor& dout, const at
       });
     }
     if (col_g) {
-      col_norm_bwd<T>(du, uh_t, rg, N, H2, m, static_cast<int64_t>(count_g.data_ptr<T>()[t]));
+      col_norm_bwd<T>(reduce, du, uh_t, rg, N, H2, m, static_cast<int64_t>(count_g.data_ptr<T>()[t]));
       for_rows(N, H2, [&](int64_t n) { if (running(n)) place_du(n); });
     }
     gemm(dh_next.data_ptr<T>(), ds_all.data_ptr<T>() + t * N * G, G, direct.data_ptr<T>());

@@ -11,7 +11,8 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
                                           const at::Tensor& gamma_c, const at::Tensor& beta_c,
                                           const at::Tensor& mask, const at::Tensor& fmh, const at::Tensor& fvh,
                                           const at::Tensor& fmc, const at::Tensor& fvc, int64_t kind_h,
-                                          int64_t kind_c, bool joint, bool carry, double eps_, bool keep) {
+                                          int64_t kind_c, bool joint, bool carry, double eps_, bool keep,
+                                          const Reducer& reduce) {
   const int64_t T_ = xa.size(0), N = xa.size(1), G = xa.size(2), H = G / 4;
   const T eps = static_cast<T>(eps_);
   // Without backward to feed (inference), the per-step buffers hold one step and are reused.
@@ -64,7 +65,7 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
       T* cnx = c_all.ptr(t + 1);
       T* o_t = out_is_h ? nullptr : out.data_ptr<T>() + t * N * H;
       if (has_h && per_col(kind_h)) {
-        const int64_t cnt = col_stats<T>(sp, N, G, m, ptr<T>(fmh) + t * G, ptr<T>(fvh) + t * G, eps, kind_h,
+        const int64_t cnt = col_stats<T>(reduce, sp, N, G, m, ptr<T>(fmh) + t * G, ptr<T>(fvh) + t * G, eps, kind_h,
                                          colmean_h.data(), rh, kind_h == BATCH ? ptr<T>(mean_h) + t * G : nullptr,
                                          kind_h == BATCH ? ptr<T>(var_h) + t * G : nullptr);
         if (kind_h == BATCH) count_h.data_ptr<T>()[t] = static_cast<T>(cnt);
@@ -111,7 +112,7 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
       }
       if (has_c && kind_c == BATCH) {
         for_rows(N, G, gates);
-        const int64_t cnt = col_stats<T>(cn, N, H, m, ptr<T>(fmc) + t * H, ptr<T>(fvc) + t * H, eps, kind_c,
+        const int64_t cnt = col_stats<T>(reduce, cn, N, H, m, ptr<T>(fmc) + t * H, ptr<T>(fvc) + t * H, eps, kind_c,
                                          colmean_c.data(), rc, ptr<T>(mean_c) + t * H, ptr<T>(var_c) + t * H);
         count_c.data_ptr<T>()[t] = static_cast<T>(cnt);
         for_rows(N, H, finish);
@@ -138,7 +139,7 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
                                            const at::Tensor& rstd_h, const at::Tensor& chat_all,
                                            const at::Tensor& rstd_c, const at::Tensor& mean_c,
                                            const at::Tensor& count_h, const at::Tensor& count_c, int64_t kind_h,
-                                           int64_t kind_c, bool joint, bool carry) {
+                                           int64_t kind_c, bool joint, bool carry, const Reducer& reduce) {
   const int64_t T_ = acts.size(0), N = acts.size(1), G = acts.size(2), H = G / 4;
   const auto o = acts.options();
   const StepGemm<T> gemm(w_hh, N, T_);  // dh_prev = ds W_hh
@@ -255,6 +256,9 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
       std::fill(sum_c.begin(), sum_c.end(), T(0));
       std::fill(sum_c_hat.begin(), sum_c_hat.end(), T(0));
       add_col_sums<T>(dcout_t, ch_t, N, H, sum_c.data(), sum_c_hat.data());
+      add_to(dbeta_c.data_ptr<T>(), sum_c.data(), H);  // (this rank's sums: DDP adds the ranks' gradients)
+      add_to(dgamma_c.data_ptr<T>(), sum_c_hat.data(), H);
+      reduce_sums<T>(reduce, sum_c.data(), sum_c_hat.data(), H);  // synchronised: every rank's sums
       col_norm_bwd_from_sums<T>(dcn, dcout_t, gc, ch_t, rc, sum_c.data(), sum_c_hat.data(), N, H, m,
                                 static_cast<int64_t>(count_c.data_ptr<T>()[t]));
       for_rows(N, G, [&](int64_t n) { if (running(n)) gates(n); });
@@ -276,15 +280,13 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
       add_col_sums<T>(da_t, sh_t, N, G, sum_a.data(), sum_a_hat.data());
       add_to(dbias.data_ptr<T>(), sum_a.data(), G);
       add_to(dgamma_h.data_ptr<T>(), sum_a_hat.data(), G);
+      reduce_sums<T>(reduce, sum_a.data(), sum_a_hat.data(), G);
       col_norm_bwd_from_sums<T>(ds_t, da_t, gh, sh_t, rh, sum_a.data(), sum_a_hat.data(), N, G, m,
                                 static_cast<int64_t>(count_h.data_ptr<T>()[t]));
     } else {
       add_col_sums<T>(da_t, has_h ? sh_t : nullptr, N, G, dbias.data_ptr<T>(), ptr<T>(dgamma_h));
     }
-    if (col_c) {
-      add_to(dbeta_c.data_ptr<T>(), sum_c.data(), H);
-      add_to(dgamma_c.data_ptr<T>(), sum_c_hat.data(), H);
-    } else if (has_c) {
+    if (has_c && !col_c) {
       add_col_sums<T>(dcout_t, ch_t, N, H, dbeta_c.data_ptr<T>(), dgamma_c.data_ptr<T>());
     }
     gemm(dh_next.data_ptr<T>(), ring.slot(t), ring.G);
