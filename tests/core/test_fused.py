@@ -438,11 +438,11 @@ def test_packed_recurrent_gemm_equals_plain_gemm(kind, terms, norm):
     exact = run(copy.deepcopy(first).double(), x.detach().double().requires_grad_())
     results = {}
     for packed in (True, False):
-        previous = NATIVE.set_packed_gemm(packed)
+        previous = NATIVE.set_gemm_path("packed" if packed else "plain")
         try:
             results[packed] = run(copy.deepcopy(first), x)  # (batch norm's running statistics move in each run)
         finally:
-            NATIVE.set_packed_gemm(previous)
+            NATIVE.set_gemm_path(previous)
     for p, q, e in zip(results[True], results[False], exact):
         e = e.float()
         err_packed, err_plain = (p - e).norm().item(), (q - e).norm().item()

@@ -27,15 +27,51 @@ def _git_commit(repo: Path) -> Optional[dict]:
         return None
 
 
-def _cpu_model() -> str:
+def _cpuinfo_field(name: str) -> Optional[str]:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                if key.strip().lower() == name:
+                    return value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def _lscpu_field(name: str) -> Optional[str]:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() == name:
+            return value.strip()
+    return None
+
+
+def _cpu_model() -> str:
+    return _cpuinfo_field("model name") or _lscpu_field("model name") or platform.processor() or platform.machine()
+
+
+def _cpu_vendor() -> Optional[str]:
+    """``GenuineIntel``, ``AuthenticAMD``, ... (/proc/cpuinfo's vendor_id, or lscpu's Vendor ID)."""
+    return _cpuinfo_field("vendor_id") or _lscpu_field("vendor id")
+
+
+def gemm_info() -> Optional[dict]:
+    """Which GEMM paths the native kernels had and chose per shape class in this process (normrnn.fused.native),
+    or None where the kernels are not built."""
+    try:
+        from normrnn.fused import native
+
+        if native.load() is None:
+            return None
+        info = native.gemm_info()
+    except Exception:  # a report must not fail for want of it
+        return None
+    return {k: info.get(k) for k in ("forced", "available", "chosen", "timings_us", "measured", "read", "file")}
 
 
 def machine_info(device: str, threads: int) -> dict:
@@ -44,8 +80,8 @@ def machine_info(device: str, threads: int) -> dict:
     import normrnn
 
     info: dict[str, Any] = {
-        "platform": platform.platform(), "python": platform.python_version(), "cpu_model": _cpu_model(),
-        "cpu_count": os.cpu_count(), "threads": threads, "torch": torch.__version__,
+        "platform": platform.platform(), "python": platform.python_version(), "cpu_vendor": _cpu_vendor(),
+        "cpu_model": _cpu_model(), "cpu_count": os.cpu_count(), "threads": threads, "torch": torch.__version__,
         "normrnn": getattr(normrnn, "__version__", None), "device": device,
         "date": _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds"),
         "git": _git_commit(Path(normrnn.__file__).resolve().parent),
@@ -125,6 +161,16 @@ def markdown_table(results: dict) -> str:
                  f"{info.get('device', '?')}, {settings.get('rounds', '?')} rounds after "
                  f"{settings.get('warmup', '?')} warm-up"
                  + (f", commit {git['commit'][:10]}{' (dirty)' if git.get('dirty') else ''}" if git else "") + ".")
+    gemm = info.get("gemm")
+    if gemm:
+        chosen = gemm.get("chosen") or {}
+        used = sorted(set(chosen.values()))
+        lines.append("")
+        lines.append(f"CPU: {info.get('cpu_vendor') or '?'} {info.get('cpu_model', '?')}. GEMM paths of the native "
+                     f"kernels: {'forced ' + gemm['forced'] if gemm.get('forced') not in (None, 'auto') else 'measured per shape class'}"
+                     f" (available: {', '.join(gemm.get('available') or []) or 'none'}); chosen: "
+                     + (", ".join(f"{k} → {v}" for k, v in sorted(chosen.items())) or "none") + "."
+                     + (f" Paths that ran: {', '.join(used)}." if used else ""))
     lines.append("")
     seq = [r for r in rows if not r["kind"].startswith("stream:")]
     if seq:

@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from .report import atomic_write, machine_info, markdown_table, shape_name
+from .report import atomic_write, gemm_info, machine_info, markdown_table, shape_name
 
 DEFAULT_SHAPES = ((100, 32, 256), (100, 32, 512), (200, 8, 128), (50, 64, 1024))
 CUDA_SHAPES = DEFAULT_SHAPES + ((1024, 16, 768),)  # + FlashRNN's speed figure (Pöppel et al. 2024)
@@ -753,6 +753,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         info = machine_info(device, args.threads)
         timing = run_timing(configs, device, rounds, warmup, args.seed, progress)
+        if device == "cpu":
+            info["gemm"] = gemm_info()  # the paths the timed rows ran on (each shape class chosen at its first use)
         memory = None if args.no_memory else run_memory(configs, device, args.threads, args.seed,
                                                         jobs=max(1, args.memory_jobs), progress=progress)
     finally:

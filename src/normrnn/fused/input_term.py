@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ..cells import CellParams
 from ..cells import input_term as reference_input_term
 from ..norms import IdentityNorm, LayerNorm, RecurrentBatchNorm, RMSNorm
-from .autograd import BatchNormSteps, RMSNormRows, needs_graph
+from .autograd import BatchNormSteps, Projection, RMSNormRows, needs_graph
 from .contract import NONE, Engine, Stats
 from .loop_args import fixed_stats, gain_of, kind_of, syncs, update_running
 
@@ -65,6 +65,19 @@ def normalize(norm: Optional[nn.Module], x: Tensor, step: int, mask: Optional[Te
     return norm(x, step, mask)
 
 
+def _engine_mm(x: Tensor, eng: Engine) -> bool:
+    """Whether the input projection runs on the engine's GEMM path (measured per machine) rather than torch.mm."""
+    return (getattr(eng, "mm", None) is not None and x.device.type in eng.devices and x.dtype == torch.float32
+            and x.dim() == 3)
+
+
+def project(x: Tensor, weight: Tensor, eng: Engine) -> Tensor:
+    """W_ih·x for all steps: on the engine's GEMM path where it has one, else F.linear."""
+    if _engine_mm(x, eng) and weight.dtype == x.dtype:
+        return Projection.apply(x, weight, eng)
+    return torch.nn.functional.linear(x, weight)
+
+
 def _inference(p: CellParams, x: Tensor, start: int, eng: Engine) -> Optional[Tensor]:
     """The input term when nothing records a graph: W_ih·x into kept memory, normalized there in place (one
     pass, no second buffer). ``None`` where it does not apply (batch statistics, a norm bias, another norm)."""
@@ -77,7 +90,10 @@ def _inference(p: CellParams, x: Tensor, start: int, eng: Engine) -> Optional[Te
     T, N, I = x.shape
     G = p.weight_ih.shape[0]
     xp = _scratch.take((T, N, G), x)
-    torch.mm(x.reshape(T * N, I), p.weight_ih.t(), out=xp.view(T * N, G))
+    if _engine_mm(x, eng):
+        eng.mm(x.reshape(T * N, I), p.weight_ih.t(), out=xp.view(T * N, G))
+    else:
+        torch.mm(x.reshape(T * N, I), p.weight_ih.t(), out=xp.view(T * N, G))
     kind = kind_of(norm)
     if kind != NONE:
         eng.norm_rows_(xp, norm.weight, kind, norm.eps, fixed_stats(norm, torch.arange(start, start + T, device=x.device), x))
@@ -98,8 +114,8 @@ def input_term(p: CellParams, x: Tensor, start: int, mask: Optional[Tensor], eng
     # Synchronised batch norm: the module's own path, one all-reduce of every step's [count | sum | sum of
     # squares] before the loop (and one of the matching gradients in backward: normrnn.moments).
     if not isinstance(norm, RecurrentBatchNorm) or norm.bias is not None or syncs(norm):
-        return normalize(norm, torch.nn.functional.linear(x, p.weight_ih), start, mask, eng)
-    xp = torch.nn.functional.linear(x, p.weight_ih).contiguous()
+        return normalize(norm, project(x, p.weight_ih, eng), start, mask, eng)
+    xp = project(x, p.weight_ih, eng).contiguous()
     steps = torch.arange(start, start + x.shape[0], device=x.device)
     fixed = fixed_stats(norm, steps, x)
     m = x.new_empty(0, dtype=torch.bool) if mask is None else mask.contiguous()

@@ -69,6 +69,72 @@ def load() -> Optional[ModuleType]:
     return _module
 
 
+# ------------------------------------------------------------------------------------------------ GEMM paths
+# The kernels' products run on one of several GEMM paths (csrc/gemm.h): "plain" (at::mm_out, torch's sgemm),
+# "packed" (MKL's packed GEMM, per-step products), "onednn" (oneDNN's matmul) and "avx512" (the engine's own
+# kernel on a once-packed B, where the build targets AVX-512). Which is fastest depends on the
+# CPU (MKL is tuned for Intel) and the shape, so by default ("auto") each shape class is measured at its first
+# use and the choice kept in GEMM_CACHE, next to the build, for later processes; the file's first line names the
+# CPU and torch it was measured with, and a file that does not match or does not parse is measured again.
+# NORMRNN_GEMM=plain|packed|onednn|avx512|auto (or set_gemm_path) forces a path; NORMRNN_GEMM_CACHE names
+# another file.
+GEMM_CACHE = "gemm-choice.tsv"
+GEMM_PATHS = ("plain", "packed", "onednn", "avx512")
+
+
+def cpu_model() -> str:
+    """The CPU's vendor and model name, as /proc/cpuinfo (or the platform) gives them."""
+    vendor = model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "vendor_id" and not vendor:
+                    vendor = value.strip()
+                elif key == "model name" and not model:
+                    model = value.strip()
+                if vendor and model:
+                    break
+    except OSError:
+        pass
+    return " ".join(p for p in (vendor, model) if p) or platform.processor() or platform.machine()
+
+
+def gemm_header() -> str:
+    """The first line of the GEMM choice file: what its measurements hold for."""
+    return f"normrnn-gemm/1\t{cpu_model()}\ttorch {torch.__version__}\tcores {os.cpu_count()}"
+
+
+def _configure_gemm(module: ModuleType, where: Path) -> None:
+    module.gemm_configure(os.environ.get("NORMRNN_GEMM_CACHE") or str(where / GEMM_CACHE), gemm_header())
+    forced = os.environ.get("NORMRNN_GEMM", "").strip().lower()
+    if forced:
+        try:
+            module.set_gemm_path(forced)
+        except Exception:  # (an unknown name: say so once, measure as usual)
+            warnings.warn(f"normrnn: NORMRNN_GEMM={forced!r} is not one of auto, {', '.join(GEMM_PATHS)}; "
+                          "measuring", RuntimeWarning, stacklevel=2)
+
+
+def set_gemm_path(name: str) -> str:
+    """Force the GEMM path of the native kernels ("plain", "packed", "onednn", "avx512"; "auto": measured per shape class,
+    the default). Returns the previous setting. A path this torch lacks runs "plain"."""
+    module = load()
+    if module is None:
+        return "auto"
+    return module.set_gemm_path(name)
+
+
+def gemm_info() -> dict:
+    """What the native kernels' GEMM paths are here: available, forced, and the choice per shape class (those
+    this process used or read from the cache file), with the timings of those measured in this process."""
+    module = load()
+    if module is None:
+        return {"available": [], "forced": None, "chosen": {}, "timings_us": {}}
+    return dict(module.gemm_state())
+
+
 def failure() -> Optional[str]:
     """Why the kernels could not be built, if they could not."""
     return _failed
@@ -102,9 +168,11 @@ def _build() -> Optional[ModuleType]:
                       file=sys.stderr, flush=True)
             # (copies: cpp_extension appends torch's libraries to extra_ldflags in place, which changed OPENMP and
             # with it build_dir()'s answer for the rest of the process)
-            return _import_cpp_extension().load(name="normrnn_engine", sources=[str(SOURCE)],
-                                                extra_cflags=FLAGS + extra, extra_ldflags=list(extra),
-                                                build_directory=str(where), verbose=False)
+            module = _import_cpp_extension().load(name="normrnn_engine", sources=[str(SOURCE)],
+                                                  extra_cflags=FLAGS + extra, extra_ldflags=list(extra),
+                                                  build_directory=str(where), verbose=False)
+            _configure_gemm(module, where)
+            return module
         except Exception as e:  # no compiler, no ninja, a failed build: the reference loop does the same work
             error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
     _failed = error
@@ -211,6 +279,14 @@ class NativeEngine:
 
     def lstm_stream(self, x: Tensor, h0: Tensor, c0: Tensor, layers: list, step: int, eps: float) -> StreamResult:
         return StreamResult(*self.module.lstm_stream(x, h0, c0, layers, step, eps))
+
+    # -- large products (the input projection and its gradients) on the GEMM path measured for their shape
+    def mm(self, a: Tensor, b: Tensor, out: Optional[Tensor] = None) -> Tensor:
+        """a (M, K) · b (K, N) into ``out`` (contiguous) or a new tensor; no autograd."""
+        if out is None:
+            out = a.new_empty(a.shape[0], b.shape[1])
+        self.module.mm_into(out, a, b, False)
+        return out
 
     # -- the input term's norms over all steps
     def norm_rows_(self, x: Tensor, weight: Tensor, kind: int, eps: float, fixed: Fixed) -> None:

@@ -12,7 +12,7 @@
 //
 // Contents, in reading order:
 //   row_kernels.h   norm kinds, activations, row and column norms, the cell kernels of one step
-//   gemm.h          the per-step recurrent GEMM (MKL's packed GEMM or at::mm_out)
+//   gemm.h          the GEMM paths (MKL packed, oneDNN, at::mm_out), chosen per machine by measurement
 //   loop.h          shared by the time loops: per-step gradient sums, the ds ring for dW_hh, row groups, states
 //   reduce.h        synchronised batch norm: per-step sums over the ranks through the loop's reducer
 //   lstm.h          the LSTM loop
@@ -28,13 +28,23 @@
 
 #include <dlfcn.h>
 #include <sys/mman.h>
+#include <unistd.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -255,24 +265,116 @@ std::vector<at::Tensor> bn_steps_backward(at::Tensor dy, at::Tensor x, at::Tenso
       bn_steps_backward_impl<scalar_t>(dy, x, weight, mask, mean, rstd, count, training));
 }
 
-// Whether the per-step GEMMs may use MKL's packed GEMM (when torch carries it); returns the previous setting.
 bool set_split_rows(bool on) {
   const bool was = RowGroups::split_rows_enabled();
   RowGroups::split_rows_enabled() = on;
   return was;
 }
 
-bool set_packed_gemm(bool on) {
-  const bool was = mkl::enabled;
-  mkl::enabled = on;
-  return was;
+// The GEMM paths (gemm.h). set_gemm_path("plain" | "packed" | "onednn" | "auto"): force a path for the products
+// that follow (a path this build lacks runs plain), "auto" measures; returns the previous setting.
+std::string set_gemm_path(const std::string& name) {
+  const int p = gemm::path_of(name);
+  TORCH_CHECK(p >= gemm::kAuto, "set_gemm_path: unknown path '", name, "' (plain, packed, onednn or auto)");
+  return gemm::path_name(gemm::forced().exchange(p));
 }
+
+// Old switch: True lets the per-step products choose (auto), False runs them on at::mm_out; returns whether the
+// packed path was allowed before.
+bool set_packed_gemm(bool on) {
+  return gemm::forced().exchange(on ? gemm::kAuto : gemm::kPlain) != gemm::kPlain;
+}
+
+// Where the measured choices are kept between processes, and the header line that must match for them to count
+// (CPU and torch); clears this process's choices, so the next products read the file (or measure) again.
+void gemm_configure(const std::string& file, const std::string& header) {
+  auto& c = gemm::chooser();
+  std::lock_guard<std::mutex> g(c.lock);
+  c.file = file;
+  c.header = header;
+  c.loaded = false;
+  c.chosen.clear();
+  c.timings.clear();
+  c.measured = c.read = 0;
+}
+
+py::dict gemm_state() {
+  auto& c = gemm::chooser();
+  std::lock_guard<std::mutex> g(c.lock);
+  py::dict chosen, timings;
+  for (const auto& [k, p] : c.chosen) chosen[py::str(k)] = gemm::path_name(p);
+  for (const auto& [k, t] : c.timings) timings[py::str(k)] = t;
+  py::list avail;
+  for (int p = 0; p < gemm::kPaths; ++p)
+    if (gemm::available<float>(p)) avail.append(gemm::path_name(p));
+  py::dict d;
+  d["forced"] = gemm::path_name(gemm::forced().load());
+  d["available"] = avail;
+  d["chosen"] = chosen;
+  d["timings_us"] = timings;
+  d["measured"] = c.measured;
+  d["read"] = c.read;
+  d["file"] = c.file;
+  return d;
+}
+
+// One product on a given path, for the tests: a (M, K) · b (K, N) [+ add]; `step`: through StepGemm, reading a
+// with its row stride (rows must be contiguous), else one large product (mm_into). Returns (out, path that ran).
+std::tuple<at::Tensor, std::string> gemm_product(at::Tensor a, at::Tensor b, c10::optional<at::Tensor> add,
+                                                 const std::string& path, bool step) {
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(0), "gemm_product: (M, K) and (K, N)");
+  const int p = gemm::path_of(path);
+  TORCH_CHECK(p >= gemm::kAuto, "gemm_product: unknown path '", path, "'");
+  auto out = add ? add->contiguous().clone() : at::empty({a.size(0), b.size(1)}, a.options());
+  std::string ran;
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "gemm_product", [&] {
+    if (step) {
+      TORCH_CHECK(a.stride(1) == 1, "gemm_product: rows of a contiguous");
+      const StepGemm<scalar_t> g(b, a.size(0), 2, p);
+      const auto addc = add ? add->contiguous() : at::Tensor();
+      g(out.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(), a.stride(0), add ? addc.data_ptr<scalar_t>() : nullptr);
+      ran = gemm::path_name(g.path());
+    } else {
+      const int q = p == gemm::kAuto ? p : (gemm::applies<scalar_t>(p, a.stride(1) != 1, false) ? p : gemm::kPlain);
+      gemm::mm_into<scalar_t>(out, a, b, add.has_value(), q);
+      ran = gemm::path_name(q);
+    }
+  });
+  return {out, ran};
+}
+
+// out = a · b, or out += a · b (`accumulate`), on the path measured for the shape (or forced): the input term's
+// projection and the weight gradients over all steps. out contiguous (M, N); a, b 2-D (transposed views too).
+void mm_into(at::Tensor out, at::Tensor a, at::Tensor b, bool accumulate) {
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(0) && out.dim() == 2 &&
+                  out.size(0) == a.size(0) && out.size(1) == b.size(1) && out.is_contiguous(),
+              "mm_into: out (M, N) contiguous, a (M, K), b (K, N)");
+  const at::NoGradGuard no_grad;
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "mm_into", [&] { gemm::mm_into<scalar_t>(out, a, b, accumulate); });
+}
+
+// The tests' planted fault: products on `path` read their left operand with a leading dimension one too large
+// ("" clears it).
+void set_gemm_fault(const std::string& path) { gemm::fault() = path.empty() ? -1 : gemm::path_of(path); }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_packed_gemm", &set_packed_gemm);
+  m.def("set_gemm_path", &set_gemm_path);
+  m.def("gemm_configure", &gemm_configure);
+  m.def("gemm_state", &gemm_state);
+  m.def("gemm_product", &gemm_product, py::arg("a"), py::arg("b"), py::arg("add") = py::none(),
+        py::arg("path") = "auto", py::arg("step") = true);
+  m.def("set_gemm_fault", &set_gemm_fault);
+  m.def("mm_into", &mm_into);
+  // Seconds per product of path p on operands a, b (b as given: a transposed view stays one), `reps` products.
+  m.def("gemm_time", [](const std::string& path, at::Tensor a, at::Tensor b, bool step, int64_t reps) {
+    const at::NoGradGuard no_grad;
+    auto out = at::empty({a.size(0), b.size(1)}, a.options());
+    return gemm::time_path<float>(gemm::path_of(path), a, b, out, step, static_cast<int>(reps));
+  });
   m.def("set_split_rows", &set_split_rows);
   m.def("row_groups", [](int64_t N, int64_t H, bool cross_row) { return RowGroups(N, H, cross_row).count; });
-  m.def("packed_gemm_available", [] { return mkl::api().ok(); });
+  m.def("packed_gemm_available", [] { return gemm::mkl_api().ok(); });
   m.def("norm_rows_", &norm_rows_);
   m.def("bn_update_running_", &bn_update_running_);
   m.def("bn_steps_forward", &bn_steps_forward);

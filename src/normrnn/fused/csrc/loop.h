@@ -66,11 +66,14 @@ struct DsRing {
   void done(int64_t t, const at::Tensor& h_all) {
     if (full.defined() || t % K != 0) return;
     const int64_t k = std::min<int64_t>(K, steps - t);
-    dw.addmm_(ring.narrow(0, 0, k).reshape({k * N, G}).t(), h_all.narrow(0, t, k).reshape({k * N, H}));
+    gemm::mm_into<T>(dw, ring.narrow(0, 0, k).reshape({k * N, G}).t(), h_all.narrow(0, t, k).reshape({k * N, H}),
+                     true);
   }
   at::Tensor weight_grad(const at::Tensor& h_all) const {
     if (!full.defined()) return dw;
-    return full.reshape({steps * N, G}).t().mm(h_all.narrow(0, 0, steps).reshape({steps * N, H}));
+    auto out = at::empty({G, H}, full.options());
+    gemm::mm_into<T>(out, full.reshape({steps * N, G}).t(), h_all.narrow(0, 0, steps).reshape({steps * N, H}), false);
+    return out;
   }
 };
 
