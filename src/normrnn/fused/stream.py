@@ -12,7 +12,8 @@ once. The layer rebuilds it when its key changes (:func:`generation` is part of 
 * the layer's training flag, its backend and the forced engine (they choose the path, :mod:`.select`).
 
 Per call only whether autograd needs a graph (then the general path runs, which records one) and the input's
-shape, dtype and device are checked (:func:`stream_step`). Everything else is read through the tensors
+shape, dtype and device are checked (:func:`stream_step`; for a GRU or Elman RNN stack the kernel checks them
+itself, which costs a fraction of the same checks in Python). Everything else is read through the tensors
 themselves, so in-place updates (optimizer steps, ``load_state_dict``, batch norm's running statistics) need no
 invalidation.
 
