@@ -29,8 +29,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("normrnn.cells",),
     ("normrnn.reference", "normrnn.sync"),
     # the fused backend, engines first
-    ("normrnn.fused.contract",),
-    ("normrnn.fused.torch_engine", "normrnn.fused.native"),
+    ("normrnn.fused.contract", "normrnn.fused.triton_kernels", "normrnn.fused.cuda_graphs"),
+    ("normrnn.fused.torch_engine", "normrnn.fused.native", "normrnn.fused.triton_engine"),
     ("normrnn.fused.select", "normrnn.fused.loop_args", "normrnn.fused.autograd"),
     ("normrnn.fused.input_term", "normrnn.fused.stream"),
     ("normrnn.fused.run",),

@@ -10,6 +10,7 @@ PY = "src/normrnn/**/*.py"
 FUSED_T = "tests/core/test_fused.py::test_fused_equals_reference"
 SIZES = "tests/core/test_fused_sizes.py"
 PADDING = "tests/core/test_padding_values.py"
+TRITON = "tests/core/test_triton_engine.py"
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,31 @@ MUTATIONS = [
         ["tests/train/test_resume.py::test_atomic_save_failure_keeps_the_good_checkpoint",
          "tests/train/test_resume.py::test_kill_during_checkpoint_write_leaves_previous_checkpoint"],
         "checkpoints are written in place: a crash mid-write destroys the previous one", fast=True),
+    # ------------------------------------------------------------------ the Triton engine (interpreter, sm_90 compile)
+    Mutation(
+        "triton_layer_var_padded_columns", PY,
+        "d = tl.where(valid, x - mean, 0.0)",
+        "d = x - mean",
+        [f"{TRITON}::test_lstm_loop_equals_torch_engine"],
+        "the layer norm's variance counts the tile's padded gate and unit columns", fast=True),
+    Mutation(
+        "triton_bn_counts_finished_rows", PY,
+        "mean = _sum(tl.where(run, x, 0.0), 0) / denom",
+        "mean = _sum(x, 0) / denom",
+        [f"{TRITON}::test_lstm_loop_equals_torch_engine"],
+        "recurrent batch norm's step mean sums finished (padded) sequences too", fast=True),
+    Mutation(
+        "triton_lstm_forget_grad", PY,
+        "df = dc_new * c * (f * (1 - f))",
+        "df = dc_new * (f * (1 - f))",
+        [f"{TRITON}::test_lstm_loop_equals_torch_engine"],
+        "the forget gate's gradient forgets the previous cell", fast=True),
+    Mutation(
+        "triton_compile_only_error", PY,
+        "def _sigmoid(x):\n    return 1.0 / (1.0 + tl.exp(-x))",
+        "def _sigmoid(x):\n    return _ONE / (1.0 + tl.exp(-x))\n\n\n_ONE = 1.0",
+        [f"{TRITON}::test_kernels_compile_for_sm90"],
+        "a kernel reads a plain global: the interpreter runs it, the GPU compiler refuses it", fast=True),
     # ------------------------------------------------------------------ benchmark and data tests
     Mutation(
         "bench_streaming_row_fails", PY,

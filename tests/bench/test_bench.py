@@ -110,3 +110,21 @@ def test_only_keeps_the_matching_rows_and_their_baselines(tmp_path):
     data, _ = _check_results(tmp_path, ["stream 5x1x8 nn.RNNCell", "stream 5x1x8 RNN.step norm=layer auto"])
     assert [r["error"] for r in data["rows"]] == [None, None]
     assert bench.main([*TINY, "--only", "no such row", "--out", str(tmp_path)]) == 2
+
+
+def test_cuda_rows_and_dry_run(capsys):
+    """The CUDA benchmark's rows (FlashRNN's shape, cuDNN TF32 off, bf16 autocast against cuDNN fp16) and its
+    --dry-run, which runs nothing and so works without a GPU."""
+    configs = bench.make_configs(bench.CUDA_SHAPES, 10, 32, "cuda", ["fused"])
+    names = {c.name for c in configs}
+    assert "1024x16x768 nn.LSTM" in names and "1024x16x768 LSTM norm=layer fused" in names
+    assert not any(c.backend == "reference" for c in configs)
+    tf32_off = next(c for c in configs if c.name == "100x32x256 nn.LSTM cudnn-tf32-off")
+    assert tf32_off.cudnn_tf32 is False and tf32_off.baseline == "100x32x256 nn.LSTM"
+    amp = next(c for c in configs if c.name == "1024x16x768 LSTM norm=layer auto autocast-bf16")
+    assert amp.autocast == "bfloat16" and amp.baseline == "1024x16x768 nn.LSTM fp16" and amp.targets == {"train": 2.0}
+    assert not any(c.autocast or c.cudnn_tf32 is not None for c in bench.make_configs([(5, 2, 8)], 0, 8, "cpu"))
+    assert bench.main(["--device", "cuda", "--backends", "fused", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "1024x16x768 LSTM norm=layer auto autocast-bf16" in out and "cudnn_tf32=False" in out
+    assert bench.main(["--backends", "cudnn", "--dry-run"]) == 2

@@ -55,7 +55,25 @@ def machine_info(device: str, threads: int) -> dict:
     except (OSError, AttributeError):
         pass
     if device.startswith("cuda"):
+        b = torch.backends
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        info["cuda"] = torch.version.cuda
+        info["cudnn"] = b.cudnn.version()
+        # cuDNN runs fp32 RNNs with TF32 by default, torch.mm does not: a fair comparison records both
+        info["tf32"] = {"cuda.matmul.allow_tf32": b.cuda.matmul.allow_tf32, "cudnn.allow_tf32": b.cudnn.allow_tf32}
+        try:
+            import triton
+
+            info["triton"] = triton.__version__
+        except Exception:  # (no Triton: the layers run the PyTorch engine on CUDA, which the rows' backend shows)
+            info["triton"] = None
+        try:
+            import subprocess
+
+            info["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                            capture_output=True, text=True, timeout=20).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            info["driver"] = None
     return info
 
 

@@ -19,6 +19,11 @@ Method (this machine drifts by ~20% within an hour, so only ratios measured side
 * Streaming: ``layer.step`` one step at a time (batch 1, eval, no_grad) against ``nn.LSTMCell`` /
   ``nn.GRUCell`` / ``nn.RNNCell`` called step by step (and LSTM also against ``nn.LSTM`` called with one-step
   sequences); reported per step.
+* On CUDA (``--device cuda``): times from CUDA events around each call (after a synchronize); FlashRNN's shape
+  (1024, 16, 768) joins the default shapes; the TF32 flags (``cuda.matmul``, ``cudnn``) are recorded with the
+  GPU, driver, CUDA, cuDNN and Triton versions; per shape an ``nn.LSTM`` row with cuDNN's TF32 off (reported),
+  and autocast rows: ``nn.LSTM`` and the LN-LSTM under ``torch.autocast("cuda", torch.bfloat16)`` against
+  ``nn.LSTM`` in fp16 (cuDNN's half-precision kernels). ``--dry-run`` lists the rows and exits.
 
 Writes ``speed.json`` (atomically) and ``speed.md`` to ``--out``; :func:`markdown_table` renders the JSON.
 """
@@ -41,6 +46,7 @@ from typing import Any, Callable, Optional, Sequence
 from .report import atomic_write, machine_info, markdown_table, shape_name
 
 DEFAULT_SHAPES = ((100, 32, 256), (100, 32, 512), (200, 8, 128), (50, 64, 1024))
+CUDA_SHAPES = DEFAULT_SHAPES + ((1024, 16, 768),)  # + FlashRNN's speed figure (Pöppel et al. 2024)
 QUICK_SHAPES = ((20, 4, 64),)
 LSTM_NORMS = ("none", "layer", "rms", "batch")
 LAYER_BACKENDS = ("fused", "reference")
@@ -76,7 +82,9 @@ class Config:
     baseline: Optional[str] = None  # name of the row this one is compared with (None: it is a baseline)
     label: str = ""  # the name without the shape, for tables
     targets: dict = field(default_factory=dict)  # metric -> max ratio
-    dtype: str = "float32"  # parameters and input ("bfloat16": the half-precision rows)
+    dtype: str = "float32"  # parameters and input ("bfloat16", "float16": the half-precision rows)
+    autocast: Optional[str] = None  # run under torch.autocast(device, dtype=this) (float32 parameters)
+    cudnn_tf32: Optional[bool] = None  # torch.backends.cudnn.allow_tf32 while this row runs (None: as set)
 
     @property
     def streaming(self) -> bool:
@@ -107,17 +115,18 @@ def parse_shapes(text: str) -> list[tuple[int, int, int]]:
 
 
 def make_configs(shapes: Sequence[tuple[int, int, int]], stream_steps: int = 1000,
-                 stream_hidden: int = 256) -> list[Config]:
-    """All rows: per shape nn.LSTM, normrnn LSTM (4 norms x 2 backends), nn.GRU, LN-GRU (2 backends); then
-    the streaming rows (if ``stream_steps > 0``): LSTM.step against nn.LSTMCell, GRU.step and RNN.step (4 norms
-    each) against nn.GRUCell and nn.RNNCell."""
+                 stream_hidden: int = 256, device: str = "cpu",
+                 backends: Sequence[str] = LAYER_BACKENDS) -> list[Config]:
+    """All rows: per shape nn.LSTM, normrnn LSTM (4 norms x ``backends``), nn.GRU, LN-GRU (``backends``), the bf16
+    rows and on CUDA the TF32-off and autocast rows; then the streaming rows (if ``stream_steps > 0``): LSTM.step against nn.LSTMCell, GRU.step
+    and RNN.step (4 norms each) against nn.GRUCell and nn.RNNCell."""
     configs: list[Config] = []
     for T, N, H in shapes:
         s = shape_name(T, N, H)
         lstm_base, gru_base = f"{s} nn.LSTM", f"{s} nn.GRU"
         configs.append(Config(lstm_base, f"{s} LSTM", "nn.LSTM", T, N, H, label="nn.LSTM"))
         for norm in LSTM_NORMS:
-            for backend in LAYER_BACKENDS:
+            for backend in backends:
                 targets = {"forward": TARGET_FORWARD, "memory": TARGET_MEMORY}
                 if norm != "none":
                     targets["train"] = TARGET_NORM_LSTM_TRAIN if H >= 256 else TARGET_NORM_LSTM_TRAIN_SMALL
@@ -125,7 +134,7 @@ def make_configs(shapes: Sequence[tuple[int, int, int]], stream_steps: int = 100
                 configs.append(Config(f"{s} {label}", f"{s} LSTM", "normrnn.LSTM", T, N, H, norm=norm,
                                       backend=backend, baseline=lstm_base, label=label, targets=targets))
         configs.append(Config(gru_base, f"{s} GRU", "nn.GRU", T, N, H, label="nn.GRU"))
-        for backend in LAYER_BACKENDS:
+        for backend in backends:
             label = f"GRU norm=layer {backend}"
             configs.append(Config(f"{s} {label}", f"{s} GRU", "normrnn.GRU", T, N, H, norm="layer",
                                   backend=backend, baseline=gru_base, label=label,
@@ -139,6 +148,21 @@ def make_configs(shapes: Sequence[tuple[int, int, int]], stream_steps: int = 100
         configs.append(Config(f"{s} LSTM norm=layer auto bf16", f"{s} LSTM bf16", "normrnn.LSTM", T, N, H,
                               norm="layer", backend="auto", baseline=bf_base, label="LSTM norm=layer auto bf16",
                               dtype="bfloat16"))
+        if device.startswith("cuda"):
+            # cuDNN with its TF32 off, against the default nn.LSTM row (a like-for-like fp32 baseline for torch.mm,
+            # whose TF32 is off by default); reported, no target
+            configs.append(Config(f"{s} nn.LSTM cudnn-tf32-off", f"{s} LSTM", "nn.LSTM", T, N, H, baseline=lstm_base,
+                                  label="nn.LSTM cudnn-tf32-off", cudnn_tf32=False))
+            # autocast: bf16 LN-LSTM against cuDNN's fp16 LSTM (the issue's target 2.0x at 1024x16x768)
+            half_base = f"{s} nn.LSTM fp16"
+            group = f"{s} LSTM autocast"
+            configs.append(Config(half_base, group, "nn.LSTM", T, N, H, label="nn.LSTM fp16", dtype="float16"))
+            configs.append(Config(f"{s} nn.LSTM autocast-bf16", group, "nn.LSTM", T, N, H, baseline=half_base,
+                                  label="nn.LSTM autocast-bf16", autocast="bfloat16"))
+            configs.append(Config(f"{s} LSTM norm=layer auto autocast-bf16", group, "normrnn.LSTM", T, N, H,
+                                  norm="layer", backend="auto", baseline=half_base,
+                                  label="LSTM norm=layer auto autocast-bf16", autocast="bfloat16",
+                                  targets={"train": 2.0} if (T, N, H) == (1024, 16, 768) else {}))
     if stream_steps > 0:
         T, N, H = stream_steps, 1, stream_hidden
         group = f"stream {shape_name(T, N, H)}"
@@ -268,12 +292,36 @@ class Runner:
             else:
                 raise ValueError(kind)
 
+    @contextlib.contextmanager
+    def _settings(self):
+        """The row's autocast and cuDNN TF32 setting while it runs."""
+        torch, cfg = self.torch, self.cfg
+        previous = torch.backends.cudnn.allow_tf32
+        if cfg.cudnn_tf32 is not None:
+            torch.backends.cudnn.allow_tf32 = cfg.cudnn_tf32
+        try:
+            if cfg.autocast:
+                with torch.autocast(self.device.split(":")[0], dtype=getattr(torch, cfg.autocast)):
+                    yield
+            else:
+                yield
+        finally:
+            torch.backends.cudnn.allow_tf32 = previous
+
     def _timed(self, fn: Callable[[], None]) -> float:
-        self._sync()
-        t0 = time.perf_counter()
-        fn()
-        self._sync()
-        return time.perf_counter() - t0
+        with self._settings():
+            self._sync()
+            if self.cuda:  # device time between two events on the stream, the host's launch gaps included
+                start, end = (self.torch.cuda.Event(enable_timing=True) for _ in range(2))
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                return start.elapsed_time(end) / 1e3
+            t0 = time.perf_counter()
+            fn()
+            self._sync()
+            return time.perf_counter() - t0
 
     def measure(self) -> dict[str, float]:
         """One visit in a round: seconds for each metric of this configuration."""
@@ -456,15 +504,20 @@ def measure_memory_here(cfg: Config, device: str, threads: int, seed: int = 0) -
     # Warm up on a 2-step, batch-2 slice: lazily loaded kernels, thread pools and workspaces (~35 MiB of RSS on
     # CPU, the same for every configuration) land here instead of in the measured pass.
     tiny = runner.x_train.detach()[: min(2, cfg.T), : min(2, cfg.N)].clone().requires_grad_(True)
-    runner.train_once(tiny)
+    with runner._settings():
+        runner.train_once(tiny)
     runner.module.zero_grad(set_to_none=True)
     del tiny
     result: dict[str, Any] = {}
     if device.startswith("cuda"):
+        with runner._settings():  # (the first full-size call: a captured graph's pool counts in the peak)
+            runner.train_once()
+        runner.module.zero_grad(set_to_none=True)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        runner.train_once()
+        with runner._settings():
+            runner.train_once()
         torch.cuda.synchronize()
         result["peak_bytes"] = torch.cuda.max_memory_allocated() - base
         result["method"] = "torch.cuda.max_memory_allocated above the allocation after creation"
@@ -485,7 +538,8 @@ def measure_memory_here(cfg: Config, device: str, threads: int, seed: int = 0) -
             result["method"] = "getrusage maxrss above the previous peak"
         result["peak_bytes"] = max(0, peak - base)
     runner.module.zero_grad(set_to_none=True)
-    result["saved_bytes"] = _saved_tensor_bytes(runner)
+    with runner._settings():
+        result["saved_bytes"] = _saved_tensor_bytes(runner)
     return result
 
 
@@ -670,6 +724,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "e.g. --only stream for the streaming rows")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bars on stderr")
+    parser.add_argument("--backends", default=",".join(LAYER_BACKENDS),
+                        help="normrnn backends of the sequence rows (default fused,reference; the reference loop "
+                             "is slow on CUDA)")
+    parser.add_argument("--dry-run", action="store_true", help="list the rows and settings, run nothing")
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -685,7 +743,12 @@ def run_from_args(args: argparse.Namespace) -> int:
     import torch
 
     quick = args.quick
-    shapes = args.shapes or list(QUICK_SHAPES if quick else DEFAULT_SHAPES)
+    cuda = args.device == "cuda"
+    shapes = args.shapes or list(QUICK_SHAPES if quick else (CUDA_SHAPES if cuda else DEFAULT_SHAPES))
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if not backends or any(b not in ("auto", "fused", "reference") for b in backends):
+        print(f"normrnn bench: --backends takes auto, fused, reference; got {args.backends!r}", file=sys.stderr)
+        return 2
     rounds = args.rounds if args.rounds is not None else (3 if quick else 10)
     warmup = args.warmup if args.warmup is not None else (1 if quick else 2)
     stream_steps = args.stream_steps if args.stream_steps is not None else (50 if quick else 1000)
@@ -694,15 +757,23 @@ def run_from_args(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     device = args.device
+    configs = select_configs(make_configs(shapes, stream_steps, args.stream_hidden, device, backends), args.only)
+    if not configs:
+        print(f"normrnn bench: no row matches --only {args.only!r}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(f"device {device}, shapes {[shape_name(*s) for s in shapes]}, rounds {rounds} (+{warmup} warm-up), "
+              f"{len(configs)} rows:")
+        for cfg in configs:
+            extra = [f"{k}={v}" for k, v in (("dtype", cfg.dtype), ("autocast", cfg.autocast),
+                                               ("cudnn_tf32", cfg.cudnn_tf32)) if v not in (None, "float32")]
+            print(f"  {cfg.name:60s} vs {cfg.baseline or '-':40s} {' '.join(extra)}")
+        return 0
     if device == "cuda" and not torch.cuda.is_available():
         print("normrnn bench: --device cuda but CUDA is not available", file=sys.stderr)
         return 2
     progress = not args.no_progress
 
-    configs = select_configs(make_configs(shapes, stream_steps, args.stream_hidden), args.only)
-    if not configs:
-        print(f"normrnn bench: no row matches --only {args.only!r}", file=sys.stderr)
-        return 2
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     started = time.time()
@@ -718,6 +789,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         "machine": info,
         "settings": {"shapes": [shape_name(*s) for s in shapes], "rounds": rounds, "warmup": warmup,
                      "threads": args.threads, "quick": quick, "device": device, "memory": not args.no_memory,
+                     "backends": backends,
+                     "timing": "CUDA events" if cuda else "time.perf_counter around synchronized calls",
                      "memory_method": ("torch.cuda.max_memory_allocated" if device == "cuda" else
                                        "peak RSS in a fresh subprocess per configuration, above the RSS after "
                                        "creation and a 2-step warm-up"),

@@ -15,8 +15,10 @@ on the previous state (the input term and its norm) stays outside it, vectorized
 ``loop_args.py``       from norm modules to engine arguments (kinds, gains, given statistics) and the running
                        averages after a call
 ``stream.py``          streaming: a whole LSTM stack's step in one call, from a plan of its cells' parameters
-``torch_engine.py``    the PyTorch engine: the readable specification, the fallback and the CUDA path
+``torch_engine.py``    the PyTorch engine: the readable specification, the fallback (CUDA without Triton)
 ``native.py``          the native engine: building the C++ kernels (``csrc/``) and their adapter
+``triton_engine.py``   the GPU engine: per step one GEMM and one fused Triton kernel (``triton_kernels.py``,
+                       imported only where Triton is); the time loop captured as CUDA graphs (``cuda_graphs.py``)
 =====================  ==========================================================================================
 
 The names below are this package's face for the layers, tests and benchmarks.

@@ -12,31 +12,35 @@ Everything here works from flags and the parameters' device and dtype, never fro
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Optional
 
 import torch
 
 from ..tracing import is_exporting
-from . import native, torch_engine
+from . import native, torch_engine, triton_engine
 from .contract import Engine
 
 BACKENDS = ("auto", "fused", "reference")
 NATIVE_DTYPES = (torch.float32, torch.float64)
+ENGINES = ("native", "torch", "triton")
 
 _forced: Optional[str] = None
+_triton: Optional[bool] = None  # whether Triton imports (asked on the first CUDA call, never on a CPU-only run)
 
 
 def forced() -> Optional[str]:
-    """The engine forced by :func:`force_engine` (``"native"``, ``"torch"``) or ``None``."""
+    """The engine forced by :func:`force_engine` (``"native"``, ``"torch"``, ``"triton"``) or ``None``."""
     return _forced
 
 
 @contextlib.contextmanager
 def force_engine(name: Optional[str]):
-    """Run the fused backend on ``"native"`` or ``"torch"`` inside the ``with`` block (tests, benchmarks)."""
+    """Run the fused backend on ``"native"``, ``"torch"`` or ``"triton"`` inside the ``with`` block (tests,
+    benchmarks). ``"triton"`` on CPU tensors runs the kernels under Triton's interpreter (slow: tests only)."""
     global _forced
-    if name not in (None, "native", "torch"):
-        raise ValueError(f"unknown engine {name!r}; expected 'native' or 'torch'")
+    if name not in (None, *ENGINES):
+        raise ValueError(f"unknown engine {name!r}; expected one of {ENGINES}")
     previous, _forced = _forced, name
     try:
         yield
@@ -44,9 +48,34 @@ def force_engine(name: Optional[str]):
         _forced = previous
 
 
+def triton_available() -> bool:
+    """Whether Triton imports here (asked once; the answer is kept). Without it CUDA runs the PyTorch engine,
+    with one warning."""
+    global _triton
+    if _triton is None:
+        try:
+            import triton  # noqa: F401
+            _triton = True
+        except Exception:  # not installed, or an install that fails to import: the PyTorch engine runs instead
+            _triton = False
+            warnings.warn("normrnn: Triton is not available, so CUDA tensors run the fused backend's PyTorch engine "
+                          "(a Python loop of ATen calls, several times slower); install triton for the GPU engine",
+                          RuntimeWarning, stacklevel=3)
+    return _triton
+
+
 def engine(device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> Engine:
-    """The engine for tensors on ``device`` of ``dtype``: the native one if it is (or can be) built and reads
-    them (CPU, float32/float64), else the PyTorch one (see :func:`force_engine`)."""
+    """The engine for tensors on ``device`` of ``dtype``: on the CPU the native one if it is (or can be) built
+    and reads them (float32/float64), else the PyTorch one; on CUDA the Triton one where Triton imports
+    (float32/float64: the layers run half precision in float32), else the PyTorch one (see
+    :func:`force_engine`)."""
+    if _forced == "triton":
+        if not triton_available():
+            raise RuntimeError("the Triton engine is forced but Triton is not available")
+        return triton_engine
+    if device is not None and device.type == "cuda" and _forced is None and (
+            dtype is None or dtype in triton_engine.DTYPES) and triton_available():
+        return triton_engine
     if _forced == "torch" or (device is not None and device.type != "cpu") or (
             dtype is not None and dtype not in NATIVE_DTYPES):
         return torch_engine
@@ -57,7 +86,7 @@ def engine(device: Optional[torch.device] = None, dtype: Optional[torch.dtype] =
 
 
 def engine_name(device: Optional[torch.device] = None) -> str:
-    """``"native"`` or ``"torch"``: which engine the fused backend runs for tensors on ``device``."""
+    """``"native"``, ``"torch"`` or ``"triton"``: which engine the fused backend runs for tensors on ``device``."""
     return engine(device).name
 
 
@@ -97,7 +126,8 @@ def uses_fused(backend: str, mode: str, norm_terms: str, device: torch.device, z
 
 
 def active_backend(fused: bool, device: torch.device) -> str:
-    """``"reference"``, ``"fused-native"`` (C++ kernels) or ``"fused-torch"`` (their PyTorch twin)."""
+    """``"reference"``, ``"fused-native"`` (C++ kernels), ``"fused-triton"`` (the GPU kernels) or ``"fused-torch"``
+    (their PyTorch twin)."""
     return f"fused-{engine_name(device)}" if fused else "reference"
 
 
