@@ -199,6 +199,18 @@ class _NormRNNBase(nn.Module):
         Equal to ``forward`` over the whole sequence, batch norm in eval mode included (the state carries the
         step index). Only for unidirectional layers: a reverse direction needs the whole sequence.
         """
+        # The one-call kernel first, with as little Python around it as can be: at batch 1 a step's arithmetic
+        # takes microseconds, and Python per call decides the speed. The plan exists only for a layer the kernel
+        # runs (float32/float64 parameters, unidirectional, ...); the kernel checks the input and the state itself
+        # and declines what it cannot take. (Not while exporting: the graph holds ATen ops only; not in a
+        # half-precision call, whose float32 parameters are copies made per call; not under autocast.)
+        plan = None if self._in_float32 or is_exporting() else self._stream_plan()
+        if plan is not None and (state is None or type(state) is StreamState) \
+                and _autocast_dtype(plan.device_type) is None:
+            hx, start = (None, 0) if state is None else state
+            fast = fused_stream_step(plan, input, hx, start)
+            if fast is not None:
+                return fast[0], StreamState(fast[1], start + 1)
         if self.bidirectional:
             raise ValueError("step() needs a unidirectional layer: a bidirectional one must see the whole sequence")
         if not isinstance(input, Tensor) or input.dim() != 2:
@@ -210,13 +222,6 @@ class _NormRNNBase(nn.Module):
         if low is not None:
             return self._in_float32_for(low, "step", input, state)
         hx, start = (None, 0) if state is None else state
-        # (while exporting the graph holds ATen ops only: no kernel call, and a plan cached before is not used; a
-        # half-precision call's float32 parameters are copies made per call: no plan may keep them)
-        plan = (self._stream_plan() if self.mode == "LSTM" and not is_exporting() and not self._in_float32
-                else None)
-        fast = fused_stream_step(plan, input, hx, start) if plan is not None else None
-        if fast is not None:
-            return fast[0], StreamState(fast[1], start + 1)
         batch = prepare_input(self, input.unsqueeze(1) if self.batch_first else input.unsqueeze(0), hx)
         out, states = self._run(batch, start=start)
         hx_new = states if self.mode == "LSTM" else states[0]
@@ -263,7 +268,7 @@ class _NormRNNBase(nn.Module):
             w = self.weight_hh_l0
             dropout = self.training and bool(self.dropconnect or (self.dropout and self.num_layers > 1))
             eng = select.streams(self.uses_fused(), self.mode, self.bidirectional, self.zoneout, self.residual,
-                                 dropout, w.device, w.dtype, self.proj_size) if self.mode == "LSTM" else None
+                                 dropout, w.device, w.dtype, self.proj_size)
             plan = None if eng is None else build_stream_plan(
                 [self._cell(k, 0) for k in range(self.num_layers)], eng, self.options.eps)
             self.__dict__["_stream_plan_cache"] = cached = (key, plan)

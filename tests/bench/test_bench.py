@@ -43,12 +43,15 @@ def test_quick_run_writes_json_and_markdown(tmp_path, capsys):
     assert torch.get_num_threads() == threads  # the benchmark restores the thread count
     expected = [c.name for c in bench.make_configs([(5, 2, 8)], 5, 8)]
     data, md = _check_results(tmp_path, expected)
-    assert len(expected) == 14 + 4  # per shape 1 + 4x2 LSTM + 1 + 2 GRU + 2 bf16 LSTM; 4 streaming rows
+    # per shape 1 + 4x2 LSTM + 1 + 2 GRU + 2 bf16 LSTM; streaming: 4 LSTM rows, (1 + 4 norms) x (GRU, RNN)
+    assert len(expected) == 14 + 4 + 10
     # every row ran, normrnn's and the streaming rows included: a row that raises is a failed benchmark, and
     # _check_results checks the metrics only of rows without an error
     assert [(r["name"], r["error"]) for r in data["rows"] if r["error"] or r["status"] == "error"] == []
     streaming = [r for r in data["rows"] if r["kind"].startswith("stream:")]
-    assert len(streaming) == 4 and all(r["metrics"] for r in streaming)
+    assert len(streaming) == 14 and all(r["metrics"] for r in streaming)
+    assert {r["kind"] for r in streaming} >= {"stream:normrnn.GRU", "stream:nn.GRUCell", "stream:normrnn.RNN",
+                                              "stream:nn.RNNCell"}
     assert data["settings"]["rounds"] == 2 and data["settings"]["memory"] is False
     for row in data["rows"]:  # normrnn rows say which backend ran (or was asked for)
         if "normrnn" in row["kind"] and row["error"] is None:
@@ -95,6 +98,18 @@ def test_parse_shapes():
     assert bench.parse_shapes("100x32x256, 200x8x128") == [(100, 32, 256), (200, 8, 128)]
     with pytest.raises(Exception):
         bench.parse_shapes("100x32")
+
+
+def test_only_keeps_the_matching_rows_and_their_baselines(tmp_path):
+    configs = bench.make_configs([(5, 2, 8)], 5, 8)
+    gru = bench.select_configs(configs, "gru.step")
+    assert [c.label for c in gru] == ["nn.GRUCell"] + [f"GRU.step norm={n} auto" for n in bench.STREAM_NORMS]
+    assert all(c.kind.startswith("stream:") for c in bench.select_configs(configs, "stream"))
+    assert bench.select_configs(configs, None) == configs
+    assert bench.main([*TINY, "--only", "rnn.step norm=layer", "--out", str(tmp_path)]) == 0
+    data, _ = _check_results(tmp_path, ["stream 5x1x8 nn.RNNCell", "stream 5x1x8 RNN.step norm=layer auto"])
+    assert [r["error"] for r in data["rows"]] == [None, None]
+    assert bench.main([*TINY, "--only", "no such row", "--out", str(tmp_path)]) == 2
 
 
 def test_cuda_rows_and_dry_run(capsys):

@@ -16,9 +16,11 @@ NN = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU, "RNN": torch.nn.RNN}
 
 def _pair(kind, norm, terms, training, bidirectional=False):
     """A float32 layer on the reference loop and its fused twin, in training or eval (batch norm with trained
-    running statistics)."""
+    running statistics). ``kind`` "RNN-relu": the Elman RNN with relu."""
     torch.manual_seed(0)
-    ref = make(kind, 4, 6, 2, norm=norm, norm_terms=terms, backend="reference", bidirectional=bidirectional)
+    kind, extra = ("RNN", dict(nonlinearity="relu")) if kind == "RNN-relu" else (kind, {})
+    ref = make(kind, 4, 6, 2, norm=norm, norm_terms=terms, backend="reference", bidirectional=bidirectional,
+               **extra)
     if norm == "batch":
         ref(torch.randn(12, 5, 4))
     fast = copy.deepcopy(ref)
@@ -45,7 +47,7 @@ def _masks(m, x, grad: bool):
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN", "RNN-relu"])
 @pytest.mark.parametrize("norm", ["none", "layer", "rms", "batch"])
 @pytest.mark.parametrize("terms", ["separate", "joint"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
@@ -81,19 +83,25 @@ def test_auto_backend_matches_nn_on_nonfinite_input(kind, value):
         assert torch.isfinite(a[:, 0]).all() and torch.isfinite(a[:, 2]).all()
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN", "RNN-relu"])
 @pytest.mark.parametrize("norm", ["none", "layer", "rms", "batch"])
-def test_streaming_step_propagates_nan(kind, norm):
-    """``layer.step`` carries a NaN in its state from the step it enters, for that sequence only (eval)."""
-    ref, fast = _pair(kind, norm, "separate", training=False)
+@pytest.mark.parametrize("terms", ["separate", "joint"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_streaming_step_propagates_nonfinite(kind, norm, terms, value):
+    """``layer.step`` (the one-call kernel of each cell, where it runs) carries a NaN in its state from the step
+    it enters, for that sequence only (eval); NaN and inf land where the reference loop has them."""
+    ref, fast = _pair(kind, norm, terms, training=False)
     fast.backend = "auto"
-    x = _bad_input(float("nan")).detach()
+    x = _bad_input(value).detach()
     with torch.no_grad():
-        expected, _ = ref(x)
+        expected, h_ref = ref(x)
         state, outs = None, []
         for t in range(x.shape[0]):
             y, state = fast.step(x[t], state)
             outs.append(y)
     got = torch.stack(outs)
-    assert got[3:, 1].isnan().all()
-    assert torch.equal(got.isnan(), expected.isnan())
+    if value != value:
+        assert got[3:, 1].isnan().all()
+    assert torch.equal(got.isnan(), expected.isnan()) and torch.equal(got.isinf(), expected.isinf())
+    for a, b in zip(state.hx if kind == "LSTM" else (state.hx,), h_ref if kind == "LSTM" else (h_ref,)):
+        assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.isinf(), b.isinf())

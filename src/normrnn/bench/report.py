@@ -199,7 +199,7 @@ def markdown_table(results: dict) -> str:
         lines.append("")
     stream = [r for r in rows if r["kind"].startswith("stream:")]
     if stream:
-        lines.append("| streaming (T x N x H) | configuration | backend used | µs/step | vs nn.LSTMCell | target "
+        lines.append("| streaming (T x N x H) | configuration | backend used | µs/step | vs nn cell | target "
                      "| vs nn.LSTM 1-step | status |")
         lines.append("|---|---|---|---:|---:|---|---:|---|")
         for r in stream:
@@ -218,7 +218,8 @@ def markdown_table(results: dict) -> str:
         counts[r.get("status", "?")] = counts.get(r.get("status", "?"), 0) + 1
     lines.append("Rows: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ". Times: median ± half "
                  "the IQR; ratios: median of per-round ratios to the baseline of the same shape (nn.LSTM, nn.GRU, "
-                 "nn.LSTMCell) measured in the same rounds; train mem: peak extra RSS (CUDA: allocation) over "
+                 "nn.LSTMCell/GRUCell/RNNCell) measured in the same rounds; train mem: peak extra RSS (CUDA: "
+                 "allocation) over "
                  "model+input in one fwd+bwd; saved: tensors autograd saved for backward, parameters and input "
                  "excluded.")
     return "\n".join(lines) + "\n"

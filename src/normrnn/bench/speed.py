@@ -6,7 +6,7 @@ Method (this machine drifts by ~20% within an hour, so only ratios measured side
   warm-up rounds first (they also absorb one-time costs such as compiling a fused extension), then the timed
   rounds. A configuration's time is the median over the timed rounds; its *ratio* is the median over rounds
   of (its time / the baseline's time in the same round), baseline = ``nn.LSTM`` (``nn.GRU`` for GRU rows,
-  ``nn.LSTMCell`` for streaming rows) of the same shape.
+  ``nn.LSTMCell`` / ``nn.GRUCell`` / ``nn.RNNCell`` for streaming rows) of the same shape.
 * Training = forward + backward of ``output.sum()`` through input and parameters (grads set to None each
   time), module in train mode. Forward-only = eval mode under ``torch.no_grad()`` (batch norm uses running
   statistics there).
@@ -16,8 +16,9 @@ Method (this machine drifts by ~20% within an hour, so only ratios measured side
   /proc/self/clear_refs; elsewhere ``getrusage`` maxrss). Also the bytes of the tensors autograd saved for
   backward (``saved_tensors_hooks``, parameters and input excluded; a second pass). On CUDA:
   ``torch.cuda.max_memory_allocated`` above the allocation after creation, in this process.
-* Streaming: ``layer.step`` one step at a time (batch 1, eval, no_grad) against ``nn.LSTMCell`` called step by
-  step and ``nn.LSTM`` called with one-step sequences; reported per step.
+* Streaming: ``layer.step`` one step at a time (batch 1, eval, no_grad) against ``nn.LSTMCell`` /
+  ``nn.GRUCell`` / ``nn.RNNCell`` called step by step (and LSTM also against ``nn.LSTM`` called with one-step
+  sequences); reported per step.
 * On CUDA (``--device cuda``): times from CUDA events around each call (after a synchronize); FlashRNN's shape
   (1024, 16, 768) joins the default shapes; the TF32 flags (``cuda.matmul``, ``cudnn``) are recorded with the
   GPU, driver, CUDA, cuDNN and Triton versions; per shape an ``nn.LSTM`` row with cuDNN's TF32 off (reported),
@@ -56,7 +57,8 @@ TARGET_NORM_LSTM_TRAIN = 1.25  # layer/rms/batch LSTM fwd+bwd at H >= 256
 TARGET_NORM_LSTM_TRAIN_SMALL = 1.5  # ... at H < 256 (H = 128 in the default shapes)
 TARGET_GRU_TRAIN = 1.3  # LN-GRU fwd+bwd vs nn.GRU
 TARGET_FORWARD = 1.2  # forward-only, every normrnn row
-TARGET_STREAM = 1.0  # streaming step vs nn.LSTMCell
+TARGET_STREAM = 1.0  # streaming step vs nn.LSTMCell / nn.GRUCell / nn.RNNCell
+STREAM_NORMS = ("none", "layer", "rms", "batch")  # GRU.step / RNN.step rows
 TARGET_MEMORY = 1.5  # training memory, every normrnn row
 
 
@@ -66,7 +68,8 @@ TARGET_MEMORY = 1.5  # training memory, every normrnn row
 @dataclass
 class Config:
     """One row of the benchmark. ``kind``: nn.LSTM, nn.GRU, normrnn.LSTM, normrnn.GRU (sequence rows) or
-    stream:normrnn.LSTM, stream:nn.LSTMCell, stream:nn.LSTM (streaming rows)."""
+    stream:normrnn.LSTM, stream:nn.LSTMCell, stream:nn.LSTM, stream:normrnn.GRU, stream:nn.GRUCell,
+    stream:normrnn.RNN, stream:nn.RNNCell (streaming rows)."""
 
     name: str
     group: str  # rows of a group share a baseline
@@ -115,7 +118,8 @@ def make_configs(shapes: Sequence[tuple[int, int, int]], stream_steps: int = 100
                  stream_hidden: int = 256, device: str = "cpu",
                  backends: Sequence[str] = LAYER_BACKENDS) -> list[Config]:
     """All rows: per shape nn.LSTM, normrnn LSTM (4 norms x ``backends``), nn.GRU, LN-GRU (``backends``), the bf16
-    rows and on CUDA the TF32-off and autocast rows; then the streaming rows (if ``stream_steps > 0``)."""
+    rows and on CUDA the TF32-off and autocast rows; then the streaming rows (if ``stream_steps > 0``): LSTM.step against nn.LSTMCell, GRU.step
+    and RNN.step (4 norms each) against nn.GRUCell and nn.RNNCell."""
     configs: list[Config] = []
     for T, N, H in shapes:
         s = shape_name(T, N, H)
@@ -170,7 +174,24 @@ def make_configs(shapes: Sequence[tuple[int, int, int]], stream_steps: int = 100
             label = f"LSTM.step norm={norm} auto"
             configs.append(Config(f"{group} {label}", group, "stream:normrnn.LSTM", T, N, H, norm=norm,
                                   backend="auto", baseline=cell, label=label, targets={"step": TARGET_STREAM}))
+        # GRU.step / RNN.step against nn.GRUCell / nn.RNNCell (batch norm: eval, running statistics).
+        for kind in ("GRU", "RNN"):
+            base = f"{group} nn.{kind}Cell"
+            configs.append(Config(base, group, f"stream:nn.{kind}Cell", T, N, H, label=f"nn.{kind}Cell"))
+            for norm in STREAM_NORMS:
+                label = f"{kind}.step norm={norm} auto"
+                configs.append(Config(f"{group} {label}", group, f"stream:normrnn.{kind}", T, N, H, norm=norm,
+                                      backend="auto", baseline=base, label=label, targets={"step": TARGET_STREAM}))
     return configs
+
+
+def select_configs(configs: Sequence[Config], only: Optional[str]) -> list[Config]:
+    """The rows whose name contains ``only`` (case-insensitive; all when ``None``), with their baselines."""
+    if not only:
+        return list(configs)
+    chosen = {c.name for c in configs if only.lower() in c.name.lower()}
+    chosen |= {c.baseline for c in configs if c.name in chosen and c.baseline}
+    return [c for c in configs if c.name in chosen]
 
 
 # --------------------------------------------------------------------------------------------- building
@@ -190,10 +211,10 @@ def build(cfg: Config, device: str, seed: int = 0):
         module = nn.LSTM(H, H)
     elif kind == "nn.GRU":
         module = nn.GRU(H, H)
-    elif kind == "nn.LSTMCell":
-        module = nn.LSTMCell(H, H)
-    elif kind in ("normrnn.LSTM", "normrnn.GRU"):
-        cls = normrnn.LSTM if kind == "normrnn.LSTM" else normrnn.GRU
+    elif kind in ("nn.LSTMCell", "nn.GRUCell", "nn.RNNCell"):
+        module = getattr(nn, kind[3:])(H, H)
+    elif kind in ("normrnn.LSTM", "normrnn.GRU", "normrnn.RNN"):
+        cls = getattr(normrnn, kind[8:])
         options: dict[str, Any] = {"norm": cfg.norm}
         if cfg.norm == "batch" and not cfg.streaming:
             options["max_steps"] = max(256, T)  # recurrent batch norm keeps statistics per step
@@ -256,11 +277,11 @@ class Runner:
     def stream_once(self) -> None:
         torch, kind, m = self.torch, self.cfg.kind, self.module
         with torch.no_grad():
-            if kind == "stream:normrnn.LSTM":
+            if kind.startswith("stream:normrnn."):
                 state = None
                 for x_t in self.steps:
                     _, state = m.step(x_t, state)
-            elif kind == "stream:nn.LSTMCell":
+            elif kind in ("stream:nn.LSTMCell", "stream:nn.GRUCell", "stream:nn.RNNCell"):
                 hc = None
                 for x_t in self.steps:
                     hc = m(x_t, hc)
@@ -637,7 +658,7 @@ def assemble(configs: Sequence[Config], timing: dict[str, dict], memory: Optiona
                 ok = t["error"] is None and base_t is not None and base_t["error"] is None
                 entry["ratio"] = _ratio_summary(t["times"], base_t["times"], metric) if ok else None
             row["metrics"][metric] = entry
-        if cfg.streaming and cfg.kind != "stream:nn.LSTM":
+        if cfg.kind in ("stream:normrnn.LSTM", "stream:nn.LSTMCell"):
             # Also against nn.LSTM called one step at a time (the other streaming baseline).
             other = next((c for c in configs if c.group == cfg.group and c.kind == "stream:nn.LSTM"), None)
             if other is not None:
@@ -698,6 +719,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stream-steps", type=int, default=None,
                         help="streaming steps (default 1000; 50 with --quick; 0 skips streaming)")
     parser.add_argument("--stream-hidden", type=int, default=256, help="streaming hidden size (default 256)")
+    parser.add_argument("--only", default=None, metavar="TEXT",
+                        help="only the rows whose name contains TEXT (case-insensitive), with their baselines; "
+                             "e.g. --only stream for the streaming rows")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bars on stderr")
     parser.add_argument("--backends", default=",".join(LAYER_BACKENDS),
@@ -733,7 +757,10 @@ def run_from_args(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     device = args.device
-    configs = make_configs(shapes, stream_steps, args.stream_hidden, device, backends)
+    configs = select_configs(make_configs(shapes, stream_steps, args.stream_hidden, device, backends), args.only)
+    if not configs:
+        print(f"normrnn bench: no row matches --only {args.only!r}", file=sys.stderr)
+        return 2
     if args.dry_run:
         print(f"device {device}, shapes {[shape_name(*s) for s in shapes]}, rounds {rounds} (+{warmup} warm-up), "
               f"{len(configs)} rows:")
@@ -770,6 +797,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                                        "peak RSS in a fresh subprocess per configuration, above the RSS after "
                                        "creation and a 2-step warm-up"),
                      "stream_steps": stream_steps, "stream_hidden": args.stream_hidden, "seed": args.seed,
+                     "only": args.only,
                      "loss": "output.sum()", "wall_s": round(time.time() - started, 1)},
         "rows": assemble(configs, timing, memory),
     }

@@ -18,7 +18,7 @@ same types. ``mask`` (T, N) bool is True where a sequence is still running. Norm
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol, Sequence, runtime_checkable
+from typing import NamedTuple, Optional, Protocol, Sequence, runtime_checkable
 
 from torch import Tensor
 
@@ -210,8 +210,13 @@ class NormGrads(NamedTuple):
 # ------------------------------------------------------------------------------------------------ streaming
 
 
+#: Cell kinds of a streaming layer, shared with C++.
+CELL_LSTM, CELL_GRU, CELL_RNN_TANH, CELL_RNN_RELU = 0, 1, 2, 3
+CELLS = {"LSTM": CELL_LSTM, "GRU": CELL_GRU, "RNN_TANH": CELL_RNN_TANH, "RNN_RELU": CELL_RNN_RELU}
+
+
 class StreamNorm(NamedTuple):
-    """One norm of a streaming LSTM layer: kind (``NONE``, ``LAYER``, ``RMS`` or ``BATCH_FIXED``), gain and bias
+    """One norm of a streaming layer: kind (``NONE``, ``LAYER``, ``RMS`` or ``BATCH_FIXED``), gain and bias
     (empty when absent), and for batch norm in eval its running statistics (steps, F) and ``steps_tracked``
     (empty otherwise)."""
 
@@ -224,8 +229,10 @@ class StreamNorm(NamedTuple):
 
 
 class StreamLayer(NamedTuple):
-    """What one layer of a streaming LSTM step reads (biases empty when absent; ``norm_h`` is the joint norm
-    when ``joint``)."""
+    """What one layer of a streaming step reads (biases empty when absent). ``norm_x``: the input term's norm
+    (separate terms); ``norm_h``: the recurrent term's, or the joint norm when ``joint`` (a GRU's ``norm_gates``);
+    ``norm_c``: an LSTM's cell norm, a GRU's candidate norm (``norm_new``, joint terms), else absent.
+    ``carry``: an LSTM carries its normalized cell. ``cell``: ``CELL_LSTM``, ``CELL_GRU``, ``CELL_RNN_*``."""
 
     w_ih: Tensor
     w_hh: Tensor
@@ -236,10 +243,11 @@ class StreamLayer(NamedTuple):
     norm_c: StreamNorm
     joint: bool
     carry: bool
+    cell: int = CELL_LSTM
 
 
 class StreamResult(NamedTuple):
-    """out (N, H) of the last layer; h_n, c_n (L, N, H)."""
+    """out (N, H) of the last layer; h_n, c_n (L, N, H) (c_n empty for a GRU or Elman RNN)."""
 
     out: Tensor
     h_n: Tensor
@@ -287,8 +295,8 @@ class Engine(Protocol):
 
 @runtime_checkable
 class StreamKernels(Protocol):
-    """Optional (``has_stream``): one step of a whole LSTM stack in one call (``LSTM.step``, and fused calls of
-    one step)."""
+    """Optional (``has_stream``): one step of a whole LSTM, GRU or Elman RNN stack in one call (``.step``, and
+    fused LSTM calls of one step)."""
 
     def prepare_stream(self, layers: Sequence[StreamLayer]) -> object:
         """The layers in the engine's own form, built once per streaming plan."""
@@ -297,6 +305,12 @@ class StreamKernels(Protocol):
                     eps: float) -> StreamResult:
         """One step of an LSTM stack. x (N, I); h0, c0 (L, N, H) or empty (zeros); ``layers`` from
         :meth:`prepare_stream`; ``step``: the time index (batch norm's statistics row)."""
+
+    def hidden_stream(self, x: Tensor, h0: Optional[Tensor], layers: object, step: int,
+                      eps: float) -> Optional[StreamResult]:
+        """One step of a GRU or Elman RNN stack (the cell kind is the layers'). x (N, I); h0 (L, N, H) or
+        ``None`` (zeros). Checks its arguments itself: ``None`` when they do not fit the stack (shape, dtype,
+        device) or autograd would record a graph (then the general path runs)."""
 
 
 @runtime_checkable

@@ -272,12 +272,13 @@ class NativeEngine:
         return RNNGrads(*self.module.rnn_backward(dout, dh, list(saved.tensors), *saved.flags))
 
     # -- streaming
-    def prepare_stream(self, layers: Sequence[StreamLayer]) -> list:
+    def prepare_stream(self, layers: Sequence[StreamLayer]) -> object:
         m = self.module
-        return [m.StreamLayer(l.w_ih, l.w_hh, l.b_ih, l.b_hh, m.StreamNorm(*l.norm_x), m.StreamNorm(*l.norm_h),
-                              m.StreamNorm(*l.norm_c), l.joint, l.carry) for l in layers]
+        return m.StreamStack([m.StreamLayer(l.w_ih, l.w_hh, l.b_ih, l.b_hh, m.StreamNorm(*l.norm_x),
+                                            m.StreamNorm(*l.norm_h), m.StreamNorm(*l.norm_c), l.joint, l.carry,
+                                            l.cell) for l in layers])
 
-    def lstm_stream(self, x: Tensor, h0: Tensor, c0: Tensor, layers: list, step: int, eps: float) -> StreamResult:
+    def lstm_stream(self, x: Tensor, h0: Tensor, c0: Tensor, layers: object, step: int, eps: float) -> StreamResult:
         return StreamResult(*self.module.lstm_stream(x, h0, c0, layers, step, eps))
 
     # -- large products (the input projection and its gradients) on the GEMM path measured for their shape
@@ -287,6 +288,11 @@ class NativeEngine:
             out = a.new_empty(a.shape[0], b.shape[1])
         self.module.mm_into(out, a, b, False)
         return out
+
+    def hidden_stream(self, x: Tensor, h0: Optional[Tensor], layers: object, step: int,
+                      eps: float) -> Optional[StreamResult]:
+        r = self.module.hidden_stream(x, h0, layers, step, eps)
+        return None if r is None else StreamResult(r[0], r[1], _EMPTY)
 
     # -- the input term's norms over all steps
     def norm_rows_(self, x: Tensor, weight: Tensor, kind: int, eps: float, fixed: Fixed) -> None:
@@ -314,6 +320,7 @@ class NativeEngine:
         return NormGrads(*self.module.rms_norm_backward(dy, *saved.tensors))
 
 
+_EMPTY = torch.empty(0)
 _engine: Optional[NativeEngine] = None
 
 

@@ -3,8 +3,8 @@
 * which *engine* runs the fused loop for tensors of a device and dtype (:func:`engine`, :func:`force_engine`);
 * whether a layer runs the fused backend or the reference loop (the reference while exporting: an exported
   graph holds ATen ops only), and why a variant has no fused path (:func:`uses_fused`, :func:`unsupported_reason`);
-* whether a call can take a one-call kernel: a whole LSTM stack's streaming step (:func:`streams`) or a
-  one-step sequence (:func:`one_step`).
+* whether a call can take a one-call kernel: a whole stack's streaming step (:func:`streams`) or a
+  one-step LSTM sequence (:func:`one_step`).
 
 Everything here works from flags and the parameters' device and dtype, never from a layer module: the layers
 (:mod:`normrnn.layers`) pass what they are.
@@ -130,11 +130,11 @@ def active_backend(fused: bool, device: torch.device) -> str:
 
 def streams(fused: bool, mode: str, bidirectional: bool, zoneout: float, residual: bool, dropout_active: bool,
             device: torch.device, dtype: torch.dtype, proj_size: int = 0) -> Optional[Engine]:
-    """The engine that runs a streaming step of a whole stack in one call, or ``None`` when the general path must
-    (GRU/RNN, bidirectional, residual, zoneout, training-mode dropout or DropConnect, a projection, the reference
-    backend, an engine without the kernel: CUDA tensors, the PyTorch engine). Per-norm and per-call conditions (batch
-    statistics, gradients) are :mod:`normrnn.fused.stream`'s."""
-    if not fused or mode != "LSTM" or bidirectional or zoneout or residual or dropout_active or proj_size:
+    """The engine that runs a streaming step of a whole stack (LSTM, GRU, Elman RNN) in one call, or ``None`` when
+    the general path must (bidirectional, residual, zoneout, training-mode dropout or DropConnect, a projection, the
+    reference backend, an engine without the kernel: CUDA tensors, the PyTorch engine). Per-norm and per-call
+    conditions (batch statistics, gradients) are :mod:`normrnn.fused.stream`'s."""
+    if not fused or bidirectional or zoneout or residual or dropout_active or proj_size:
         return None
     eng = engine(device, dtype)
     return eng if eng.has_stream and device.type in eng.devices else None

@@ -1,4 +1,5 @@
-"""Making streaming fast: ``LSTM.step`` for a whole unidirectional stack in one call of an engine's kernel.
+"""Making streaming fast: ``LSTM.step``, ``GRU.step`` and ``RNN.step`` for a whole unidirectional stack in one
+call of an engine's kernel.
 
 At batch 1 a step's arithmetic (two matrix-vector products and O(H) elementwise work per layer) takes tens of
 microseconds, so what the layer API does around it per call decides the speed: input checks, parameter lookups
@@ -11,7 +12,8 @@ once. The layer rebuilds it when its key changes (:func:`generation` is part of 
 * the layer's training flag, its backend and the forced engine (they choose the path, :mod:`.select`).
 
 Per call only whether autograd needs a graph (then the general path runs, which records one) and the input's
-shape, dtype and device are checked (:func:`stream_step`). Everything else is read through the tensors
+shape, dtype and device are checked (:func:`stream_step`; for a GRU or Elman RNN stack the kernel checks them
+itself, which costs a fraction of the same checks in Python). Everything else is read through the tensors
 themselves, so in-place updates (optimizer steps, ``load_state_dict``, batch norm's running statistics) need no
 invalidation.
 
@@ -27,7 +29,7 @@ from torch.nn.modules import module as _module
 
 from ..cells import CellParams, State
 from ..norms import RecurrentBatchNorm
-from .contract import BATCH, Engine, StreamLayer, StreamNorm
+from .contract import BATCH, CELLS, Engine, StreamLayer, StreamNorm
 from .loop_args import bias_of, gain_of, kind_of, or_empty
 
 _generation = [0]
@@ -57,9 +59,11 @@ class Plan(NamedTuple):
     """What one streaming step of a stack reads."""
 
     engine: Engine
+    lstm: bool  # else a GRU or Elman RNN stack (state h only)
     layers: object  # the engine's prepare_stream of the StreamLayers
     params: tuple  # the trainable tensors, for the per-call requires_grad check
     dtype: torch.dtype
+    device_type: str
     input_size: int
     hidden_size: int
     num_layers: int
@@ -67,11 +71,11 @@ class Plan(NamedTuple):
 
 
 def stream_layer(p: CellParams, like: Tensor) -> Optional[StreamLayer]:
-    """What the streaming kernel reads for one LSTM cell; ``None`` where it cannot run it: a norm computing batch
-    statistics, or a tensor of another dtype/device or not contiguous."""
+    """What the streaming kernel reads for one cell (LSTM, GRU, Elman RNN); ``None`` where it cannot run it: a
+    norm computing batch statistics, or a tensor of another dtype/device or not contiguous."""
     joint = p.norm_gates is not None
     norms = []
-    for n in (p.norm_ih, p.norm_gates if joint else p.norm_hh, p.norm_cell):
+    for n in (p.norm_ih, p.norm_gates if joint else p.norm_hh, p.norm_cell if p.mode == "LSTM" else p.norm_new):
         kind = kind_of(n)
         if kind == BATCH:
             return None
@@ -79,7 +83,7 @@ def stream_layer(p: CellParams, like: Tensor) -> Optional[StreamLayer]:
                    else (like.new_empty(0),) * 3)
         norms.append(StreamNorm(kind, or_empty(gain_of(n), like), or_empty(bias_of(n), like), *running))
     layer = StreamLayer(p.weight_ih, p.weight_hh, or_empty(p.bias_ih, like), or_empty(p.bias_hh, like), *norms,
-                        joint, bool(p.carry_normalized_cell))
+                        joint, bool(p.carry_normalized_cell), CELLS[p.mode])
     tensors = (*layer[:4], *(t for n in norms for t in n[1:]))
     if any(t.dtype != like.dtype and t.dtype != torch.long or t.device != like.device or not t.is_contiguous()
            for t in tensors):
@@ -88,7 +92,7 @@ def stream_layer(p: CellParams, like: Tensor) -> Optional[StreamLayer]:
 
 
 def build_plan(cells: Sequence[CellParams], eng: Engine, eps: float) -> Optional[Plan]:
-    """The plan of a stack of LSTM cells (one per layer) on ``eng``, or ``None`` where a cell cannot stream."""
+    """The plan of a stack of cells (one per layer) on ``eng``, or ``None`` where a cell cannot stream."""
     w = cells[0].weight_hh
     layers = []
     for p in cells:
@@ -98,14 +102,21 @@ def build_plan(cells: Sequence[CellParams], eng: Engine, eps: float) -> Optional
         layers.append(layer)
     tensors = [t for layer in layers for t in (*layer[:4], *(t for n in layer[4:7] for t in n[1:]))]
     params = tuple(t for t in tensors if t.is_floating_point() and isinstance(t, torch.nn.Parameter))
-    return Plan(eng, eng.prepare_stream(layers), params, w.dtype, cells[0].weight_ih.shape[1], w.shape[1],
-                len(cells), eps)
+    return Plan(eng, cells[0].mode == "LSTM", eng.prepare_stream(layers), params, w.dtype, w.device.type,
+                cells[0].weight_ih.shape[1], w.shape[1], len(cells), eps)
 
 
-def stream_step(plan: Plan, x: Tensor, hx, step: int) -> Optional[tuple[Tensor, tuple[Tensor, Tensor]]]:
+def stream_step(plan: Plan, x: Tensor, hx, step: int) -> Optional[tuple[Tensor, object]]:
     """One step of the stack in one call, or ``None`` when the general path must run (it also gives the errors
-    for bad input). x: (N, H_in); hx: ``(h, c)`` each (num_layers, N, H) or None.
-    Returns ``(output (N, H), (h_n, c_n))``."""
+    for bad input). x: (N, H_in); hx: an LSTM's ``(h, c)``, each (num_layers, N, H), a GRU's or RNN's h, or None.
+    Returns ``(output (N, H), (h_n, c_n))``, or ``(output, h_n)``."""
+    if not plan.lstm:
+        # (the kernel checks the rest itself, at a fraction of the cost of checks here: GRU.step / RNN.step stay
+        # under nn.GRUCell / nn.RNNCell per step, where Python work per call is most of the budget)
+        if type(x) is not Tensor or not (hx is None or type(hx) is Tensor):
+            return None
+        r = plan.engine.hidden_stream(x, hx, plan.layers, step, plan.eps)
+        return None if r is None else (r.out, r.h_n)
     if type(x) is not Tensor or x.dim() != 2 or x.shape[1] != plan.input_size or x.dtype != plan.dtype \
             or x.device.type not in plan.engine.devices:
         return None

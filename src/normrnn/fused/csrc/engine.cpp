@@ -18,7 +18,8 @@
 //   lstm.h          the LSTM loop
 //   gru.h           the GRU loops: separate terms, joint terms
 //   elman.h         the Elman RNN loop
-//   stream.h        one LSTM step for inference and streaming; a whole stack's step in one call
+//   stream.h        one LSTM step for inference and streaming; a whole stack's step in one call (LSTM, and
+//                   GRU / Elman RNN with their own small-batch products)
 //   norm_passes.h   the input term's norms over all steps: RMSNorm rows, inference norm, running averages,
 //                   batch norm over steps
 //   engine.cpp      (below) the bindings: the contract's (out, state, stats, saved) per loop
@@ -45,6 +46,8 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <optional>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -224,10 +227,17 @@ Tensors rnn_backward(at::Tensor dout, at::Tensor dhT, Tensors s, int64_t kind_h,
                                   Reducer(reduce)));
 }
 
-std::vector<at::Tensor> lstm_stream(at::Tensor x, at::Tensor h0, at::Tensor c0, std::vector<StreamLayer> layers,
+std::vector<at::Tensor> lstm_stream(at::Tensor x, at::Tensor h0, at::Tensor c0, const StreamStack& stack,
                                     int64_t step, double eps) {
-  TORCH_CHECK(!layers.empty(), "lstm_stream: at least one layer");
-  return NORMRNN_DISPATCH(x, "lstm_stream", lstm_stream_impl<scalar_t>(x, h0, c0, layers, step, eps));
+  return NORMRNN_DISPATCH(x, "lstm_stream", lstm_stream_impl<scalar_t>(x, h0, c0, stack, step, eps));
+}
+
+// GRU / Elman RNN stack: (out, h_n), or None when the call does not apply (see stream_applies).
+std::optional<std::tuple<at::Tensor, at::Tensor>> hidden_stream(const at::Tensor& x,
+                                                                const c10::optional<at::Tensor>& h0,
+                                                                const StreamStack& stack, int64_t step, double eps) {
+  if (!stream_applies(stack, x, h0)) return std::nullopt;
+  return NORMRNN_DISPATCH(x, "hidden_stream", hidden_stream_impl<scalar_t>(x, h0, stack, step, eps));
 }
 
 std::vector<at::Tensor> rms_norm_forward(at::Tensor x, at::Tensor weight, double eps) {
@@ -386,10 +396,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::arg("gain"), py::arg("bias"), py::arg("running_mean"), py::arg("running_var"),
            py::arg("steps_tracked"));
   py::class_<StreamLayer>(m, "StreamLayer")
-      .def(py::init<at::Tensor, at::Tensor, at::Tensor, at::Tensor, StreamNorm, StreamNorm, StreamNorm, bool, bool>(),
+      .def(py::init<at::Tensor, at::Tensor, at::Tensor, at::Tensor, StreamNorm, StreamNorm, StreamNorm, bool, bool,
+                    int64_t>(),
            py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("norm_x"), py::arg("norm_h"),
-           py::arg("norm_c"), py::arg("joint"), py::arg("carry"));
+           py::arg("norm_c"), py::arg("joint"), py::arg("carry"), py::arg("cell"));
+  py::class_<StreamStack>(m, "StreamStack").def(py::init<std::vector<StreamLayer>>(), py::arg("layers"));
   m.def("lstm_stream", &lstm_stream);
+  m.def("hidden_stream", &hidden_stream);
   m.def("lstm_forward", &lstm_forward);
   m.def("lstm_infer", &lstm_infer);
   m.def("lstm_backward", &lstm_backward);

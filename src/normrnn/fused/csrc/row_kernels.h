@@ -442,7 +442,8 @@ inline void rnn_fwd(const T* __restrict a, T* __restrict y, T* __restrict hn, T*
                     int64_t H) {
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) {
-    const T v = relu ? (a[j] > T(0) ? a[j] : T(0)) : tanh_(a[j]);
+    // (relu written so a NaN stays NaN, as torch.relu has it: `a > 0 ? a : 0` made it 0)
+    const T v = relu ? (a[j] < T(0) ? T(0) : a[j]) : tanh_(a[j]);
     y[j] = v;
     hn[j] = v;
     out[j] = v;
@@ -455,7 +456,8 @@ inline void rnn_bwd(const T* __restrict y, const T* __restrict dh, const T* __re
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) {
     const T dhs = dh[j] + dout[j];
-    da[j] = relu ? (y[j] > T(0) ? dhs : T(0)) : dhs * (T(1) - y[j] * y[j]);
+    // (relu's backward as torch's threshold_backward: 0 where y <= 0, else dhs, so a NaN y passes dhs on)
+    da[j] = relu ? (y[j] <= T(0) ? T(0) : dhs) : dhs * (T(1) - y[j] * y[j]);
   }
 }
 
