@@ -65,7 +65,10 @@ def load() -> Optional[ModuleType]:
         return _module
     with _lock:
         if _module is None and _failed is None:
-            _module = _build()
+            module = _build()
+            if module is not None:
+                _configure_gemm(module, Path(module.__file__).parent)
+            _module = module
     return _module
 
 
@@ -171,7 +174,6 @@ def _build() -> Optional[ModuleType]:
             module = _import_cpp_extension().load(name="normrnn_engine", sources=[str(SOURCE)],
                                                   extra_cflags=FLAGS + extra, extra_ldflags=list(extra),
                                                   build_directory=str(where), verbose=False)
-            _configure_gemm(module, where)
             return module
         except Exception as e:  # no compiler, no ninja, a failed build: the reference loop does the same work
             error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
