@@ -105,3 +105,30 @@ def test_streaming_step_propagates_nonfinite(kind, norm, terms, value):
     assert torch.equal(got.isnan(), expected.isnan()) and torch.equal(got.isinf(), expected.isinf())
     for a, b in zip(state.hx if kind == "LSTM" else (state.hx,), h_ref if kind == "LSTM" else (h_ref,)):
         assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.isinf(), b.isinf())
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("norm", ["none", "layer", "batch"])
+def test_a_sequence_that_diverged_before_its_end_leaves_zero_padding(engine, kind, norm):
+    """A NaN at a valid step of a sequence that then ends: its outputs are NaN up to its end and exactly zero past
+    it (as nn.LSTM's packed output pads), its held NaN state reaches no other sequence's statistics, and the
+    gradients' finite pattern is the reference loop's. (A 0/1 mask multiplied into the held NaN state gave NaN
+    padding in the PyTorch engine.)"""
+    ref, fast = _pair(kind, norm, "separate", True)
+    x = torch.randn(12, 3, 4)
+    x[2, 1, 0] = float("nan")
+    lengths = torch.tensor([12, 5, 9])
+    for m in (ref, fast):
+        with fused.force_engine(engine):
+            xx = x.clone().requires_grad_()
+            out, _ = m(xx, lengths=lengths)
+            assert out[5:, 1].eq(0).all(), f"{m.active_backend()}: padding of the diverged sequence is not zero"
+            if norm != "batch":  # (batch norm's step-2 statistics include the NaN row: every row is NaN there)
+                assert out[:, [0, 2]].isfinite().all()
+            (g,) = torch.autograd.grad(out.nan_to_num().sum(), [xx])
+            if m is ref:
+                expected_out, expected_g = out.isnan(), g.isfinite()
+            else:
+                assert torch.equal(out.isnan(), expected_out)
+                assert torch.equal(g.isfinite(), expected_g)

@@ -67,11 +67,12 @@ def norm_forward(s: Tensor, kind: int, mask: Optional[Tensor], fix_mean: Tensor,
             mean = s.mean(0, keepdim=True)
             var = (s - mean).pow(2).mean(0, keepdim=True)
         else:
-            w = mask.to(s.dtype).unsqueeze(1)
+            # (rows selected, not multiplied by a 0/1 mask: a finished row's held NaN state must not leak in)
+            w = mask.unsqueeze(1)
             count = int(mask.sum())
             denom = max(count, 1)
-            mean = (s * w).sum(0, keepdim=True) / denom
-            var = ((s - mean).pow(2) * w).sum(0, keepdim=True) / denom
+            mean = torch.where(w, s, 0.0).sum(0, keepdim=True) / denom
+            var = torch.where(w, (s - mean).pow(2), 0.0).sum(0, keepdim=True) / denom
         if count >= 2:
             rstd = torch.rsqrt(var + eps)
             return (s - mean) * rstd, rstd, mean.squeeze(0), var.squeeze(0), count
@@ -93,7 +94,11 @@ def norm_backward(dshat: Tensor, shat: Tensor, rstd: Tensor, kind: int, mask: Op
     if kind == RMS:
         return rstd * (dshat - shat * (dshat * shat).mean(1, keepdim=True))
     if kind == BATCH and count >= 2:
-        # Rows of finished sequences carry dŝ = 0 and must not receive any gradient: their s was not counted.
+        # Rows of finished sequences carry dŝ = 0 and must not receive any gradient: their s was not counted
+        # (and their ŝ, from a held state, may be anything: selected out, not multiplied by 0).
+        if mask is not None:
+            dshat = torch.where(mask.unsqueeze(1), dshat, 0.0)
+            shat = torch.where(mask.unsqueeze(1), shat, 0.0)
         if reduce is None:
             ds = rstd * (dshat - dshat.sum(0, keepdim=True) / count
                          - shat * (dshat * shat).sum(0, keepdim=True) / count)
@@ -102,7 +107,7 @@ def norm_backward(dshat: Tensor, shat: Tensor, rstd: Tensor, kind: int, mask: Op
             sums = torch.cat([dshat.sum(0), (dshat * shat).sum(0)])
             reduce(sums)
             ds = rstd * (dshat - sums[:F] / count - shat * sums[F:] / count)
-        return ds if mask is None else ds * mask.to(ds.dtype).unsqueeze(1)
+        return ds if mask is None else torch.where(mask.unsqueeze(1), ds, 0.0)
     if kind in (BATCH, BATCH_FIXED):
         return dshat * rstd
     return dshat
@@ -128,8 +133,9 @@ def _stats(T: int, F: int, like: Tensor, kind: int):
 
 
 def o_masked(h_all: Tensor, mask: Tensor) -> Tensor:
-    """The outputs: every step's state, zero where the sequence has ended. h_all (T+1, N, H), mask (T, N)."""
-    return h_all[1:] * mask.unsqueeze(-1).to(h_all.dtype)
+    """The outputs: every step's state, zero where the sequence has ended. h_all (T+1, N, H), mask (T, N).
+    (Selected, not multiplied by the mask: a finished sequence's held NaN state must not leak into its padding.)"""
+    return torch.where(mask.unsqueeze(-1), h_all[1:], 0.0)
 
 
 def _row(t: Tensor, i: int) -> Tensor:
@@ -158,7 +164,7 @@ def _hold_finished(h_all: Tensor, out: Tensor, t: int, h_new: Tensor, h: Tensor,
     else:
         keep = m.unsqueeze(1)
         h_all[t + 1] = torch.where(keep, h_new, h)
-        out[t] = h_new * keep
+        out[t] = torch.where(keep, h_new, 0.0)
 
 
 def _split_finished(dh: Tensor, dh_step: Tensor, m: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
@@ -166,8 +172,8 @@ def _split_finished(dh: Tensor, dh_step: Tensor, m: Optional[Tensor]) -> tuple[T
     to its held state, or None without a mask)."""
     if m is None:
         return dh_step, None
-    keep = m.unsqueeze(1).to(dh.dtype)
-    return dh_step * keep, dh * (1 - keep)
+    keep = m.unsqueeze(1)  # (selected, not multiplied: a NaN in padding's gradient must not reach a running row)
+    return torch.where(keep, dh_step, 0.0), torch.where(keep, 0.0, dh)
 
 
 # ------------------------------------------------------------------------------------------------ LSTM
@@ -281,9 +287,9 @@ def lstm_backward(dout: Tensor, dhT: Tensor, dcT: Tensor, saved: Saved) -> LSTMG
         dh_step = dh + dout[t]
         if m is not None:
             # A finished sequence's state passes through unchanged and its output is a constant zero.
-            keep = m.unsqueeze(1).to(dh.dtype)
-            dh_pass, dc_pass = dh * (1 - keep), dc * (1 - keep)
-            dh_step, dc_step = dh_step * keep, dc * keep
+            keep = m.unsqueeze(1)  # (selected, not multiplied: see _split_finished)
+            dh_pass, dc_pass = torch.where(keep, 0.0, dh), torch.where(keep, 0.0, dc)
+            dh_step, dc_step = torch.where(keep, dh_step, 0.0), torch.where(keep, dc, 0.0)
         else:
             dc_step = dc
         i, f, g, o = acts[t].chunk(4, 1)
