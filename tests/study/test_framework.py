@@ -143,3 +143,16 @@ def test_jobs_run_claims_in_processes_and_one_report(tmp_path, capsys):
     data = json.loads((out / "results.json").read_text())
     assert [c["id"] for c in data["claims"]] == ["C9", "C10b"]
     assert all(c["seconds"] == 0 for c in data["claims"])  # the children ran them: the parent read the cache
+
+
+def test_a_finished_claim_process_leaves_the_others_work_folders(tmp_path):
+    """With --jobs the claim processes share OUT/work: one that finishes removes its own claims' folders only, not
+    the folder of a run another process is in the middle of."""
+    from normrnn.study.core import StudyContext
+    from normrnn.study.runner import run_claims
+
+    busy = tmp_path / "work" / "C5" / "0123abcd"
+    busy.mkdir(parents=True)
+    (tmp_path / "work" / "C9").mkdir()
+    run_claims([], StudyContext(profile="smoke", seeds=1, progress=False), tmp_path)
+    assert busy.is_dir()

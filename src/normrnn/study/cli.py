@@ -55,10 +55,15 @@ def verdict_table(results, ctx: StudyContext) -> str:
     return "\n".join(lines + ([f"\n{note}"] if note else []))
 
 
+TASK_COST = {"charlm": 2.0, "classify": 4.5}  # per update, relative to an image-row update (see claim_cost)
+
+
 def claim_cost(claim, ctx: StudyContext) -> float:
     """A rough cost of a claim's runs, in 128-unit image-update equivalents: a char-LM update (BPTT 50) costs about
-    twice an image-row update on a CPU thread (measured: ~20 vs ~10 ms at 128 units, batch 32); an epoch-based run
-    counts its epochs' updates; a run that trains nothing counts 200."""
+    twice an image-row update on a CPU thread (measured: ~20 vs ~10 ms at 128 units, batch 32), a classifier's
+    update (with its per-epoch evaluation) about twice a char-LM's (the standard run of 2026-12-05: ~70 vs ~31 ms
+    per update, about 400 s per C5 run; weighted 1, C5 counted for a fifth of its cost and its process fell far
+    behind the other); an epoch-based run counts its epochs' updates; a run that trains nothing counts 200."""
     from .plan import estimated_steps
 
     total = 0.0
@@ -69,8 +74,8 @@ def claim_cost(claim, ctx: StudyContext) -> float:
         for p in plans:
             c = p.cfg
             steps = c.max_steps or estimated_steps(c)
-            total += steps * (2.0 if c.task == "charlm" else 1.0) * max(c.hidden, 32) / 128 * (1.12 if p.tune_lr
-                                                                                                  else 1.0)
+            search = 1.12 if p.tune_lr else 1.0
+            total += steps * TASK_COST.get(c.task, 1.0) * max(c.hidden, 32) / 128 * search
     return total
 
 

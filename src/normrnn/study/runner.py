@@ -6,6 +6,7 @@ counts experiments; training runs show their own bars beneath it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -91,7 +92,12 @@ def run_claims(claims: list[Claim], ctx: StudyContext, out: Path) -> list[ClaimR
                 records.append(Record(exp.key, result))
                 bar.update(1)
             results.append(ClaimResult(claim, records, judge(claim, records, ctx), seconds, cached))
-    shutil.rmtree(Path(out) / "work", ignore_errors=True)
+    # Only this call's claims' folders (each run removes its own): with --jobs, other processes are still running
+    # theirs under the same OUT/work.
+    for claim in claims:
+        shutil.rmtree(Path(out) / "work" / claim.id, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        (Path(out) / "work").rmdir()  # (only when empty)
     use_search_store(None)
     return results
 
