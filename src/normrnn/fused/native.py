@@ -283,6 +283,11 @@ class NativeEngine:
     def lstm_stream(self, x: Tensor, h0: Tensor, c0: Tensor, layers: object, step: int, eps: float) -> StreamResult:
         return StreamResult(*self.module.lstm_stream(x, h0, c0, layers, step, eps))
 
+    def hidden_stream(self, x: Tensor, h0: Optional[Tensor], layers: object, step: int,
+                      eps: float) -> Optional[StreamResult]:
+        r = self.module.hidden_stream(x, h0, layers, step, eps)
+        return None if r is None else StreamResult(r[0], r[1], _EMPTY)
+
     # -- large products (the input projection and its gradients) on the GEMM path measured for their shape
     def mm(self, a: Tensor, b: Tensor, out: Optional[Tensor] = None) -> Tensor:
         """a (M, K) · b (K, N) into ``out`` (contiguous) or a new tensor; no autograd."""
@@ -290,11 +295,6 @@ class NativeEngine:
             out = a.new_empty(a.shape[0], b.shape[1])
         self.module.mm_into(out, a, b, False)
         return out
-
-    def hidden_stream(self, x: Tensor, h0: Optional[Tensor], layers: object, step: int,
-                      eps: float) -> Optional[StreamResult]:
-        r = self.module.hidden_stream(x, h0, layers, step, eps)
-        return None if r is None else StreamResult(r[0], r[1], _EMPTY)
 
     # -- the input term's norms over all steps
     def norm_rows_(self, x: Tensor, weight: Tensor, kind: int, eps: float, fixed: Fixed) -> None:
