@@ -126,7 +126,7 @@ def _norm_fwd(x, valid, run, cnt, t, N, nfeat, fo, fvalid, rows, eps,
 def _norm_bwd(dxh, xh, t, N, nfeat, fo, fvalid, rows, keep, rstd_ptr, count_ptr, KIND: tl.constexpr):
     """ds from dx̂ (gain already applied) of a tile; dxh, xh zero where not valid. As
     :func:`normrnn.fused.torch_engine.norm_backward`: batch statistics (count >= 2) spread the gradient over
-    the running rows (``keep``, (BN, 1, 1) of 0/1); given statistics only scale it."""
+    the running rows (``keep``, (BN, 1, 1) bool); given statistics only scale it."""
     if KIND == LAYER or KIND == RMS:
         rstd = tl.load(rstd_ptr + t * N + rows, mask=rows < N, other=0.0)[:, None, None]
         p = _sum(_sum(dxh * xh, 2), 1)[:, None, None] / nfeat
@@ -141,9 +141,12 @@ def _norm_bwd(dxh, xh, t, N, nfeat, fo, fvalid, rows, keep, rstd_ptr, count_ptr,
         if KIND == BATCH:
             cnt = tl.load(count_ptr + t)
             c = tl.maximum(cnt, 1.0)
+            # finished rows are selected out, not multiplied by 0: their ŝ (from a held state) may be NaN
+            dxh = tl.where(keep, dxh, 0.0)
+            xh = tl.where(keep, xh, 0.0)
             m = _sum(dxh, 0)[None, :, :] / c
             p = _sum(dxh * xh, 0)[None, :, :] / c
-            full = rstd * (dxh - m - xh * p) * keep
+            full = tl.where(keep, rstd * (dxh - m - xh * p), 0.0)
             ds = tl.where(cnt >= 2, full, ds)
     return ds
 
@@ -274,12 +277,12 @@ def lstm_bwd_kernel(dhmm_ptr, dhp_ptr, dc_ptr, dout_ptr, sdt, sdn,
     dc = tl.load(dc_ptr + off1, mask=v1, other=0.0)
     dh_step = dh + dout
     dc_step = dc
-    keep = run[:, None, None].to(dh.dtype)
+    keep = run[:, None, None]  # selected, never multiplied: a NaN held by a finished row stays there
     if HAS_MASK:
-        dh_pass = dh * (1 - keep)
-        dc_pass = dc * (1 - keep)
-        dh_step = dh_step * keep
-        dc_step = dc * keep
+        dh_pass = tl.where(keep, 0.0, dh)
+        dc_pass = tl.where(keep, 0.0, dc)
+        dh_step = tl.where(keep, dh_step, 0.0)
+        dc_step = tl.where(keep, dc, 0.0)
     act = tl.load(acts_ptr + t * N * G + off4, mask=v4, other=0.0)
     i = _gate(act, g3, 0)
     f = _gate(act, g3, 1)
@@ -390,9 +393,9 @@ def gru_bwd_kernel(dhmm_ptr, dhp_ptr, dout_ptr, sdt, sdn, h_ptr, acts_ptr, recn_
     run, cnt = _running(mask_ptr, t, N, rows, HAS_MASK)
     dh = tl.load(dhmm_ptr + off1, mask=v1, other=0.0) + tl.load(dhp_ptr + off1, mask=v1, other=0.0)
     dh_step = dh + tl.load(dout_ptr + t * sdt + r3 * sdn + u3, mask=v1, other=0.0)
-    keep = run[:, None, None].to(dh.dtype)
+    keep = run[:, None, None]  # selected, never multiplied: a NaN held by a finished row stays there
     if HAS_MASK:
-        dh_step = dh_step * keep
+        dh_step = tl.where(keep, dh_step, 0.0)
     act = tl.load(acts_ptr + t * N * G + off3, mask=v3, other=0.0)
     r = _gate(act, g3, 0)
     u = _gate(act, g3, 1)
@@ -415,7 +418,7 @@ def gru_bwd_kernel(dhmm_ptr, dhp_ptr, dout_ptr, sdt, sdn, h_ptr, acts_ptr, recn_
         tl.store(ds_ptr + t * N * G + off3, ds, mask=v3)
     dh_pass = dh_step * u
     if HAS_MASK:
-        dh_pass = dh_pass + dh * (1 - keep)
+        dh_pass = dh_pass + tl.where(keep, 0.0, dh)
     tl.store(dhp_ptr + off1, dh_pass, mask=v1)
 
 
@@ -502,9 +505,9 @@ def gru_joint_bwd_kernel(dhmm_ptr, dhp_ptr, dout_ptr, sdt, sdn, h_ptr, acts_ptr,
     run, cnt = _running(mask_ptr, t, N, rows, HAS_MASK)
     dh = tl.load(dhmm_ptr + off1, mask=v1, other=0.0) + tl.load(dhp_ptr + off1, mask=v1, other=0.0)
     dh_step = dh + tl.load(dout_ptr + t * sdt + r3 * sdn + u3, mask=v1, other=0.0)
-    keep = run[:, None, None].to(dh.dtype)
+    keep = run[:, None, None]  # selected, never multiplied: a NaN held by a finished row stays there
     if HAS_MASK:
-        dh_step = dh_step * keep
+        dh_step = tl.where(keep, dh_step, 0.0)
     base = acts_ptr + x + r3 * G + u3
     r = tl.load(base, mask=v1, other=0.0)
     z = tl.load(base + H, mask=v1, other=0.0)
@@ -535,7 +538,7 @@ def gru_joint_bwd_kernel(dhmm_ptr, dhp_ptr, dout_ptr, sdt, sdn, h_ptr, acts_ptr,
     tl.store(ds_ptr + x + r3 * G + 2 * H + u3, dv * r, mask=v1)
     dh_pass = dh_step * z
     if HAS_MASK:
-        dh_pass = dh_pass + dh * (1 - keep)
+        dh_pass = dh_pass + tl.where(keep, 0.0, dh)
     tl.store(dhp_ptr + off1, dh_pass, mask=v1)
 
 
@@ -596,9 +599,9 @@ def rnn_bwd_kernel(dhmm_ptr, dhp_ptr, dout_ptr, sdt, sdn, act_ptr, shat_ptr, rst
     run, cnt = _running(mask_ptr, t, N, rows, HAS_MASK)
     dh = tl.load(dhmm_ptr + off1, mask=v1, other=0.0) + tl.load(dhp_ptr + off1, mask=v1, other=0.0)
     dh_step = dh + tl.load(dout_ptr + t * sdt + r3 * sdn + u3, mask=v1, other=0.0)
-    keep = run[:, None, None].to(dh.dtype)
+    keep = run[:, None, None]  # selected, never multiplied: a NaN held by a finished row stays there
     if HAS_MASK:
-        dh_step = dh_step * keep
+        dh_step = tl.where(keep, dh_step, 0.0)
     y = tl.load(act_ptr + t * N * H + off1, mask=v1, other=0.0)
     if RELU:
         da = dh_step * (y > 0).to(dh.dtype)
@@ -612,6 +615,6 @@ def rnn_bwd_kernel(dhmm_ptr, dhp_ptr, dout_ptr, sdt, sdn, act_ptr, shat_ptr, rst
         ds = _norm_bwd(dxh, shat, t, N, H, u3, f1, rows, keep, rstdh_ptr, cnth_ptr, KIND_H)
         tl.store(ds_ptr + t * N * H + off1, ds, mask=v1)
     if HAS_MASK:
-        tl.store(dhp_ptr + off1, dh * (1 - keep), mask=v1)
+        tl.store(dhp_ptr + off1, tl.where(keep, 0.0, dh), mask=v1)
     else:
         tl.store(dhp_ptr + off1, tl.full((BN, 1, BH), 0.0, dh.dtype), mask=v1)
