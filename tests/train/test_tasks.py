@@ -90,3 +90,33 @@ def test_optimizers_and_schedules(optimizer):
     assert rec.lrs == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.025])
     cos = lr_factor(TrainConfig(schedule="cosine", warmup=2), total_steps=10)
     assert [cos(0), cos(1), cos(2), cos(10)] == pytest.approx([0.5, 1.0, 1.0, 0.0])
+
+
+def test_limited_text_split_embeds_only_the_words_it_trains_on(tmp_path):
+    """With ``limit``, the classifier's vocabulary is the kept training examples' words (plus <pad>, <unk>):
+    every other word reads as <unk> in every split, and the kept words stay distinct."""
+    from normrnn.train.tasks import ClassificationTask, Reindexed
+
+    lines = [f"{'ab'[i % 2]}\tcommon k{i % 50} {'good' if i % 2 else 'bad'}" for i in range(200)]  # 50 rare words
+    path = tmp_path / "unique.tsv"
+    path.write_text("\n".join(lines) + "\n")
+    full = ClassificationTask(TrainConfig(task="classify", data=str(path), hidden=8, progress=False))
+    task = ClassificationTask(TrainConfig(task="classify", data=str(path), hidden=8, limit=20, progress=False))
+    train_split = task.splits["train"]
+    assert isinstance(train_split, Reindexed)
+    old, _, _ = train_split.dataset.get_batch(torch.arange(20))
+    new, _, _ = train_split.get_batch(torch.arange(20))
+    used = torch.unique(old[old > 1])
+    assert task.vocab_size == len(used) + 2 < full.vocab_size
+    assert task.info["vocab"] == task.vocab_size
+    # kept words map one to one (same positions, distinct ids), padding stays 0
+    assert torch.equal(new == 0, old == 0)
+    pairs = {(int(a), int(b)) for a, b in zip(old.flatten(), new.flatten())}
+    assert len({a for a, _ in pairs}) == len({b for _, b in pairs}) == len(pairs)
+    assert int(new.max()) == task.vocab_size - 1
+    # valid words of the full training split that the kept 20 lack read as <unk>; the others keep their ids
+    vold, _, _ = task.splits["valid"].dataset.get_batch(torch.arange(len(task.splits["valid"])))
+    vnew, _, _ = task.splits["valid"].get_batch(torch.arange(len(task.splits["valid"])))
+    unseen = (vold > 1) & ~torch.isin(vold, used)
+    assert unseen.any() and (vnew[unseen] == 1).all()
+    assert (vnew[~unseen & (vold > 1)] > 1).all()

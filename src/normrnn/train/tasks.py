@@ -46,6 +46,35 @@ class Subset:
         return self.dataset.get_batch(self.keep[idx])
 
 
+class Reindexed:
+    """A text split whose token ids pass through ``table`` (old id -> new id) when a batch is drawn."""
+
+    def __init__(self, dataset: Any, table: Tensor) -> None:
+        self.dataset, self.table = dataset, table
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def lengths(self) -> Tensor:
+        return self.dataset.lengths()
+
+    def get_batch(self, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        ids, lengths, labels = self.dataset.get_batch(idx)
+        return self.table[ids], lengths, labels
+
+
+def training_vocabulary(train: Any, vocab_size: int) -> Tensor:
+    """old id -> new id over the tokens the (possibly limited) training split uses; every other token becomes
+    ``<unk>`` (1) and ``<pad>`` stays 0. A limited split uses a fraction of the full split's vocabulary, and the
+    embedding rows of words it never sees are never trained but cost every optimizer step (the WordNet glosses'
+    51k words: 6.5M embedding parameters against the 128-unit LSTM's 0.2M, half of a classifier update's time)."""
+    ids, _, _ = train.get_batch(torch.arange(len(train)))
+    used = torch.unique(torch.cat([torch.tensor([0, 1]), ids.flatten()]))
+    table = torch.ones(vocab_size, dtype=torch.int64)
+    table[used] = torch.arange(len(used))
+    return table
+
+
 class Task:
     """Base: subclasses set ``metric`` (the valid number that is reported and tracked for "best"),
     ``higher_is_better`` and ``unit`` (what throughput counts), and implement the methods below."""
@@ -170,6 +199,11 @@ class ClassificationTask(Task):
             self._load_text()
         self.splits = {s: (d if self.split_size(s, len(d)) == len(d) else Subset(d, self.split_size(s, len(d))))
                        for s, d in self.splits.items()}
+        if self.vocab_size and isinstance(self.splits["train"], Subset):
+            table = training_vocabulary(self.splits["train"], self.vocab_size)
+            self.splits = {s: Reindexed(d, table) for s, d in self.splits.items()}
+            self.vocab_size = int(table.max()) + 1
+            self.info["vocab"] = self.vocab_size
         self.info.update({f"{s}_examples": len(d) for s, d in self.splits.items()})
 
     def _load_images(self) -> None:
