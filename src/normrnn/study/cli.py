@@ -55,15 +55,14 @@ def verdict_table(results, ctx: StudyContext) -> str:
     return "\n".join(lines + ([f"\n{note}"] if note else []))
 
 
-TASK_COST = {"charlm": 2.0, "classify": 4.5}  # per update, relative to an image-row update (see claim_cost)
+TASK_COST = {"charlm": 2.7, "classify": 1.9}  # per update, relative to an image-row update (see claim_cost)
 
 
 def claim_cost(claim, ctx: StudyContext) -> float:
-    """A rough cost of a claim's runs, in 128-unit image-update equivalents: a char-LM update (BPTT 50) costs about
-    twice an image-row update on a CPU thread (measured: ~20 vs ~10 ms at 128 units, batch 32), a classifier's
-    update (with its per-epoch evaluation) about twice a char-LM's (the standard run of 2026-12-05: ~70 vs ~31 ms
-    per update, about 400 s per C5 run; weighted 1, C5 counted for a fifth of its cost and its process fell far
-    behind the other); an epoch-based run counts its epochs' updates; a run that trains nothing counts 200."""
+    """A rough cost of a claim's runs, in 128-unit image-update equivalents. Measured on one idle thread of the AMD
+    EPYC, 2026-12-05, batch 32: an image-row update 8.4 ms, a char-LM update (BPTT 50) 23 ms (2.7×), a WordNet
+    classifier update with its share of the per-epoch evaluation about 16 ms (1.9×, once its embedding covers only
+    the kept examples' words). An epoch-based run counts its epochs' updates; a run that trains nothing counts 200."""
     from .plan import estimated_steps
 
     total = 0.0

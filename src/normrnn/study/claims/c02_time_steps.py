@@ -109,7 +109,7 @@ class TimeSteps(Claim):
 
     def sizes(self, ctx: StudyContext) -> dict:
         return {"hidden": ctx.pick(16, 64, 1000, standard=128), "seq_len": ctx.pick(10, 50, 100, standard=50),
-                "batch": ctx.pick(8, 32, 64, standard=32), "steps": ctx.pick(5, 250, 8000, standard=2000),
+                "batch": ctx.pick(8, 32, 64, standard=32), "steps": ctx.pick(5, 250, 8000, standard=1500),
                 "limit": ctx.pick(20000, 300000, None, standard=None),
                 "eval_limit": ctx.pick(4000, 40000, None, standard=100000),
                 "sequences": ctx.pick(16, 100, 400, standard=200)}

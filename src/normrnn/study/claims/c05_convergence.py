@@ -120,7 +120,7 @@ class Convergence(Claim):
 
     def sizes(self, ctx: StudyContext) -> dict:
         return {"hidden": ctx.pick(16, 64, 128, standard=128), "batch": 32, "seq_len": 40,
-                "epochs": ctx.pick(2, 20, 40, standard=30), "limit": ctx.pick(200, 1600, None, standard=6000),
+                "epochs": ctx.pick(2, 20, 40, standard=24), "limit": ctx.pick(200, 1600, None, standard=6000),
                 "eval_limit": ctx.pick(100, 600, None, standard=2000), "lr": 3e-3}
 
     def data_label(self, ctx: StudyContext) -> str:

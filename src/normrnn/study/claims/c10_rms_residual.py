@@ -174,7 +174,7 @@ class RmsResidual(Claim):
             "eval_limit": ctx.pick(3_000, 20_000, 200_000, standard=50_000),
             "hidden": ctx.pick(16, 64, 256, standard=128), "batch": ctx.pick(8, 16, 32, standard=32),
             "seq_len": ctx.pick(20, 50, 100, standard=50),
-            "steps": ctx.pick(10, 200, 3000, standard=2000),
+            "steps": ctx.pick(10, 200, 3000, standard=1500),
             "deep_layers": ctx.pick(2, 4, 8, standard=4), "deep_hidden": ctx.pick(16, 48, 256, standard=64),
             "deep_seq_len": ctx.pick(20, 32, 100, standard=50),
             "deep_steps": ctx.pick(10, 200, 3000, standard=1500),
