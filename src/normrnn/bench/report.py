@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
 
@@ -164,13 +165,13 @@ def markdown_table(results: dict) -> str:
     gemm = info.get("gemm")
     if gemm:
         chosen = gemm.get("chosen") or {}
-        used = sorted(set(chosen.values()))
         lines.append("")
         lines.append(f"CPU: {info.get('cpu_vendor') or '?'} {info.get('cpu_model', '?')}. GEMM paths of the native "
                      f"kernels: {'forced ' + gemm['forced'] if gemm.get('forced') not in (None, 'auto') else 'measured per shape class'}"
                      f" (available: {', '.join(gemm.get('available') or []) or 'none'}); chosen: "
-                     + (", ".join(f"{k} → {v}" for k, v in sorted(chosen.items())) or "none") + "."
-                     + (f" Paths that ran: {', '.join(used)}." if used else ""))
+                     + (", ".join(f"{p} for {n} shape class{'es' if n != 1 else ''}" for p, n in
+                                  Counter(chosen.values()).most_common()) or "none")
+                     + " (every class in this machine's choice file; the JSON lists each).")
     lines.append("")
     seq = [r for r in rows if not r["kind"].startswith("stream:")]
     if seq:
