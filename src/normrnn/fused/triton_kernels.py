@@ -123,6 +123,18 @@ def _norm_fwd(x, valid, run, cnt, t, N, nfeat, fo, fvalid, rows, eps,
 
 
 @triton.jit
+def _norm_gain(x, valid, run, cnt, t, N, nfeat, fo, fvalid, rows, eps,
+               fmean_ptr, fvar_ptr, smean_ptr, svar_ptr, scount_ptr, rstd_ptr, xhat_ptr, xhat_off, gain_ptr,
+               KIND: tl.constexpr, SAVE: tl.constexpr):
+    """x̂ · gain of a tile (:func:`_norm_fwd`), x̂ stored at ``xhat_ptr + xhat_off`` for backward when ``SAVE``."""
+    xh = _norm_fwd(x, valid, run, cnt, t, N, nfeat, fo, fvalid, rows, eps, fmean_ptr, fvar_ptr, smean_ptr, svar_ptr,
+                   scount_ptr, rstd_ptr, KIND, SAVE)
+    if SAVE:
+        tl.store(xhat_ptr + xhat_off, xh, mask=valid)
+    return xh * tl.load(gain_ptr + fo, mask=fvalid, other=0.0)
+
+
+@triton.jit
 def _norm_bwd(dxh, xh, t, N, nfeat, fo, fvalid, rows, keep, rstd_ptr, count_ptr, KIND: tl.constexpr):
     """ds from dx̂ (gain already applied) of a tile; dxh, xh zero where not valid. As
     :func:`normrnn.fused.torch_engine.norm_backward`: batch statistics (count >= 2) spread the gradient over
@@ -175,6 +187,29 @@ def _running(mask_ptr, t, N, rows, HAS_MASK: tl.constexpr):
     return run, _sum(run.to(tl.int32), 0)
 
 
+@triton.jit
+def _store_h(h_ptr, out_ptr, t, N, H, off1, v1, run3, h_new, HAS_MASK: tl.constexpr):
+    """Stores h_{t+1} and, with padding, the step's output: a finished row outputs zero and keeps h_t, by
+    selection. (Without padding the output is h_1..h_T itself.)"""
+    if HAS_MASK:
+        h = tl.load(h_ptr + t * N * H + off1, mask=v1, other=0.0)
+        tl.store(out_ptr + t * N * H + off1, tl.where(run3, h_new, 0.0), mask=v1)
+        h_new = tl.where(run3, h_new, h)
+    tl.store(h_ptr + (t + 1) * N * H + off1, h_new, mask=v1)
+
+
+@triton.jit
+def _dh_in(dhmm_ptr, dhp_ptr, dout_ptr, sdt, sdn, t, r3, u3, off1, v1, keep, HAS_MASK: tl.constexpr):
+    """The gradient reaching h_{t+1}: dh (through the next step's product, ``dhmm``, plus what a finished row
+    passed through, ``dhp``) and dh_step (dh plus the step's output gradient ``dout``, strided (sdt, sdn)), which
+    is zero on finished rows (selected)."""
+    dh = tl.load(dhmm_ptr + off1, mask=v1, other=0.0) + tl.load(dhp_ptr + off1, mask=v1, other=0.0)
+    dh_step = dh + tl.load(dout_ptr + t * sdt + r3 * sdn + u3, mask=v1, other=0.0)
+    if HAS_MASK:
+        dh_step = tl.where(keep, dh_step, 0.0)
+    return dh, dh_step
+
+
 # ------------------------------------------------------------------------------------------------ LSTM
 
 
@@ -205,11 +240,8 @@ def lstm_fwd_kernel(s_ptr, xa_ptr, bias_ptr, gh_ptr, gc_ptr, bc_ptr, mask_ptr,
     if JOINT:
         pre = pre + xa
     if KIND_H != NONE:
-        shat = _norm_fwd(pre, v4, run3, cnt, t, N, G, fo, fv4, rows, eps, fmh_ptr, fvh_ptr, smh_ptr, svh_ptr,
-                         sch_ptr, rstdh_ptr, KIND_H, SAVE)
-        if SAVE:
-            tl.store(shat_ptr + t * N * G + off4, shat, mask=v4)
-        pre = shat * tl.load(gh_ptr + fo, mask=fv4, other=0.0)
+        pre = _norm_gain(pre, v4, run3, cnt, t, N, G, fo, fv4, rows, eps, fmh_ptr, fvh_ptr, smh_ptr, svh_ptr,
+                         sch_ptr, rstdh_ptr, shat_ptr, t * N * G + off4, gh_ptr, KIND_H, SAVE)
     if not JOINT:
         xa_b = xa
         if HAS_BIAS:
@@ -230,11 +262,8 @@ def lstm_fwd_kernel(s_ptr, xa_ptr, bias_ptr, gh_ptr, gc_ptr, bc_ptr, mask_ptr,
     c_new = f * c + i * g
     if KIND_C != NONE:
         f1 = u3 < H
-        chat = _norm_fwd(c_new, v1, run3, cnt, t, N, H, u3, f1, rows, eps, fmc_ptr, fvc_ptr, smc_ptr, svc_ptr,
-                         scc_ptr, rstdc_ptr, KIND_C, SAVE)
-        if SAVE:
-            tl.store(chat_ptr + t * N * H + off1, chat, mask=v1)
-        c_out = chat * tl.load(gc_ptr + u3, mask=f1, other=0.0)
+        c_out = _norm_gain(c_new, v1, run3, cnt, t, N, H, u3, f1, rows, eps, fmc_ptr, fvc_ptr, smc_ptr, svc_ptr,
+                           scc_ptr, rstdc_ptr, chat_ptr, t * N * H + off1, gc_ptr, KIND_C, SAVE)
         if HAS_BC:
             c_out = tl.load(bc_ptr + u3, mask=f1, other=0.0) + c_out
     else:
@@ -245,11 +274,8 @@ def lstm_fwd_kernel(s_ptr, xa_ptr, bias_ptr, gh_ptr, gc_ptr, bc_ptr, mask_ptr,
     else:
         c_keep = c_new
     if HAS_MASK:
-        h = tl.load(h_ptr + t * N * H + off1, mask=v1, other=0.0)
-        tl.store(out_ptr + t * N * H + off1, tl.where(run3, h_new, 0.0), mask=v1)
-        h_new = tl.where(run3, h_new, h)
         c_keep = tl.where(run3, c_keep, c)
-    tl.store(h_ptr + (t + 1) * N * H + off1, h_new, mask=v1)
+    _store_h(h_ptr, out_ptr, t, N, H, off1, v1, run3, h_new, HAS_MASK)
     tl.store(c_ptr + co * N * H + off1, c_keep, mask=v1)
 
 
@@ -272,16 +298,13 @@ def lstm_bwd_kernel(dhmm_ptr, dhp_ptr, dc_ptr, dout_ptr, sdt, sdn,
     off4 = r3 * G + fo
     off1 = r3 * H + u3
     run, cnt = _running(mask_ptr, t, N, rows, HAS_MASK)
-    dh = tl.load(dhmm_ptr + off1, mask=v1, other=0.0) + tl.load(dhp_ptr + off1, mask=v1, other=0.0)
-    dout = tl.load(dout_ptr + t * sdt + r3 * sdn + u3, mask=v1, other=0.0)
-    dc = tl.load(dc_ptr + off1, mask=v1, other=0.0)
-    dh_step = dh + dout
-    dc_step = dc
     keep = run[:, None, None]  # selected, never multiplied: a NaN held by a finished row stays there
+    dh, dh_step = _dh_in(dhmm_ptr, dhp_ptr, dout_ptr, sdt, sdn, t, r3, u3, off1, v1, keep, HAS_MASK)
+    dc = tl.load(dc_ptr + off1, mask=v1, other=0.0)
+    dc_step = dc
     if HAS_MASK:
         dh_pass = tl.where(keep, 0.0, dh)
         dc_pass = tl.where(keep, 0.0, dc)
-        dh_step = tl.where(keep, dh_step, 0.0)
         dc_step = tl.where(keep, dc, 0.0)
     act = tl.load(acts_ptr + t * N * G + off4, mask=v4, other=0.0)
     i = _gate(act, g3, 0)
@@ -350,11 +373,8 @@ def gru_fwd_kernel(s_ptr, xa_ptr, bhh_ptr, gh_ptr, mask_ptr, fmh_ptr, fvh_ptr,
     run3 = run[:, None, None]
     rec = tl.load(s_ptr + off3, mask=v3, other=0.0)
     if KIND_H != NONE:
-        shat = _norm_fwd(rec, v3, run3, cnt, t, N, G, fo, fv3, rows, eps, fmh_ptr, fvh_ptr, smh_ptr, svh_ptr,
-                         sch_ptr, rstdh_ptr, KIND_H, SAVE)
-        if SAVE:
-            tl.store(shat_ptr + t * N * G + off3, shat, mask=v3)
-        rec = shat * tl.load(gh_ptr + fo, mask=fv3, other=0.0)
+        rec = _norm_gain(rec, v3, run3, cnt, t, N, G, fo, fv3, rows, eps, fmh_ptr, fvh_ptr, smh_ptr, svh_ptr,
+                         sch_ptr, rstdh_ptr, shat_ptr, t * N * G + off3, gh_ptr, KIND_H, SAVE)
     if HAS_BHH:
         rec = rec + tl.load(bhh_ptr + fo, mask=fv3, other=0.0)
     xa = tl.load(xa_ptr + t * N * G + off3, mask=v3, other=0.0)
@@ -370,10 +390,7 @@ def gru_fwd_kernel(s_ptr, xa_ptr, bhh_ptr, gh_ptr, mask_ptr, fmh_ptr, fvh_ptr,
         tl.store(base + H, u, mask=v1)
         tl.store(base + 2 * H, n, mask=v1)
         tl.store(recn_ptr + t * N * H + off1, rec_n, mask=v1)
-    if HAS_MASK:
-        tl.store(out_ptr + t * N * H + off1, tl.where(run3, h_new, 0.0), mask=v1)
-        h_new = tl.where(run3, h_new, h)
-    tl.store(h_ptr + (t + 1) * N * H + off1, h_new, mask=v1)
+    _store_h(h_ptr, out_ptr, t, N, H, off1, v1, run3, h_new, HAS_MASK)
 
 
 @triton.jit(do_not_specialize=["t"])
@@ -391,11 +408,8 @@ def gru_bwd_kernel(dhmm_ptr, dhp_ptr, dout_ptr, sdt, sdn, h_ptr, acts_ptr, recn_
     off3 = r3 * G + fo
     off1 = r3 * H + u3
     run, cnt = _running(mask_ptr, t, N, rows, HAS_MASK)
-    dh = tl.load(dhmm_ptr + off1, mask=v1, other=0.0) + tl.load(dhp_ptr + off1, mask=v1, other=0.0)
-    dh_step = dh + tl.load(dout_ptr + t * sdt + r3 * sdn + u3, mask=v1, other=0.0)
     keep = run[:, None, None]  # selected, never multiplied: a NaN held by a finished row stays there
-    if HAS_MASK:
-        dh_step = tl.where(keep, dh_step, 0.0)
+    dh, dh_step = _dh_in(dhmm_ptr, dhp_ptr, dout_ptr, sdt, sdn, t, r3, u3, off1, v1, keep, HAS_MASK)
     act = tl.load(acts_ptr + t * N * G + off3, mask=v3, other=0.0)
     r = _gate(act, g3, 0)
     u = _gate(act, g3, 1)
@@ -445,11 +459,8 @@ def gru_joint_fwd_kernel(s_ptr, xa_ptr, bih_ptr, bhh_ptr, gg_ptr, gn_ptr, mask_p
     x = t * N * G
     u = tl.load(xa_ptr + x + off2, mask=v2, other=0.0) + tl.load(s_ptr + off2, mask=v2, other=0.0)
     if KIND_G != NONE:
-        uhat = _norm_fwd(u, v2, run3, cnt, t, N, 2 * H, fo, fv2, rows, eps, fmg_ptr, fvg_ptr, smg_ptr, svg_ptr,
-                         scg_ptr, rstdg_ptr, KIND_G, SAVE)
-        if SAVE:
-            tl.store(uhat_ptr + t * N * 2 * H + r3 * 2 * H + fo, uhat, mask=v2)
-        u = uhat * tl.load(gg_ptr + fo, mask=fv2, other=0.0)
+        u = _norm_gain(u, v2, run3, cnt, t, N, 2 * H, fo, fv2, rows, eps, fmg_ptr, fvg_ptr, smg_ptr, svg_ptr,
+                       scg_ptr, rstdg_ptr, uhat_ptr, t * N * 2 * H + r3 * 2 * H + fo, gg_ptr, KIND_G, SAVE)
     b_rz = tl.full((BN, 2, BH), 0.0, u.dtype)
     b_hn = tl.full((BN, 1, BH), 0.0, u.dtype)
     b_in = tl.full((BN, 1, BH), 0.0, u.dtype)
@@ -465,11 +476,8 @@ def gru_joint_fwd_kernel(s_ptr, xa_ptr, bih_ptr, bhh_ptr, gg_ptr, gn_ptr, mask_p
     rec_n = tl.load(s_ptr + r3 * G + 2 * H + u3, mask=v1, other=0.0) + b_hn
     v = tl.load(xa_ptr + x + r3 * G + 2 * H + u3, mask=v1, other=0.0) + r * rec_n
     if KIND_N != NONE:
-        vhat = _norm_fwd(v, v1, run3, cnt, t, N, H, u3, f1, rows, eps, fmn_ptr, fvn_ptr, smn_ptr, svn_ptr,
-                         scn_ptr, rstdn_ptr, KIND_N, SAVE)
-        if SAVE:
-            tl.store(vhat_ptr + t * N * H + off1, vhat, mask=v1)
-        v = vhat * tl.load(gn_ptr + u3, mask=f1, other=0.0)
+        v = _norm_gain(v, v1, run3, cnt, t, N, H, u3, f1, rows, eps, fmn_ptr, fvn_ptr, smn_ptr, svn_ptr,
+                       scn_ptr, rstdn_ptr, vhat_ptr, t * N * H + off1, gn_ptr, KIND_N, SAVE)
     n = _tanh(v + b_in)
     h = tl.load(h_ptr + t * N * H + off1, mask=v1, other=0.0)
     h_new = n + z * (h - n)
@@ -479,10 +487,7 @@ def gru_joint_fwd_kernel(s_ptr, xa_ptr, bih_ptr, bhh_ptr, gg_ptr, gn_ptr, mask_p
         tl.store(base + H, z, mask=v1)
         tl.store(base + 2 * H, n, mask=v1)
         tl.store(recn_ptr + t * N * H + off1, rec_n, mask=v1)
-    if HAS_MASK:
-        tl.store(out_ptr + t * N * H + off1, tl.where(run3, h_new, 0.0), mask=v1)
-        h_new = tl.where(run3, h_new, h)
-    tl.store(h_ptr + (t + 1) * N * H + off1, h_new, mask=v1)
+    _store_h(h_ptr, out_ptr, t, N, H, off1, v1, run3, h_new, HAS_MASK)
 
 
 @triton.jit(do_not_specialize=["t"])
@@ -503,11 +508,8 @@ def gru_joint_bwd_kernel(dhmm_ptr, dhp_ptr, dout_ptr, sdt, sdn, h_ptr, acts_ptr,
     f1 = u3 < H
     x = t * N * G
     run, cnt = _running(mask_ptr, t, N, rows, HAS_MASK)
-    dh = tl.load(dhmm_ptr + off1, mask=v1, other=0.0) + tl.load(dhp_ptr + off1, mask=v1, other=0.0)
-    dh_step = dh + tl.load(dout_ptr + t * sdt + r3 * sdn + u3, mask=v1, other=0.0)
     keep = run[:, None, None]  # selected, never multiplied: a NaN held by a finished row stays there
-    if HAS_MASK:
-        dh_step = tl.where(keep, dh_step, 0.0)
+    dh, dh_step = _dh_in(dhmm_ptr, dhp_ptr, dout_ptr, sdt, sdn, t, r3, u3, off1, v1, keep, HAS_MASK)
     base = acts_ptr + x + r3 * G + u3
     r = tl.load(base, mask=v1, other=0.0)
     z = tl.load(base + H, mask=v1, other=0.0)
@@ -563,11 +565,8 @@ def rnn_fwd_kernel(s_ptr, xa_ptr, bias_ptr, gh_ptr, mask_ptr, fmh_ptr, fvh_ptr,
     if JOINT:
         pre = xa + pre
     if KIND_H != NONE:
-        shat = _norm_fwd(pre, v1, run3, cnt, t, N, H, u3, f1, rows, eps, fmh_ptr, fvh_ptr, smh_ptr, svh_ptr,
-                         sch_ptr, rstdh_ptr, KIND_H, SAVE)
-        if SAVE:
-            tl.store(shat_ptr + t * N * H + off1, shat, mask=v1)
-        pre = shat * tl.load(gh_ptr + u3, mask=f1, other=0.0)
+        pre = _norm_gain(pre, v1, run3, cnt, t, N, H, u3, f1, rows, eps, fmh_ptr, fvh_ptr, smh_ptr, svh_ptr,
+                         sch_ptr, rstdh_ptr, shat_ptr, t * N * H + off1, gh_ptr, KIND_H, SAVE)
     if not JOINT:
         pre = xa + pre
     if HAS_BIAS:
@@ -578,11 +577,7 @@ def rnn_fwd_kernel(s_ptr, xa_ptr, bias_ptr, gh_ptr, mask_ptr, fmh_ptr, fvh_ptr,
         h_new = _tanh(pre)
     if SAVE and HAS_MASK:  # (without padding the activations are the states h_{t+1})
         tl.store(act_ptr + t * N * H + off1, h_new, mask=v1)
-    if HAS_MASK:
-        h = tl.load(h_ptr + t * N * H + off1, mask=v1, other=0.0)
-        tl.store(out_ptr + t * N * H + off1, tl.where(run3, h_new, 0.0), mask=v1)
-        h_new = tl.where(run3, h_new, h)
-    tl.store(h_ptr + (t + 1) * N * H + off1, h_new, mask=v1)
+    _store_h(h_ptr, out_ptr, t, N, H, off1, v1, run3, h_new, HAS_MASK)
 
 
 @triton.jit(do_not_specialize=["t"])
@@ -597,11 +592,8 @@ def rnn_bwd_kernel(dhmm_ptr, dhp_ptr, dout_ptr, sdt, sdn, act_ptr, shat_ptr, rst
     rows, r3, g3, u3, v1, f1, _ = _tile(N, H, 1, 1, BN, BH)
     off1 = r3 * H + u3
     run, cnt = _running(mask_ptr, t, N, rows, HAS_MASK)
-    dh = tl.load(dhmm_ptr + off1, mask=v1, other=0.0) + tl.load(dhp_ptr + off1, mask=v1, other=0.0)
-    dh_step = dh + tl.load(dout_ptr + t * sdt + r3 * sdn + u3, mask=v1, other=0.0)
     keep = run[:, None, None]  # selected, never multiplied: a NaN held by a finished row stays there
-    if HAS_MASK:
-        dh_step = tl.where(keep, dh_step, 0.0)
+    dh, dh_step = _dh_in(dhmm_ptr, dhp_ptr, dout_ptr, sdt, sdn, t, r3, u3, off1, v1, keep, HAS_MASK)
     y = tl.load(act_ptr + t * N * H + off1, mask=v1, other=0.0)
     if RELU:
         da = dh_step * (y > 0).to(dh.dtype)
