@@ -139,6 +139,29 @@ class _Args:
         return t.contiguous()
 
 
+def _h_states(xa: Tensor, h0: Tensor, has_mask: bool) -> tuple[Tensor, Tensor]:
+    """h_0..h_T (T+1, N, H), h_0 set, and the output: h_1..h_T itself, or a buffer of its own with padding (where
+    a finished row outputs zero but keeps its state)."""
+    T, N = xa.shape[:2]
+    h_all = xa.new_empty(T + 1, N, h0.shape[1])
+    h_all[0] = h0
+    return h_all, (xa.new_empty(T, N, h0.shape[1]) if has_mask else h_all[1:])
+
+
+def _backward_steps(kernel, grid: tuple, dh_mm: Tensor, dh_pass: Tensor, state: tuple, dout: Tensor, args: tuple,
+                    ds: Tensor, w_hh: Tensor, N: int, H: int, **flags) -> None:
+    """The backward time loop: step t's kernel reads dh_mm (the gradient through step t+1's product) and dh_pass
+    and writes ds[t]; one GEMM takes ds[t] back through W_hh. ``state``: further carried gradients (the cell's)."""
+    for t in range(ds.shape[0] - 1, -1, -1):
+        kernel[grid](dh_mm, dh_pass, *state, dout, dout.stride(0), dout.stride(1), *args, t, N, H, **flags)
+        torch.mm(ds[t], w_hh, out=dh_mm)
+
+
+def _dw_hh(ds: Tensor, h_all: Tensor) -> Tensor:
+    """dW_hh = Σ_t ds_tᵀ h_t over all T·N rows, one GEMM."""
+    return ds.reshape(-1, ds.shape[2]).t() @ h_all[:-1].reshape(-1, h_all.shape[2])
+
+
 def _check(xa: Tensor) -> None:
     if xa.dtype not in DTYPES:
         raise TypeError(f"the Triton engine runs float32 and float64 loops, not {xa.dtype}")
@@ -155,11 +178,9 @@ def _lstm(xa: Tensor, h0: Tensor, c0: Tensor, loop: LSTMLoop, save: bool):
     kind_h, kind_c = _kind(loop.kind_h, loop.gamma_h), _kind(loop.kind_c, loop.gamma_c)
     a = _Args(xa)
     has_mask = loop.mask.numel() > 0
-    h_all = xa.new_empty(T + 1, N, H)
-    h_all[0] = h0
+    h_all, out = _h_states(xa, h0, has_mask)
     c_all = xa.new_empty(T + 1 if save else 2, N, H)
     c_all[0] = c0
-    out = xa.new_empty(T, N, H) if has_mask else h_all[1:]
     acts = xa.new_empty(T, N, G) if save else a.one
     shat = xa.new_empty(T, N, G) if save and kind_h else a.one
     chat = xa.new_empty(T, N, H) if save and kind_c else a.one
@@ -212,13 +233,11 @@ def _lstm_backward(dout: Tensor, dhT: Tensor, dcT: Tensor, saved: Saved):
     grid, meta = _meta(N, H, 4, (kind_h, kind_c))
     args = (a(acts), c_all, a(chat), a(rstd_c), a(shat), a(rstd_h), a(gamma_h), a(gamma_c), a(beta_c), a(mask),
             a(count_h), a(count_c), da, ds, dcout)
-    for t in range(T - 1, -1, -1):
-        K.lstm_bwd_kernel[grid](dh_mm, dh_pass, dc, dout, dout.stride(0), dout.stride(1), *args, t, N, H,
-                                KIND_H=kind_h, KIND_C=kind_c, HAS_BC=beta_c.numel() > 0, CARRY=carry,
-                                HAS_MASK=mask.numel() > 0, **meta)
-        torch.mm(ds[t], w_hh, out=dh_mm)
+    _backward_steps(K.lstm_bwd_kernel, grid, dh_mm, dh_pass, (dc,), dout, args, ds, w_hh, N, H,
+                    KIND_H=kind_h, KIND_C=kind_c, HAS_BC=beta_c.numel() > 0, CARRY=carry,
+                    HAS_MASK=mask.numel() > 0, **meta)
     rows = T * N
-    dw_hh = ds.reshape(rows, G).t() @ h_all[:-1].reshape(rows, H)
+    dw_hh = _dw_hh(ds, h_all)
     dbias = da.reshape(rows, G).sum(0)
     dgamma_h = (da * shat).reshape(rows, G).sum(0) if kind_h else torch.zeros_like(gamma_h)
     if kind_c:
@@ -245,9 +264,7 @@ def _gru(xa: Tensor, h0: Tensor, loop: GRULoop, save: bool):
     kind_h = _kind(loop.kind_h, loop.gamma_h)
     a = _Args(xa)
     has_mask = loop.mask.numel() > 0
-    h_all = xa.new_empty(T + 1, N, H)
-    h_all[0] = h0
-    out = xa.new_empty(T, N, H) if has_mask else h_all[1:]
+    h_all, out = _h_states(xa, h0, has_mask)
     acts = xa.new_empty(T, N, G) if save else a.one
     rec_n = xa.new_empty(T, N, H) if save else a.one
     shat = xa.new_empty(T, N, G) if save and kind_h else a.one
@@ -289,12 +306,10 @@ def _gru_backward(dout: Tensor, dhT: Tensor, saved: Saved):
     dh_mm, dh_pass = acts.new_zeros(N, H), dhT.contiguous().clone()
     grid, meta = _meta(N, H, 4, (kind_h,))
     args = (h_all, acts, rec_n, a(shat), a(rstd_h), a(gamma_h), a(mask), a(count_h), dxa, drec, ds)
-    for t in range(T - 1, -1, -1):
-        K.gru_bwd_kernel[grid](dh_mm, dh_pass, dout, dout.stride(0), dout.stride(1), *args, t, N, H,
-                               KIND_H=kind_h, HAS_MASK=mask.numel() > 0, **meta)
-        torch.mm(ds[t], w_hh, out=dh_mm)
+    _backward_steps(K.gru_bwd_kernel, grid, dh_mm, dh_pass, (), dout, args, ds, w_hh, N, H,
+                    KIND_H=kind_h, HAS_MASK=mask.numel() > 0, **meta)
     rows = T * N
-    dw_hh = ds.reshape(rows, G).t() @ h_all[:-1].reshape(rows, H)
+    dw_hh = _dw_hh(ds, h_all)
     dbias = drec.reshape(rows, G).sum(0)
     dgamma_h = (drec * shat).reshape(rows, G).sum(0) if kind_h else torch.zeros_like(gamma_h)
     return dxa, dh_mm + dh_pass, dw_hh, dbias, dgamma_h
@@ -316,9 +331,7 @@ def _gru_joint(xa: Tensor, h0: Tensor, loop: GRUJointLoop, save: bool):
     kind_g, kind_n = _kind(loop.kind_g, loop.gamma_g), _kind(loop.kind_n, loop.gamma_n)
     a = _Args(xa)
     has_mask = loop.mask.numel() > 0
-    h_all = xa.new_empty(T + 1, N, H)
-    h_all[0] = h0
-    out = xa.new_empty(T, N, H) if has_mask else h_all[1:]
+    h_all, out = _h_states(xa, h0, has_mask)
     acts = xa.new_empty(T, N, G) if save else a.one
     rec_n = xa.new_empty(T, N, H) if save else a.one
     uhat = xa.new_empty(T, N, 2 * H) if save and kind_g else a.one
@@ -367,12 +380,10 @@ def _gru_joint_backward(dout: Tensor, dhT: Tensor, saved: Saved):
     grid, meta = _meta(N, H, 2, (kind_g, kind_n))
     args = (h_all, acts, rec_n, a(uhat), a(vhat), a(rstd_g), a(rstd_n), a(gamma_g), a(gamma_n), a(mask),
             a(count_g), a(count_n), dpre, dxa, ds)
-    for t in range(T - 1, -1, -1):
-        K.gru_joint_bwd_kernel[grid](dh_mm, dh_pass, dout, dout.stride(0), dout.stride(1), *args, t, N, H,
-                                     KIND_G=kind_g, KIND_N=kind_n, HAS_MASK=mask.numel() > 0, **meta)
-        torch.mm(ds[t], w_hh, out=dh_mm)
+    _backward_steps(K.gru_joint_bwd_kernel, grid, dh_mm, dh_pass, (), dout, args, ds, w_hh, N, H,
+                    KIND_G=kind_g, KIND_N=kind_n, HAS_MASK=mask.numel() > 0, **meta)
     rows = T * N
-    dw_hh = ds.reshape(rows, G).t() @ h_all[:-1].reshape(rows, H)
+    dw_hh = _dw_hh(ds, h_all)
     d_rz = dpre[..., :2 * H].reshape(rows, 2 * H).sum(0)
     dbias_ih = torch.cat([d_rz, dpre[..., 2 * H:].reshape(rows, H).sum(0)])
     dbias_hh = torch.cat([d_rz, ds[..., 2 * H:].reshape(rows, H).sum(0)])  # b_hh_n sits inside r * (...)
@@ -396,9 +407,7 @@ def _rnn(xa: Tensor, h0: Tensor, loop: RNNLoop, save: bool):
     kind_h = _kind(loop.kind_h, loop.gamma_h)
     a = _Args(xa)
     has_mask = loop.mask.numel() > 0
-    h_all = xa.new_empty(T + 1, N, H)
-    h_all[0] = h0
-    out = xa.new_empty(T, N, H) if has_mask else h_all[1:]
+    h_all, out = _h_states(xa, h0, has_mask)
     act = (xa.new_empty(T, N, H) if has_mask else h_all[1:]) if save else a.one
     shat = xa.new_empty(T, N, H) if save and kind_h else a.one
     rstd_h = _rstd(T, N, H, xa, kind_h, save)
@@ -441,12 +450,10 @@ def _rnn_backward(dout: Tensor, dhT: Tensor, saved: Saved):
     dh_mm, dh_pass = act.new_zeros(N, H), dhT.contiguous().clone()
     grid, meta = _meta(N, H, 1, (kind_h,))
     args = (a(act), a(shat), a(rstd_h), a(gamma_h), a(mask), a(count_h), da, ds)
-    for t in range(T - 1, -1, -1):
-        K.rnn_bwd_kernel[grid](dh_mm, dh_pass, dout, dout.stride(0), dout.stride(1), *args, t, N, H,
-                               KIND_H=kind_h, RELU=relu, HAS_MASK=mask.numel() > 0, **meta)
-        torch.mm(ds[t], w_hh, out=dh_mm)
+    _backward_steps(K.rnn_bwd_kernel, grid, dh_mm, dh_pass, (), dout, args, ds, w_hh, N, H,
+                    KIND_H=kind_h, RELU=relu, HAS_MASK=mask.numel() > 0, **meta)
     rows = T * N
-    dw_hh = ds.reshape(rows, H).t() @ h_all[:-1].reshape(rows, H)
+    dw_hh = _dw_hh(ds, h_all)
     dbias = da.reshape(rows, H).sum(0)
     dgamma_h = (da * shat).reshape(rows, H).sum(0) if kind_h else torch.zeros_like(gamma_h)
     return ds if joint else da, dh_mm + dh_pass, dw_hh, dbias, dgamma_h
