@@ -76,3 +76,28 @@ def twin_inputs(kind: str):
     hx = initial_state(kind, 4, 4, 5, torch.float64)
     hx = tuple(s.requires_grad_() for s in hx) if isinstance(hx, tuple) else hx.requires_grad_()
     return x, hx, torch.tensor([7, 3, 1, 5]), torch.randn(7, 4, 10, dtype=torch.float64)
+
+
+def stream(m, x, state=None):
+    """x (T, N, F) through ``m.step`` one step at a time: the stacked outputs and the last state."""
+    outs = []
+    for t in range(x.shape[0]):
+        y, state = m.step(x[t], state)
+        outs.append(y)
+    return torch.stack(outs), state
+
+
+def native_results(m, x, lengths):
+    """On the native engine: the training output, the eval output (no grad) and the gradients of out² with
+    respect to x and every parameter; ``x`` is copied (a leaf of its own)."""
+    from normrnn import fused
+
+    x = x.detach().clone().requires_grad_()
+    with fused.force_engine("native"):
+        out, _ = m(x, lengths=lengths)
+        grads = torch.autograd.grad(out.pow(2).sum(), [x, *m.parameters()])
+        m.eval()
+        with torch.no_grad():
+            infer, _ = m(x, lengths=lengths)
+        m.train()
+    return [out, infer, *grads]

@@ -9,8 +9,8 @@ from normrnn import fused, reference
 from normrnn.cells import CellParams
 from normrnn.norms import IdentityNorm, RecurrentBatchNorm
 from native_support import ENGINES
-from rnn_helpers import (fused_variants, make, outputs_and_grads, randomize_norms, reference_and_twin,
-                         twin_inputs)
+from rnn_helpers import (fused_variants, make, native_results, outputs_and_grads, randomize_norms,
+                         reference_and_twin, stream, twin_inputs)
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -169,32 +169,6 @@ def test_native_kernels_only_for_cpu_tensors():
 needs_native = pytest.mark.native
 
 
-@pytest.fixture
-def stream_calls(monkeypatch):
-    """The steps that LSTM.step ran through its cached plan (one native call for the whole stack)."""
-    import normrnn.layers
-
-    calls = []
-    original = normrnn.layers.fused_stream_step
-
-    def spy(layer, x, hx, step):
-        result = original(layer, x, hx, step)
-        if result is not None:
-            calls.append(step)
-        return result
-
-    monkeypatch.setattr(normrnn.layers, "fused_stream_step", spy)
-    return calls
-
-
-def _stream(m, x, state=None):
-    outs = []
-    for t in range(x.shape[0]):
-        y, state = m.step(x[t], state)
-        outs.append(y)
-    return torch.stack(outs), state
-
-
 @needs_native
 @pytest.mark.parametrize("norm", ["layer", "rms", "batch", "none"])
 def test_streaming_plan_is_used_and_follows_parameter_changes(norm, stream_calls):
@@ -209,7 +183,7 @@ def test_streaming_plan_is_used_and_follows_parameter_changes(norm, stream_calls
     x = torch.randn(6, 2, 3)
     with torch.no_grad():
         def check():
-            got, state = _stream(m, x)
+            got, state = stream(m, x)
             out, (h, c) = m(x)
             torch.testing.assert_close(got, out)
             torch.testing.assert_close(state.hx[1], c)
@@ -241,28 +215,28 @@ def test_streaming_plan_steps_aside_when_it_cannot_apply(stream_calls):
     torch.manual_seed(6)
     m = normrnn.LSTM(3, 4, norm="layer")
     x = torch.randn(4, 2, 3)
-    got, _ = _stream(m, x)  # grad enabled and parameters require it: the general path records a graph
+    got, _ = stream(m, x)  # grad enabled and parameters require it: the general path records a graph
     got.sum().backward()
     assert m.weight_hh_l0.grad is not None and not stream_calls
     with torch.no_grad():
         m.weight_hh_l0.requires_grad_(False)
         for p in m.parameters():
             p.requires_grad_(False)
-    _stream(m, x)  # nothing needs a gradient now: fast path even with grad mode on
+    stream(m, x)  # nothing needs a gradient now: fast path even with grad mode on
     assert len(stream_calls) == 4
     stream_calls.clear()
     bn = normrnn.LSTM(3, 4, norm="batch").train()
     with torch.no_grad():
-        _stream(bn, torch.randn(3, 2, 3))  # training batch norm: statistics of the step's batch
+        stream(bn, torch.randn(3, 2, 3))  # training batch norm: statistics of the step's batch
     drop = normrnn.LSTM(3, 4, 2, dropout=0.5).train()
     res = normrnn.LSTM(3, 4, 2, residual=True).eval()
     with torch.no_grad():
-        _stream(drop, x)
-        got, _ = _stream(res, x)
+        stream(drop, x)
+        got, _ = stream(res, x)
         torch.testing.assert_close(got, res(x)[0])
     assert not stream_calls
     with torch.no_grad():
-        _stream(drop.eval(), x)  # eval: dropout is off, the plan applies
+        stream(drop.eval(), x)  # eval: dropout is off, the plan applies
     assert len(stream_calls) == 4
 
 
@@ -275,14 +249,14 @@ def test_a_streamed_layer_copies_and_pickles(stream_calls):
     m = normrnn.LSTM(3, 4, norm="layer").eval()
     x = torch.randn(3, 2, 3)
     with torch.no_grad():
-        expected, _ = _stream(m, x)
+        expected, _ = stream(m, x)
         twin = copy.deepcopy(m)
         again = pickle.loads(pickle.dumps(m))
         for other in (twin, again):
-            got, _ = _stream(other, x)
+            got, _ = stream(other, x)
             torch.testing.assert_close(got, expected)
         twin.weight_hh_l0.add_(torch.randn_like(twin.weight_hh_l0))
-        assert not torch.allclose(_stream(twin, x)[0], expected)  # the copy's plan reads the copy's weights
+        assert not torch.allclose(stream(twin, x)[0], expected)  # the copy's plan reads the copy's weights
     assert len(stream_calls) == 4 * 3
 
 
@@ -425,22 +399,12 @@ def test_packed_recurrent_gemm_equals_plain_gemm(kind, terms, norm):
     x = torch.randn(30, 6, 24, requires_grad=True)
     lengths = torch.tensor([30, 29, 17, 30, 2, 9])
 
-    def run(m, x):
-        with fused.force_engine("native"):
-            out, _ = m(x, lengths=lengths)
-            grads = torch.autograd.grad(out.pow(2).sum(), [x, *m.parameters()])
-            m.eval()
-            with torch.no_grad():
-                infer, _ = m(x, lengths=lengths)
-            m.train()
-        return [out, infer, *grads]
-
-    exact = run(copy.deepcopy(first).double(), x.detach().double().requires_grad_())
+    exact = native_results(copy.deepcopy(first).double(), x.double(), lengths)
     results = {}
     for packed in (True, False):
         previous = NATIVE.set_gemm_path("packed" if packed else "plain")
         try:
-            results[packed] = run(copy.deepcopy(first), x)  # (batch norm's running statistics move in each run)
+            results[packed] = native_results(copy.deepcopy(first), x, lengths)  # (batch norm's running statistics move in each run)
         finally:
             NATIVE.set_gemm_path(previous)
     for p, q, e in zip(results[True], results[False], exact):

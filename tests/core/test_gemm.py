@@ -139,32 +139,21 @@ def test_every_path_runs_the_loops_as_accurately_as_plain(native, kind, norm):
     """Whole loops (forward, backward, inference; both directions, padding) on each path, float32, against the
     same model in float64: each path's error at most a small multiple of the plain path's (different summation
     orders of equal quality), so no path can hide a wrong operand, transpose or accumulation flag."""
-    from rnn_helpers import make
+    from rnn_helpers import make, native_results
 
     torch.manual_seed(2)
     first = make(kind, 24, 40, 2, norm=norm, bidirectional=True, backend="fused")
     x = torch.randn(30, 6, 24)
     lengths = torch.tensor([30, 29, 17, 30, 2, 9])
 
-    def run(m, x):
-        x = x.clone().requires_grad_()
-        with fused.force_engine("native"):
-            out, _ = m(x, lengths=lengths)
-            grads = torch.autograd.grad(out.pow(2).sum(), [x, *m.parameters()])
-            m.eval()
-            with torch.no_grad():
-                infer, _ = m(x, lengths=lengths)
-            m.train()
-        return [out, infer, *grads]
-
     import copy
 
-    exact = [e.float() for e in run(copy.deepcopy(first).double(), x.double())]
+    exact = [e.float() for e in native_results(copy.deepcopy(first).double(), x.double(), lengths)]
     errors = {}
     for path in ("plain", *sorted(available(native) - {"plain"})):
         native.set_gemm_path(path)
         try:
-            got = run(copy.deepcopy(first), x)
+            got = native_results(copy.deepcopy(first), x, lengths)
         finally:
             native.set_gemm_path("auto")
         errors[path] = [(p - e).norm().item() for p, e in zip(got, exact)]

@@ -8,35 +8,11 @@ import torch
 
 import normrnn
 import normrnn.layers
-from rnn_helpers import make, randomize_norms
+from rnn_helpers import make, randomize_norms, stream
 
 needs_native = pytest.mark.native
 
 VARIANTS = [("GRU", {}), ("RNN", {}), ("RNN", dict(nonlinearity="relu"))]
-
-
-@pytest.fixture
-def stream_calls(monkeypatch):
-    """The step index of every call that took the one-call kernel."""
-    calls = []
-    original = normrnn.layers.fused_stream_step
-
-    def spy(plan, x, hx, step):
-        result = original(plan, x, hx, step)
-        if result is not None:
-            calls.append(step)
-        return result
-
-    monkeypatch.setattr(normrnn.layers, "fused_stream_step", spy)
-    return calls
-
-
-def _stream(m, x, state=None):
-    outs = []
-    for t in range(x.shape[0]):
-        y, state = m.step(x[t], state)
-        outs.append(y)
-    return torch.stack(outs), state
 
 
 def _trained(kind, extra, norm, terms, layers, input_size=4, hidden=6, dtype=torch.float64, max_steps=6,
@@ -71,7 +47,7 @@ def test_streaming_equals_forward_and_reference(kind, extra, norm, terms, layers
             expected, h_ref = ref(x, start)
             whole, h_whole = fast(x, start)
             stream_calls.clear()
-            got, state = _stream(fast, x, None if start is None else normrnn.StreamState(start, 0))
+            got, state = stream(fast, x, None if start is None else normrnn.StreamState(start, 0))
         assert stream_calls == list(range(9))  # every step in one native call, with its step index
         assert state.step == 9
         for a, b in ((got, expected), (state.hx, h_ref), (got, whole), (state.hx, h_whole)):
@@ -94,7 +70,7 @@ def test_streaming_products_at_sizes_off_the_vector_width(kind, extra, norm, ter
     x = torch.randn(7, batch, 37, dtype=torch.float64)
     with torch.no_grad():
         expected, h = ref(x)
-        got, state = _stream(fast, x.to(dtype))
+        got, state = stream(fast, x.to(dtype))
     assert stream_calls == list(range(7))
     tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(got.double(), expected, **tol)
@@ -113,7 +89,7 @@ def test_streaming_plan_follows_the_layer(kind, extra, norm, stream_calls):
 
     def check():
         with torch.no_grad():
-            got, state = _stream(m, x)
+            got, state = stream(m, x)
             out, h = m(x)
         torch.testing.assert_close(got, out, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(state.hx, h, rtol=1e-5, atol=1e-6)
@@ -141,13 +117,13 @@ def test_streaming_plan_follows_the_layer(kind, extra, norm, stream_calls):
     stream_calls.clear()
     m.train()
     with torch.no_grad():
-        got, _ = _stream(m, x)
+        got, _ = stream(m, x)
         if norm == "layer":
             torch.testing.assert_close(got, m(x)[0])
     assert len(stream_calls) == (6 if norm == "layer" else 0)
     m.eval()
     with torch.no_grad():
-        _stream(m, x)
+        stream(m, x)
     assert len(stream_calls) == (12 if norm == "layer" else 6)
 
 
@@ -159,7 +135,7 @@ def test_streaming_steps_aside_when_it_cannot_apply(kind, stream_calls):
     torch.manual_seed(1)
     m = make(kind, 3, 4, norm="layer").eval()
     x = torch.randn(4, 2, 3)
-    got, _ = _stream(m, x)  # grad mode on and parameters require grad: a graph
+    got, _ = stream(m, x)  # grad mode on and parameters require grad: a graph
     got.sum().backward()
     assert m.weight_hh_l0.grad is not None and not stream_calls
     for p in m.parameters():
@@ -167,7 +143,7 @@ def test_streaming_steps_aside_when_it_cannot_apply(kind, stream_calls):
     h0 = torch.zeros(1, 2, 4, requires_grad=True)
     y, _ = m.step(x[0], normrnn.StreamState(h0, 0))  # the state requires grad: a graph
     assert y.requires_grad and not stream_calls
-    _stream(m, x)  # nothing needs a gradient: the kernel runs with grad mode on
+    stream(m, x)  # nothing needs a gradient: the kernel runs with grad mode on
     assert stream_calls == [0, 1, 2, 3]
     stream_calls.clear()
     with torch.no_grad():
@@ -181,12 +157,12 @@ def test_streaming_steps_aside_when_it_cannot_apply(kind, stream_calls):
             m.step(torch.randn(2, 3), torch.zeros(1, 2, 4))
         drop = make(kind, 3, 4, 2, dropout=0.5).train()
         res = make(kind, 3, 4, 2, residual=True).eval()
-        _stream(drop, x)
-        got, _ = _stream(res, x)
+        stream(drop, x)
+        got, _ = stream(res, x)
         torch.testing.assert_close(got, res(x)[0])
     assert not stream_calls
     with torch.no_grad():
-        _stream(drop.eval(), x)
+        stream(drop.eval(), x)
     assert len(stream_calls) == 4
 
 
@@ -199,11 +175,11 @@ def test_a_streamed_layer_copies_and_pickles(kind, stream_calls):
     m = make(kind, 3, 4, norm="rms").eval()
     x = torch.randn(3, 2, 3)
     with torch.no_grad():
-        expected, _ = _stream(m, x)
+        expected, _ = stream(m, x)
         for other in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
-            torch.testing.assert_close(_stream(other, x)[0], expected)
+            torch.testing.assert_close(stream(other, x)[0], expected)
             other.weight_ih_l0.add_(1.0)
-            assert not torch.allclose(_stream(other, x)[0], expected)
+            assert not torch.allclose(stream(other, x)[0], expected)
     assert len(stream_calls) == 5 * 3
 
 
