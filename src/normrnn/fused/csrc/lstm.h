@@ -253,14 +253,9 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
       for_rows(N, H, [&](int64_t n) { if (running(n)) cell_out(n); else finished(n); });
       // The step's column sums of d(c_out) and d(c_out) * chat: the gradients of beta_c and gamma_c, and what
       // batch norm's backward needs to turn d(c_out) into dcnew.
-      std::fill(sum_c.begin(), sum_c.end(), T(0));
-      std::fill(sum_c_hat.begin(), sum_c_hat.end(), T(0));
-      add_col_sums<T>(dcout_t, ch_t, N, H, sum_c.data(), sum_c_hat.data());
-      add_to(dbeta_c.data_ptr<T>(), sum_c.data(), H);  // (this rank's sums: DDP adds the ranks' gradients)
-      add_to(dgamma_c.data_ptr<T>(), sum_c_hat.data(), H);
-      reduce_sums<T>(reduce, sum_c.data(), sum_c_hat.data(), H);  // synchronised: every rank's sums
-      col_norm_bwd_from_sums<T>(dcn, dcout_t, gc, ch_t, rc, sum_c.data(), sum_c_hat.data(), N, H, m,
-                                static_cast<int64_t>(count_c.data_ptr<T>()[t]));
+      col_sums_norm_bwd<T>(reduce, dcn, dcout_t, gc, ch_t, rc, sum_c.data(), sum_c_hat.data(),
+                           dbeta_c.data_ptr<T>(), dgamma_c.data_ptr<T>(), N, H, m,
+                           static_cast<int64_t>(count_c.data_ptr<T>()[t]));
       for_rows(N, G, [&](int64_t n) { if (running(n)) gates(n); });
     } else {
       for_rows(N, G, [&](int64_t n) {
@@ -275,14 +270,8 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
     // The bias and gain gradients of this step (finished rows hold zeros); with batch statistics the step's own
     // sums, which batch norm's backward needs too.
     if (col_h) {
-      std::fill(sum_a.begin(), sum_a.end(), T(0));
-      std::fill(sum_a_hat.begin(), sum_a_hat.end(), T(0));
-      add_col_sums<T>(da_t, sh_t, N, G, sum_a.data(), sum_a_hat.data());
-      add_to(dbias.data_ptr<T>(), sum_a.data(), G);
-      add_to(dgamma_h.data_ptr<T>(), sum_a_hat.data(), G);
-      reduce_sums<T>(reduce, sum_a.data(), sum_a_hat.data(), G);
-      col_norm_bwd_from_sums<T>(ds_t, da_t, gh, sh_t, rh, sum_a.data(), sum_a_hat.data(), N, G, m,
-                                static_cast<int64_t>(count_h.data_ptr<T>()[t]));
+      col_sums_norm_bwd<T>(reduce, ds_t, da_t, gh, sh_t, rh, sum_a.data(), sum_a_hat.data(), dbias.data_ptr<T>(),
+                           dgamma_h.data_ptr<T>(), N, G, m, static_cast<int64_t>(count_h.data_ptr<T>()[t]));
     } else {
       add_col_sums<T>(da_t, has_h ? sh_t : nullptr, N, G, dbias.data_ptr<T>(), ptr<T>(dgamma_h));
     }

@@ -87,6 +87,54 @@ void reduce_sums(const Reducer& reduce, T* sum_d, T* sum_d_shat, int64_t F) {
   std::copy(b + F, b + 2 * F, sum_d_shat);
 }
 
+// One step of batch norm's backward from d (N, F; the gain not yet applied): the step's column sums of d and
+// d * shat go into the bias and gain gradients (acc_d, acc_d_shat: this rank's sums, as DDP adds the ranks'), then
+// out = col_norm_bwd_from_sums over every rank's sums (`count`: the global count). sum_d, sum_d_shat: F of
+// scratch. Unsynced, the sums and the normalization of a block of columns run in one parallel pass (one fork and
+// join a step instead of two: with 2 threads and 32 rows a step, they cost as much as the arithmetic).
+template <typename T>
+void col_sums_norm_bwd(const Reducer& reduce, T* out, const T* d, const T* gain, const T* shat, const T* rstd,
+                       T* sum_d, T* sum_d_shat, T* acc_d, T* acc_d_shat, int64_t N, int64_t F, const bool* m,
+                       int64_t count) {
+  if (reduce.active()) {
+    std::fill(sum_d, sum_d + F, T(0));
+    std::fill(sum_d_shat, sum_d_shat + F, T(0));
+    add_col_sums<T>(d, shat, N, F, sum_d, sum_d_shat);
+    add_to(acc_d, sum_d, F);
+    add_to(acc_d_shat, sum_d_shat, F);
+    reduce_sums<T>(reduce, sum_d, sum_d_shat, F);  // synchronised: every rank's sums
+    col_norm_bwd_from_sums<T>(out, d, gain, shat, rstd, sum_d, sum_d_shat, N, F, m, count);
+    return;
+  }
+  const T inv = T(1) / count;
+  for_cols(N, F, [&](int64_t b, int64_t e) {
+    std::fill(sum_d + b, sum_d + e, T(0));
+    std::fill(sum_d_shat + b, sum_d_shat + e, T(0));
+    for (int64_t n = 0; n < N; ++n) {  // (the order of add_col_sums: the same sums to the last bit)
+      const T* __restrict dr = d + n * F;
+      const T* __restrict xr = shat + n * F;
+#pragma omp simd
+      for (int64_t f = b; f < e; ++f) sum_d[f] += dr[f];
+#pragma omp simd
+      for (int64_t f = b; f < e; ++f) sum_d_shat[f] += dr[f] * xr[f];
+    }
+    add_to(acc_d + b, sum_d + b, e - b);
+    add_to(acc_d_shat + b, sum_d_shat + b, e - b);
+    for (int64_t n = 0; n < N; ++n) {
+      T* __restrict o = out + n * F;
+      if (m != nullptr && !m[n]) {
+        std::fill(o + b, o + e, T(0));
+        continue;
+      }
+      const T* __restrict dr = d + n * F;
+      const T* __restrict sh = shat + n * F;
+#pragma omp simd
+      for (int64_t f = b; f < e; ++f)
+        o[f] = rstd[f] * gain[f] * (dr[f] - sum_d[f] * inv - sh[f] * sum_d_shat[f] * inv);
+    }
+  });
+}
+
 // col_norm_bwd (row_kernels.h) with the column sums of every rank when `reduce` is active; `count` is then the
 // global count. ds holds dshat (gain applied) on entry; finished rows hold 0.
 template <typename T>
