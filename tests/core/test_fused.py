@@ -504,6 +504,8 @@ def test_rows_in_groups_per_thread_equal_shared_steps(norm, extra):
     try:
         assert NATIVE.row_groups(7, 40, False) == 2 and NATIVE.row_groups(7, 40, True) == 1
         assert NATIVE.row_groups(3, 40, False) == 1 and NATIVE.row_groups(7, 400, False) == 1
+        # W_hh of 2.6 MiB: shared steps in training, groups in inference (up to 8 MiB); 10 MiB: shared in both
+        assert NATIVE.row_groups(7, 400, False, False) == 2 and NATIVE.row_groups(7, 800, False, False) == 1
         first = normrnn.LSTM(24, 40, 2, norm=norm, bidirectional=True, backend="fused", dtype=torch.float64,
                              **extra)
         randomize_norms(first)

@@ -281,6 +281,13 @@ bool set_split_rows(bool on) {
   return was;
 }
 
+// The W_hh size (float bytes) up to which training runs row groups (loop.h); returns the previous one.
+int64_t set_row_group_bytes(int64_t bytes) {
+  const int64_t was = RowGroups::max_matrix_bytes();
+  RowGroups::max_matrix_bytes() = bytes;
+  return was;
+}
+
 // The GEMM paths (gemm.h). set_gemm_path("plain" | "packed" | "onednn" | "auto"): force a path for the products
 // that follow (a path this build lacks runs plain), "auto" measures; returns the previous setting.
 std::string set_gemm_path(const std::string& name) {
@@ -383,7 +390,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return gemm::time_path<float>(gemm::path_of(path), a, b, out, step, static_cast<int>(reps));
   });
   m.def("set_split_rows", &set_split_rows);
-  m.def("row_groups", [](int64_t N, int64_t H, bool cross_row) { return RowGroups(N, H, cross_row).count; });
+  m.def("set_row_group_bytes", &set_row_group_bytes);
+  m.def("row_groups", [](int64_t N, int64_t H, bool cross_row, bool training) {
+    return RowGroups(N, H, cross_row, training).count;
+  }, py::arg("N"), py::arg("H"), py::arg("cross_row"), py::arg("training") = true);
   m.def("packed_gemm_available", [] { return gemm::mkl_api().ok(); });
   m.def("norm_rows_", &norm_rows_);
   m.def("bn_update_running_", &bn_update_running_);

@@ -84,12 +84,15 @@ struct DsRing {
 // and each thread runs the whole time loop for its group, with a GEMM of its own and no synchronization between
 // steps. Measured here (LSTM, 200 steps, 2 threads, time loop only): N=8, H=128: 2.4 ms with shared steps,
 // 1.4 ms for one thread with half the rows; N=8, H=256: 5.8 ms against 4.8 ms; N=16, H=256: 9.9 against 7.8.
-// Each group reads all of W_hh every step, so large matrices (beyond a few MiB) keep the shared steps.
+// Each group reads all of W_hh every step, so large matrices keep the shared steps: beyond 2 MiB in training,
+// beyond 8 MiB in inference. (AMD EPYC, 2 threads, in-process A/B against nn.LSTM, 2026-12-05: inference at
+// 100 x 32 x 512 (4 MiB) 1.06-1.13x with groups against 1.14-1.25x shared, over three runs and no, layer and
+// batch norm; at 50 x 64 x 1024 (16 MiB) 1.10-1.13x against 1.05-1.09x; training at 512 no better, either way.)
 struct RowGroups {
   int64_t N, count;
-  RowGroups(int64_t N_, int64_t H, bool cross_row) : N(N_), count(1) {
+  RowGroups(int64_t N_, int64_t H, bool cross_row, bool training) : N(N_), count(1) {
     const int64_t threads = at::get_num_threads();
-    const bool small_matrix = 4 * H * H * 4 <= (int64_t(2) << 20);  // W_hh in float: 2 MiB at H = 362
+    const bool small_matrix = 4 * H * H * 4 <= (training ? 1 : 4) * max_matrix_bytes();  // W_hh in float
     // At least two rows a group: with one (N = 2) the groups measured slower than the shared steps (0.92x
     // against 0.86x nn.LSTM's inference at 200 x 2 x 128), with two faster (0.91x against 1.20x at N = 4).
     if (!cross_row && threads > 1 && !at::in_parallel_region() && small_matrix && split_rows_enabled())
@@ -98,6 +101,12 @@ struct RowGroups {
   static bool& split_rows_enabled() {
     static bool on = true;
     return on;
+  }
+  // The largest W_hh (float bytes) for which each group reads its own copy every step in training (4x that in
+  // inference); set_row_group_bytes sets it, for measuring.
+  static int64_t& max_matrix_bytes() {
+    static int64_t bytes = int64_t(2) << 20;  // 2 MiB: H = 362
+    return bytes;
   }
   // f(r0, r1, shared) for each group, in parallel when there are several.
   template <typename Fn>

@@ -39,7 +39,8 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
   const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   T* sp = s.data_ptr<T>();
   T* cn = cnew.data_ptr<T>();
-  const RowGroups groups(N, H, kind_h == BATCH || kind_c == BATCH || (keep && (per_col(kind_h) || per_col(kind_c))));
+  const RowGroups groups(N, H, kind_h == BATCH || kind_c == BATCH || (keep && (per_col(kind_h) || per_col(kind_c))),
+                         keep);
 
   // The time loop for rows [r0, r1); `shared`: the rows of each step are spread over the threads.
   auto run_rows = [&](int64_t r0, int64_t r1, bool shared) {
