@@ -24,7 +24,8 @@ study: $(STAMP)
 	@echo "normrnn study, quick profile: verdicts are indicative (small models, 3 seeds); make study-standard decides"
 	$(PY) -m normrnn study --profile quick --out study-out
 
-# The profile meant to decide: ~128 units, thousands of updates, 5 seeds; about 90 minutes on 2 cores (2 processes).
+# The profile meant to decide: ~128 units, thousands of updates, 5 seeds; at most 90 minutes on 2 cores (2 processes:
+# 76 minutes on an idle AMD EPYC pair, 2026-12-05).
 study-standard: $(STAMP)
 	$(PY) -m normrnn study --profile standard --jobs 2 --out study-standard
 
