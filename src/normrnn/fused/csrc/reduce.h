@@ -120,18 +120,7 @@ void col_sums_norm_bwd(const Reducer& reduce, T* out, const T* d, const T* gain,
     }
     add_to(acc_d + b, sum_d + b, e - b);
     add_to(acc_d_shat + b, sum_d_shat + b, e - b);
-    for (int64_t n = 0; n < N; ++n) {
-      T* __restrict o = out + n * F;
-      if (m != nullptr && !m[n]) {
-        std::fill(o + b, o + e, T(0));
-        continue;
-      }
-      const T* __restrict dr = d + n * F;
-      const T* __restrict sh = shat + n * F;
-#pragma omp simd
-      for (int64_t f = b; f < e; ++f)
-        o[f] = rstd[f] * gain[f] * (dr[f] - sum_d[f] * inv - sh[f] * sum_d_shat[f] * inv);
-    }
+    col_norm_bwd_cols<T>(out, d, gain, shat, rstd, sum_d, sum_d_shat, N, F, m, inv, b, e);
   });
 }
 

@@ -178,22 +178,28 @@ void col_norm_bwd(T* ds, const T* shat, const T* rstd, int64_t N, int64_t F, con
 // running rows, 0 on finished ones. The sums are those the bias and gain gradients need anyway, so the backward
 // of batch norm costs one pass over the step instead of three.
 template <typename T>
+void col_norm_bwd_cols(T* out, const T* d, const T* gain, const T* shat, const T* rstd, const T* sum_d,
+                       const T* sum_d_shat, int64_t N, int64_t F, const bool* m, T inv, int64_t b, int64_t e) {
+  for (int64_t n = 0; n < N; ++n) {  // columns [b, e); inv = 1 / count
+    T* __restrict o = out + n * F;
+    if (m != nullptr && !m[n]) {
+      std::fill(o + b, o + e, T(0));
+      continue;
+    }
+    const T* __restrict dr = d + n * F;
+    const T* __restrict sh = shat + n * F;
+#pragma omp simd
+    for (int64_t f = b; f < e; ++f)
+      o[f] = rstd[f] * gain[f] * (dr[f] - sum_d[f] * inv - sh[f] * sum_d_shat[f] * inv);
+  }
+}
+
+template <typename T>
 void col_norm_bwd_from_sums(T* out, const T* d, const T* gain, const T* shat, const T* rstd, const T* sum_d,
                             const T* sum_d_shat, int64_t N, int64_t F, const bool* m, int64_t count) {
   const T inv = T(1) / count;
   for_cols(N, F, [&](int64_t b, int64_t e) {
-    for (int64_t n = 0; n < N; ++n) {
-      T* __restrict o = out + n * F;
-      if (m != nullptr && !m[n]) {
-        std::fill(o + b, o + e, T(0));
-        continue;
-      }
-      const T* __restrict dr = d + n * F;
-      const T* __restrict sh = shat + n * F;
-#pragma omp simd
-      for (int64_t f = b; f < e; ++f)
-        o[f] = rstd[f] * gain[f] * (dr[f] - sum_d[f] * inv - sh[f] * sum_d_shat[f] * inv);
-    }
+    col_norm_bwd_cols<T>(out, d, gain, shat, rstd, sum_d, sum_d_shat, N, F, m, inv, b, e);
   });
 }
 
