@@ -101,3 +101,23 @@ def native_results(m, x, lengths):
             infer, _ = m(x, lengths=lengths)
         m.train()
     return [out, infer, *grads]
+
+
+def change_the_layer(m, check, input_size: int, batch_norm: bool) -> None:
+    """The changes a streaming plan must follow, ``check()`` after each: an in-place update of every parameter (as
+    an optimizer does), a replaced parameter (``bias_hh_l1``), with batch norm 6 trained steps (later steps then
+    read their own statistics rows), and a cast to float64. ``m`` is in eval mode."""
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    check()
+    m.bias_hh_l1 = torch.nn.Parameter(torch.randn(m.bias_hh_l1.shape[0]))
+    check()
+    if batch_norm:
+        with torch.enable_grad():
+            m.train()
+            m(torch.randn(6, 4, input_size))
+            m.eval()
+        check()
+    m.double()
+    check()
