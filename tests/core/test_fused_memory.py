@@ -1,12 +1,15 @@
 """The fused backward's memory-saving paths: gradients summed step by step and dW_hh reduced from a ring of a
-few steps (several ring blocks need a long sequence), backward twice through one graph, and what is saved."""
+few steps (several ring blocks need a long sequence), backward twice through one graph, what is saved, and the
+pool that keeps the T-step buffers' memory from one call to the next."""
+import copy
+
 import pytest
 import torch
 
 from normrnn import fused
 from rnn_helpers import initial_state, make, randomize_norms
 
-from native_support import ENGINES
+from native_support import ENGINES, require_native
 
 VARIANTS = [
     ("LSTM", "layer", "separate", {}),
@@ -113,3 +116,96 @@ def test_expanded_output_gradient(engine, kind, bidirectional):
         g2 = torch.autograd.grad((m(x)[0] * ones).sum(), [x, *m.parameters()])
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------ the buffer pool
+# The native engine's T-step buffers come from a pool that keeps freed memory for the next call (csrc/pool.h).
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def pool():
+    """The native module with an empty pool at its default cap, restored afterwards."""
+    native = require_native()
+    native.release_pool()
+    limit = native.set_pool_limit(512 * MiB)
+    yield native
+    native.set_pool_limit(limit)
+    native.release_pool()
+
+
+def test_pool_reuses_a_freed_block_within_its_rules(pool):
+    a = pool.pooled_empty([MiB // 2], torch.float32)  # 2 MiB
+    block = a.data_ptr()
+    del a
+    assert pool.pool_cached_bytes() == 2 * MiB
+    b = pool.pooled_empty([MiB // 2], torch.float32)  # the same size: the same memory, taken out of the pool
+    assert b.data_ptr() == block and pool.pool_cached_bytes() == 0
+    del b
+    c = pool.pooled_empty([MiB // 4], torch.float32)  # 1 MiB: a 2 MiB block would idle half of itself
+    assert c.data_ptr() != block and pool.pool_cached_bytes() == 2 * MiB
+    small = pool.pooled_empty([1000], torch.float64)  # under 1 MiB: an ordinary allocation, never kept
+    del small
+    assert pool.pool_cached_bytes() == 2 * MiB
+    pool.set_pool_limit(2 * MiB)  # full: a block freed now goes back to the system
+    del c
+    assert pool.pool_cached_bytes() == 2 * MiB
+    fused.release_scratch()
+    assert pool.pool_cached_bytes() == 0
+
+
+def test_a_training_step_takes_the_previous_steps_memory(pool):
+    m = make("LSTM", 64, 128, norm="batch", backend="fused")
+    x = torch.randn(50, 32, 64, requires_grad=True)
+    with fused.force_engine("native"):
+        m(x)[0].sum().backward()
+        kept = pool.pool_cached_bytes()
+        out = m(x)[0]  # forward takes the blocks backward freed
+        taken = kept - pool.pool_cached_bytes()
+        out.sum().backward()
+    full = 50 * 32 * 4 * 128 * 4  # one (T, N, 4H) float32 buffer
+    assert kept >= 3 * full and taken >= 3 * full
+
+
+POISON_VARIANTS = [
+    ("LSTM", "layer", "separate", {}),
+    ("LSTM", "batch", "separate", {}),
+    ("LSTM", "batch", "joint", {}),
+    ("LSTM", "rms", "separate", dict(carry_normalized_cell=True)),
+    ("LSTM", "none", "separate", {}),
+    ("GRU", "layer", "separate", {}),
+    ("GRU", "batch", "joint", {}),
+    ("RNN", "batch", "separate", {}),
+]
+
+
+@pytest.mark.parametrize("kind,norm,terms,extra", POISON_VARIANTS, ids=str)
+def test_no_kernel_reads_a_pooled_buffer_before_writing_it(pool, kind, norm, terms, extra):
+    """Pooled memory holds the last call's values, where fresh pages read as zeros. With every pooled buffer
+    handed out full of NaN, forward, backward and inference (padded batch) must give exactly what they give
+    without: a kernel that reads a buffer before writing it (a finished row, say) shows as a difference."""
+    torch.manual_seed(3)
+    first = make(kind, 48, 96, norm=norm, norm_terms=terms, backend="fused", bidirectional=True, **extra)
+    randomize_norms(first)
+    x = torch.randn(120, 24, 48, requires_grad=True)  # (T, N, H) buffers of 1.1 MiB and more: pooled
+    lengths = torch.tensor([120, 3, 120, 57] * 6)
+    results = []
+    for poison in (False, True):
+        m = copy.deepcopy(first)  # (a training call moves batch norm's running averages)
+        pool.release_pool()
+        before = pool.set_pool_poison(poison)
+        try:
+            with fused.force_engine("native"):
+                m.train()
+                out, h = m(x, lengths=lengths)
+                states = h if isinstance(h, tuple) else (h,)
+                grads = torch.autograd.grad(out.pow(2).sum() + sum(s.sum() for s in states), [x, *m.parameters()])
+                m.eval()
+                with torch.no_grad():
+                    infer = m(x, lengths=lengths)[0]
+        finally:
+            pool.set_pool_poison(before)
+        results.append([out, *states, infer, *grads])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -136,7 +136,7 @@ class Projection(torch.autograd.Function):
         ctx.eng = eng
         ctx.save_for_backward(x2, weight)
         ctx.lead = x.shape[:-1]
-        return eng.mm(x2, weight.t()).view(*x.shape[:-1], weight.shape[0])
+        return eng.mm(x2, weight.t(), scratch=True).view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx, dy: Tensor):

@@ -51,8 +51,12 @@ _scratch = Scratch()
 
 
 def release_scratch() -> None:
-    """Free the input-term memory that inference keeps between calls in this thread."""
+    """Free the memory kept between calls: the input-term memory of inference in this thread, and what the
+    native engine's buffer pool holds unused (its T-step buffers, reused by the next call of a similar shape)."""
     _scratch.buffers.clear()
+    from . import native  # (here: the native module loads on first use, and input_term does not need it)
+    if native._module is not None:
+        native._module.release_pool()
 
 
 def normalize(norm: Optional[nn.Module], x: Tensor, step: int, mask: Optional[Tensor], eng: Engine) -> Tensor:

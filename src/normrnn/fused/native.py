@@ -289,10 +289,13 @@ class NativeEngine:
         return None if r is None else StreamResult(r[0], r[1], _EMPTY)
 
     # -- large products (the input projection and its gradients) on the GEMM path measured for their shape
-    def mm(self, a: Tensor, b: Tensor, out: Optional[Tensor] = None) -> Tensor:
-        """a (M, K) · b (K, N) into ``out`` (contiguous) or a new tensor; no autograd."""
+    def mm(self, a: Tensor, b: Tensor, out: Optional[Tensor] = None, scratch: bool = False) -> Tensor:
+        """a (M, K) · b (K, N) into ``out`` (contiguous) or a new tensor; no autograd. ``scratch``: the product
+        stays inside the engine (never a user's gradient or output), so a large one comes from the buffer pool
+        the time loops use (csrc/pool.h), whose memory is reused from call to call."""
         if out is None:
-            out = a.new_empty(a.shape[0], b.shape[1])
+            out = (self.module.pooled_empty([a.shape[0], b.shape[1]], a.dtype) if scratch and a.device.type == "cpu"
+                   else a.new_empty(a.shape[0], b.shape[1]))
         self.module.mm_into(out, a, b, False)
         return out
 

@@ -17,7 +17,7 @@ std::vector<at::Tensor> rnn_forward_impl(const at::Tensor& xa, const at::Tensor&
   const auto o = xa.options();
   const bool has_h = gamma_h.numel() > 0;
   const States<T> h_all(h0, T_, keep);
-  auto act = at::empty({Tk, N, H}, o), out = at::empty({T_, N, H}, o);
+  auto act = pooled_empty({Tk, N, H}, o), out = at::empty({T_, N, H}, o);
   auto shat_all = has_h ? at::empty({Tk, N, H}, o) : at::empty({0}, o);
   auto rstd_h = rstd_buffer(kind_h, Tk, N, H, o);
   auto mean_h = stats_buffer(kind_h, T_, H, o), var_h = stats_buffer(kind_h, T_, H, o);
@@ -75,7 +75,7 @@ std::vector<at::Tensor> rnn_backward_impl(const at::Tensor& dout, const at::Tens
   const StepGemm<T> gemm(w_hh, N, T_);  // dh_prev = ds W_hh
   // As in the LSTM: ds = da = dxa without a norm; joint: dxa = ds, da one step's scratch; separate: dxa = da and
   // ds in the ring.
-  auto dxa = at::empty_like(act);
+  auto dxa = pooled_empty(act.sizes(), o);
   auto da_step = joint && has_h ? at::empty({N, H}, o) : at::empty({0}, o);
   DsRing<T> ring(!has_h || joint ? dxa : at::Tensor(), T_, N, H, H, o);
   auto dbias = at::zeros({H}, o);

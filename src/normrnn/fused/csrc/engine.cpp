@@ -42,6 +42,8 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <cstdlib>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -55,6 +57,7 @@ namespace {
 
 #include "row_kernels.h"
 #include "gemm.h"
+#include "pool.h"
 #include "loop.h"
 #include "reduce.h"
 #include "lstm.h"
@@ -391,6 +394,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   });
   m.def("set_split_rows", &set_split_rows);
   m.def("set_row_group_bytes", &set_row_group_bytes);
+  // The buffer pool (pool.h): a tensor from it, what it holds unused, its cap, and freeing what it holds.
+  m.def("pooled_empty", [](std::vector<int64_t> sizes, at::ScalarType dtype) {
+    return pooled_empty(sizes, at::TensorOptions().dtype(dtype));
+  });
+  m.def("pool_cached_bytes", [] { return BufferPool::get().cached_bytes(); });
+  m.def("set_pool_limit", [](int64_t bytes) {
+    const int64_t was = BufferPool::limit();
+    BufferPool::limit() = bytes;
+    return was;
+  });
+  m.def("release_pool", [] { return BufferPool::get().release(); });
+  m.def("set_pool_poison", [](bool on) {
+    const bool was = BufferPool::poison();
+    BufferPool::poison() = on;
+    return was;
+  });
   m.def("row_groups", [](int64_t N, int64_t H, bool cross_row, bool training) {
     return RowGroups(N, H, cross_row, training).count;
   }, py::arg("N"), py::arg("H"), py::arg("cross_row"), py::arg("training") = true);

@@ -17,7 +17,7 @@ std::vector<at::Tensor> gru_forward_impl(const at::Tensor& xa, const at::Tensor&
   const auto o = xa.options();
   const bool has_h = gamma_h.numel() > 0, has_b = bias_hh.numel() > 0;
   const States<T> h_all(h0, T_, keep);
-  auto acts = at::empty({Tk, N, G}, o), rec_n_all = at::empty({Tk, N, H}, o);
+  auto acts = pooled_empty({Tk, N, G}, o), rec_n_all = pooled_empty({Tk, N, H}, o);
   auto shat_all = has_h ? at::empty({Tk, N, G}, o) : at::empty({0}, o);
   auto out = at::empty({T_, N, H}, o);
   auto rstd_h = rstd_buffer(kind_h, Tk, N, G, o);
@@ -75,7 +75,7 @@ std::vector<at::Tensor> gru_backward_impl(const at::Tensor& dout, const at::Tens
   const StepGemm<T> gemm(w_hh, N, T_);  // dh_prev = ds W_hh
   // drec: d(recurrent term after its norm), one step's scratch; ds: d(recurrent product), in the ring (ds = drec
   // without a norm). The bias and gain gradients are summed step by step.
-  auto dxa = at::empty_like(acts);
+  auto dxa = pooled_empty(acts.sizes(), o);
   auto drec_step = has_h ? at::empty({N, G}, o) : at::empty({0}, o);
   DsRing<T> ring(at::Tensor(), T_, N, G, H, o);
   auto dbias = at::zeros({G}, o);
@@ -223,8 +223,8 @@ std::vector<at::Tensor> gru_joint_forward_impl(const at::Tensor& xa, const at::T
   // Batch statistics need every row of the step first: extra row passes. Given statistics (eval) do not.
   const bool col_g = has_g && kind_g == BATCH, col_n = has_n && kind_n == BATCH;
   const States<T> h_all(h0, T_, keep);
-  auto acts = at::empty({Tk, N, G}, o), rec_n_all = at::empty({Tk, N, H}, o);
-  auto uhat_all = at::empty({Tk, N, H2}, o), vhat_all = at::empty({Tk, N, H}, o), out = at::empty({T_, N, H}, o);
+  auto acts = pooled_empty({Tk, N, G}, o), rec_n_all = pooled_empty({Tk, N, H}, o);
+  auto uhat_all = pooled_empty({Tk, N, H2}, o), vhat_all = pooled_empty({Tk, N, H}, o), out = at::empty({T_, N, H}, o);
   auto rstd_g = rstd_buffer(kind_g, Tk, N, H2, o), rstd_n = rstd_buffer(kind_n, Tk, N, H, o);
   auto mean_g = stats_buffer(kind_g, T_, H2, o), var_g = stats_buffer(kind_g, T_, H2, o);
   auto mean_n = stats_buffer(kind_n, T_, H, o), var_n = stats_buffer(kind_n, T_, H, o);
@@ -318,7 +318,7 @@ std::vector<at::Tensor> gru_joint_backward_impl(const at::Tensor& dout, const at
   const auto o = acts.options();
   const StepGemm<T> gemm(w_hh, N, T_);  // dh_prev = ds W_hh
   // dpre: d(pre-activations r, z, n), after the norms; ds: d(h W_hh^T); dxa = (du, dv).
-  auto dxa = at::empty_like(acts), ds_all = at::empty_like(acts), dpre_all = at::empty_like(acts);
+  auto dxa = pooled_empty(acts.sizes(), o), ds_all = pooled_empty(acts.sizes(), o), dpre_all = pooled_empty(acts.sizes(), o);
   auto dh = dhT.clone(), dh_next = at::empty_like(dh), direct = at::empty_like(dh);
   // du and dv of one step, contiguous (N, F) for the column passes of batch norm's backward.
   auto du_buf = at::empty({N, H2}, o), dv_buf = at::empty({N, H}, o);

@@ -23,11 +23,11 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& xa, const at::Tensor
   // Kept states and no padding: the output h_1..h_T is a view of them, not a second (T, N, H) copy.
   const bool out_is_h = keep && mask.numel() == 0;
   const at::Tensor out = out_is_h ? h_all.all.narrow(0, 1, T_) : at::empty({T_, N, H}, o);
-  auto acts = at::empty({Tk, N, G}, o), shat_all = has_h ? at::empty({Tk, N, G}, o) : at::empty({0}, o);
+  auto acts = pooled_empty({Tk, N, G}, o), shat_all = has_h ? pooled_empty({Tk, N, G}, o) : at::empty({0}, o);
   // tanh(c_out) is one step's scratch: backward recomputes it from chat (or c) rather than keep T steps of it.
   // So is chat when the carried cell is the raw one: backward renormalizes c_all's rows (renormalize_row).
   const bool keep_chat = keep && carry;
-  auto chat_all = at::empty({keep_chat ? T_ : 1, N, H}, o), tc_buf = at::empty({N, H}, o);
+  auto chat_all = pooled_empty({keep_chat ? T_ : 1, N, H}, o), tc_buf = at::empty({N, H}, o);
   auto rstd_h = rstd_buffer(kind_h, Tk, N, G, o), rstd_c = rstd_buffer(kind_c, Tk, N, H, o);
   auto mean_h = stats_buffer(kind_h, T_, G, o), var_h = stats_buffer(kind_h, T_, G, o);
   auto mean_c = stats_buffer(kind_c, T_, H, o), var_c = stats_buffer(kind_c, T_, H, o);
@@ -145,7 +145,7 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dout, const at::Ten
   const auto o = acts.options();
   const StepGemm<T> gemm(w_hh, N, T_);  // dh_prev = ds W_hh
   const bool has_h = gamma_h.numel() > 0, has_c = gamma_c.numel() > 0;
-  auto dxa = at::empty_like(acts);
+  auto dxa = pooled_empty(acts.sizes(), o);
   // da: d(pre-activation); ds: d(recurrent product h W_hh^T). Without a norm on the recurrent term ds = da = dxa;
   // joint terms: dxa = ds and da is one step's scratch; separate terms: dxa = da and ds goes to the ring.
   // Everything else (d(c_out), the reductions for bias and gains) is per step: nothing else is T steps long.

@@ -12,7 +12,7 @@ template <typename T>
 std::vector<at::Tensor> rms_norm_forward_impl(const at::Tensor& x, const at::Tensor& weight, double eps_) {
   const int64_t F = x.size(-1), R = x.numel() / F;
   const T eps = static_cast<T>(eps_);
-  auto y = at::empty_like(x), rstd = at::empty({R}, x.options());
+  auto y = pooled_empty(x.sizes(), x.options()), rstd = at::empty({R}, x.options());
   const T* xp = x.data_ptr<T>();
   const T* w = ptr<T>(weight);
   T* yp = y.data_ptr<T>();
@@ -36,7 +36,7 @@ template <typename T>
 std::vector<at::Tensor> rms_norm_backward_impl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight,
                                                const at::Tensor& rstd) {
   const int64_t F = x.size(-1), R = x.numel() / F;
-  auto dx = at::empty_like(x);
+  auto dx = pooled_empty(x.sizes(), x.options());
   const T* xp = x.data_ptr<T>();
   const T* dyp = dy.data_ptr<T>();
   const T* w = ptr<T>(weight);
@@ -155,7 +155,7 @@ std::vector<at::Tensor> bn_steps_forward_impl(const at::Tensor& x, const at::Ten
   const int64_t T_ = x.size(0), N = x.size(1), F = x.size(2);
   const T eps = static_cast<T>(eps_);
   const auto o = x.options();
-  auto y = at::empty_like(x), mean = at::empty({T_, F}, o), rstd = at::empty({T_, F}, o);
+  auto y = pooled_empty(x.sizes(), o), mean = at::empty({T_, F}, o), rstd = at::empty({T_, F}, o);
   // The statistics to report for the running averages (training only: col_stats fills every step's row).
   auto mean_out = training ? at::empty({T_, F}, o) : at::empty({0}, o);
   auto var_out = training ? at::empty({T_, F}, o) : at::empty({0}, o);
@@ -187,7 +187,7 @@ std::vector<at::Tensor> bn_steps_backward_impl(const at::Tensor& dy, const at::T
                                                const at::Tensor& mask, const at::Tensor& mean,
                                                const at::Tensor& rstd, const at::Tensor& count, bool training) {
   const int64_t T_ = x.size(0), N = x.size(1), F = x.size(2);
-  auto dx = at::empty_like(x), dw_steps = at::empty({T_, F}, x.options());  // (every step writes its row)
+  auto dx = pooled_empty(x.sizes(), x.options()), dw_steps = at::empty({T_, F}, x.options());  // (every step writes its row)
   const T *xp = x.data_ptr<T>(), *dyp = dy.data_ptr<T>(), *w = ptr<T>(weight), *mp = mean.data_ptr<T>(),
           *rp = rstd.data_ptr<T>(), *cp = ptr<T>(count);
   const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
