@@ -134,15 +134,24 @@ def test_a_planted_wrong_leading_dimension_is_caught(native, path):
     assert excess_error(out, a, b, add) <= 1
 
 
-@pytest.mark.parametrize("kind,norm", [("LSTM", "batch"), ("LSTM", "layer"), ("GRU", "batch"), ("RNN", "none")])
-def test_every_path_runs_the_loops_as_accurately_as_plain(native, kind, norm):
+@pytest.mark.parametrize("kind,terms", [("LSTM", "separate"), ("LSTM", "joint"), ("GRU", "separate"),
+                                        ("GRU", "joint"), ("RNN", "joint")])
+@pytest.mark.parametrize("norm", ["layer", "batch", "none"])
+def test_every_path_runs_the_loops_as_accurately_as_plain(native, kind, terms, norm):
     """Whole loops (forward, backward, inference; both directions, padding) on each path, float32, against the
-    same model in float64: each path's error at most a small multiple of the plain path's (different summation
-    orders of equal quality), so no path can hide a wrong operand, transpose or accumulation flag."""
+    same model in float64, so that no path can hide a wrong operand, transpose or accumulation flag.
+
+    The float32 paths sum in different orders, and over 30 steps the norms amplify that rounding by a factor
+    that depends on the data and the CPU's kernels. The plain path's error measures that amplification (on an
+    AMD EPYC: 3e-5 relative with layer norm, 2e-2 with batch norm over the few rows of a padded batch), and
+    another path's may be a multiple of it: which order rounds worse varies with the data (packed/plain from
+    0.5x to 4.6x over seeds on an AMD EPYC). Bound: 8x the plain path's error plus 2e-3 of the result. On an
+    AMD EPYC every path's error stays under a tenth of that in every case below, and the planted fault
+    (set_gemm_fault: a leading dimension one too large) exceeds it 240 to 4000 times."""
     from rnn_helpers import make, native_results
 
     torch.manual_seed(2)
-    first = make(kind, 24, 40, 2, norm=norm, bidirectional=True, backend="fused")
+    first = make(kind, 24, 40, 2, norm=norm, norm_terms=terms, bidirectional=True, backend="fused")
     x = torch.randn(30, 6, 24)
     lengths = torch.tensor([30, 29, 17, 30, 2, 9])
 
@@ -153,13 +162,13 @@ def test_every_path_runs_the_loops_as_accurately_as_plain(native, kind, norm):
     for path in ("plain", *sorted(available(native) - {"plain"})):
         native.set_gemm_path(path)
         try:
-            got = native_results(copy.deepcopy(first), x, lengths)
+            got = native_results(copy.deepcopy(first), x, lengths)  # (batch norm's running statistics move)
         finally:
             native.set_gemm_path("auto")
         errors[path] = [(p - e).norm().item() for p, e in zip(got, exact)]
     for path, errs in errors.items():
         for err, err_plain, e in zip(errs, errors["plain"], exact):
-            assert err <= 4 * err_plain + 1e-6 * e.norm().item(), (path, err, err_plain)
+            assert err <= 8 * err_plain + 2e-3 * e.norm().item() + 1e-6, (path, err, err_plain)
 
 
 def test_forcing_a_path(native):

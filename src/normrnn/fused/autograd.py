@@ -110,20 +110,21 @@ class BatchNormSteps(torch.autograd.Function):
         return g.x, g.weight, None, None, None, None, None
 
 
-class RMSNormRows(torch.autograd.Function):
-    """RMSNorm with gain on an engine's kernels: y = x / sqrt(mean(x²) + eps) · weight, rows of the last axis."""
+class NormRows(torch.autograd.Function):
+    """Layer norm or RMSNorm (``kind``) with gain and no bias on an engine's kernels, rows of the last axis:
+    y = (x - mean) / sqrt(var + eps) · weight, or x / sqrt(mean(x²) + eps) · weight."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, eps: float, eng) -> Tensor:
-        r = eng.rms_norm_forward(x, weight, eps)
+    def forward(ctx, x: Tensor, weight: Tensor, kind: int, eps: float, eng) -> Tensor:
+        r = eng.row_norm_forward(x, weight, kind, eps)
         ctx.eng, ctx.flags = eng, r.saved.flags
         ctx.save_for_backward(*r.saved.tensors)
         return r.y
 
     @staticmethod
     def backward(ctx, dy: Tensor):
-        g = ctx.eng.rms_norm_backward(dy.contiguous(), Saved(ctx.saved_tensors, ctx.flags))
-        return g.x, g.weight, None, None
+        g = ctx.eng.row_norm_backward(dy.contiguous(), Saved(ctx.saved_tensors, ctx.flags))
+        return g.x, g.weight, None, None, None
 
 
 class Projection(torch.autograd.Function):

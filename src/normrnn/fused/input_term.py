@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ..cells import CellParams
 from ..cells import input_term as reference_input_term
 from ..norms import IdentityNorm, LayerNorm, RecurrentBatchNorm, RMSNorm
-from .autograd import BatchNormSteps, Projection, RMSNormRows, needs_graph
+from .autograd import BatchNormSteps, NormRows, Projection, needs_graph
 from .contract import NONE, Engine, Stats
 from .loop_args import fixed_stats, gain_of, kind_of, syncs, update_running
 
@@ -60,12 +60,12 @@ def release_scratch() -> None:
 
 
 def normalize(norm: Optional[nn.Module], x: Tensor, step: int, mask: Optional[Tensor], eng: Engine) -> Tensor:
-    """``norm(x, step, mask)``, with an RMSNorm without bias in one pass of the engine's kernels (x (..., F))."""
+    """``norm(x, step, mask)``, with a layer norm or RMSNorm without bias on the engine's kernels (x (..., F))."""
     if norm is None:
         return x
-    if (eng.has_input_kernels and isinstance(norm, RMSNorm) and norm.bias is None and x.device.type in eng.devices
-            and x.dtype in (torch.float32, torch.float64)):
-        return RMSNormRows.apply(x.contiguous(), norm.weight, norm.eps, eng)
+    if (eng.has_input_kernels and isinstance(norm, (LayerNorm, RMSNorm)) and norm.bias is None
+            and x.device.type in eng.devices and x.dtype in (torch.float32, torch.float64)):
+        return NormRows.apply(x.contiguous(), norm.weight, kind_of(norm), norm.eps, eng)
     return norm(x, step, mask)
 
 

@@ -317,12 +317,12 @@ class NativeEngine:
         return self.module.bn_update_running_(running_mean, running_var, stats.mean, stats.var, stats.count, first,
                                               momentum)
 
-    def rms_norm_forward(self, x: Tensor, weight: Tensor, eps: float) -> NormResult:
-        y, rstd = self.module.rms_norm_forward(x, weight, eps)
-        return NormResult(y, None, Saved((x, weight, rstd), ()))
+    def row_norm_forward(self, x: Tensor, weight: Tensor, kind: int, eps: float) -> NormResult:
+        y, mean, rstd = self.module.row_norm_forward(x, weight, kind, eps)
+        return NormResult(y, None, Saved((x, weight, mean, rstd), (kind,)))
 
-    def rms_norm_backward(self, dy: Tensor, saved: Saved) -> NormGrads:
-        return NormGrads(*self.module.rms_norm_backward(dy, *saved.tensors))
+    def row_norm_backward(self, dy: Tensor, saved: Saved) -> NormGrads:
+        return NormGrads(*self.module.row_norm_backward(dy, *saved.tensors, *saved.flags))
 
 
 _EMPTY = torch.empty(0)

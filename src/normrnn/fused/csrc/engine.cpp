@@ -243,12 +243,15 @@ std::optional<std::tuple<at::Tensor, at::Tensor>> hidden_stream(const at::Tensor
   return NORMRNN_DISPATCH(x, "hidden_stream", hidden_stream_impl<scalar_t>(x, h0, stack, step, eps));
 }
 
-std::vector<at::Tensor> rms_norm_forward(at::Tensor x, at::Tensor weight, double eps) {
-  return NORMRNN_DISPATCH(x, "rms_norm_forward", rms_norm_forward_impl<scalar_t>(x, weight, eps));
+std::vector<at::Tensor> row_norm_forward(at::Tensor x, at::Tensor weight, int64_t kind, double eps) {
+  TORCH_CHECK(per_row(kind) && x.is_contiguous(), "row_norm_forward: layer or RMS norm of a contiguous x");
+  return NORMRNN_DISPATCH(x, "row_norm_forward", row_norm_forward_impl<scalar_t>(x, weight, kind, eps));
 }
 
-std::vector<at::Tensor> rms_norm_backward(at::Tensor dy, at::Tensor x, at::Tensor weight, at::Tensor rstd) {
-  return NORMRNN_DISPATCH(x, "rms_norm_backward", rms_norm_backward_impl<scalar_t>(dy, x, weight, rstd));
+std::vector<at::Tensor> row_norm_backward(at::Tensor dy, at::Tensor x, at::Tensor weight, at::Tensor mean,
+                                          at::Tensor rstd, int64_t kind) {
+  TORCH_CHECK(per_row(kind) && dy.is_contiguous(), "row_norm_backward: layer or RMS norm, dy contiguous");
+  return NORMRNN_DISPATCH(x, "row_norm_backward", row_norm_backward_impl<scalar_t>(dy, x, weight, mean, rstd, kind));
 }
 
 void norm_rows_(at::Tensor x, at::Tensor weight, int64_t kind, double eps, at::Tensor fix_mean,
@@ -418,8 +421,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bn_update_running_", &bn_update_running_);
   m.def("bn_steps_forward", &bn_steps_forward);
   m.def("bn_steps_backward", &bn_steps_backward);
-  m.def("rms_norm_forward", &rms_norm_forward);
-  m.def("rms_norm_backward", &rms_norm_backward);
+  m.def("row_norm_forward", &row_norm_forward);
+  m.def("row_norm_backward", &row_norm_backward);
   py::class_<StreamNorm>(m, "StreamNorm")
       .def(py::init<int64_t, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(), py::arg("kind"),
            py::arg("gain"), py::arg("bias"), py::arg("running_mean"), py::arg("running_var"),

@@ -1,46 +1,57 @@
-// norm_passes.h: the input term's norms over all steps at once: RMSNorm rows, the inference norm in place,
+// norm_passes.h: the input term's norms over all steps at once: layer and RMS norm rows, the inference norm in place,
 // batch norm's running averages and batch norm over steps.
 //
 // Part of the native engine: included by engine.cpp, in reading order, inside its anonymous namespace.
 #pragma once
 
-// =========================================================================================== RMSNorm rows
-// The x-term RMSNorm over all steps at once, (R, F) rows: ATen has no fused CPU kernel for it (F.rms_norm is
-// five ops), which made RMSNorm slower than the fused layer norm it is meant to undercut.
+// =========================================================================================== layer and RMS norm rows
+// The x-term layer norm or RMSNorm (no bias) over all steps at once, (R, F) rows, forward and backward: ATen has
+// no fused CPU kernel for RMSNorm (F.rms_norm is five ops), which made RMSNorm slower than the fused layer norm
+// it is meant to undercut; and F.layer_norm's outputs and gradients come from torch's allocator, where these come
+// from the engine's buffer pool (pool.h): with F.layer_norm, the loop's freed buffers sat idle in the pool while
+// layer norm's backward took fresh pages (peak memory one (T, N, 4H) buffer higher).
 
 template <typename T>
-std::vector<at::Tensor> rms_norm_forward_impl(const at::Tensor& x, const at::Tensor& weight, double eps_) {
+std::vector<at::Tensor> row_norm_forward_impl(const at::Tensor& x, const at::Tensor& weight, int64_t kind,
+                                              double eps_) {
   const int64_t F = x.size(-1), R = x.numel() / F;
   const T eps = static_cast<T>(eps_);
+  const bool layer = kind == LAYER;
   auto y = pooled_empty(x.sizes(), x.options()), rstd = at::empty({R}, x.options());
+  auto mean = layer ? at::empty({R}, x.options()) : at::empty({0}, x.options());
   const T* xp = x.data_ptr<T>();
   const T* w = ptr<T>(weight);
   T* yp = y.data_ptr<T>();
   T* rp = rstd.data_ptr<T>();
+  T* mp = ptr<T>(mean);
   std::vector<T> ones(w ? 0 : F, T(1));
   const T* g = w ? w : ones.data();
-  // Two passes per row (sum of squares; scale) rather than row_norm_fwd's three plus a gain pass.
+  // Per row: the mean (layer norm), the sum of squares about it, and the scaled row in one pass.
   for_rows(R, F, [&](int64_t r) {
     const T* __restrict xr = xp + r * F;
     T* __restrict yr = yp + r * F;
-    const T ss = lane_sum<T>(F, [&](int64_t f) { return xr[f] * xr[f]; });
+    const T mu = layer ? lane_sum<T>(F, [&](int64_t f) { return xr[f]; }) / F : T(0);
+    const T ss = lane_sum<T>(F, [&](int64_t f) { return (xr[f] - mu) * (xr[f] - mu); });
     const T rr = T(1) / std::sqrt(ss / F + eps);
     rp[r] = rr;
+    if (layer) mp[r] = mu;
 #pragma omp simd
-    for (int64_t f = 0; f < F; ++f) yr[f] = xr[f] * rr * g[f];
+    for (int64_t f = 0; f < F; ++f) yr[f] = (xr[f] - mu) * rr * g[f];
   });
-  return {y, rstd};
+  return {y, mean, rstd};
 }
 
 template <typename T>
-std::vector<at::Tensor> rms_norm_backward_impl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight,
-                                               const at::Tensor& rstd) {
+std::vector<at::Tensor> row_norm_backward_impl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight,
+                                               const at::Tensor& mean, const at::Tensor& rstd, int64_t kind) {
   const int64_t F = x.size(-1), R = x.numel() / F;
+  const bool layer = kind == LAYER;
   auto dx = pooled_empty(x.sizes(), x.options());
   const T* xp = x.data_ptr<T>();
   const T* dyp = dy.data_ptr<T>();
   const T* w = ptr<T>(weight);
   const T* rp = rstd.data_ptr<T>();
+  const T* mp = ptr<T>(mean);
   T* dxp = dx.data_ptr<T>();
   // dweight = sum over rows of dy * x-hat: partial sums per chunk of rows, added up after.
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads() * 4, R));
@@ -48,8 +59,8 @@ std::vector<at::Tensor> rms_norm_backward_impl(const at::Tensor& dy, const at::T
   T* pp = partial.data_ptr<T>();
   std::vector<T> ones(w ? 0 : F, T(1));
   const T* g = w ? w : ones.data();
-  // Per row, with xhat = x * rstd and d = dy * gain: dx = rstd * (d - xhat * mean(d * xhat)), in two fused
-  // passes; the gain's gradient sum(dy * xhat) accumulates in the second.
+  // Per row, with xhat = (x - mean) * rstd and d = dy * gain: dx = rstd * (d - mean(d) - xhat * mean(d * xhat))
+  // (RMS: no mean, and no mean(d)), in two passes, x-hat recomputed; the gain's gradient accumulates in the second.
   at::parallel_for(0, chunks, 1, [&](int64_t cb, int64_t ce) {
     for (int64_t c = cb; c < ce; ++c) {
       T* __restrict acc = pp + c * F;
@@ -57,13 +68,14 @@ std::vector<at::Tensor> rms_norm_backward_impl(const at::Tensor& dy, const at::T
         const T* __restrict xr = xp + r * F;
         const T* __restrict dr = dyp + r * F;
         T* __restrict dxr = dxp + r * F;
-        const T rr = rp[r];
-        const T dot = lane_sum<T>(F, [&](int64_t f) { return dr[f] * g[f] * xr[f]; });
-        const T k = rr * rr * rr * dot / F;  // so that dx = rstd * d - x * k
+        const T rr = rp[r], mu = layer ? mp[r] : T(0);
+        const T m1 = layer ? lane_sum<T>(F, [&](int64_t f) { return dr[f] * g[f]; }) / F : T(0);
+        const T m2 = lane_sum<T>(F, [&](int64_t f) { return dr[f] * g[f] * (xr[f] - mu) * rr; }) / F;
 #pragma omp simd
         for (int64_t f = 0; f < F; ++f) {
-          dxr[f] = rr * dr[f] * g[f] - xr[f] * k;
-          acc[f] += dr[f] * xr[f] * rr;
+          const T xh = (xr[f] - mu) * rr;
+          dxr[f] = rr * (dr[f] * g[f] - m1 - xh * m2);
+          acc[f] += dr[f] * xh;
         }
       }
     }
