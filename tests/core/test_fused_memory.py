@@ -148,11 +148,13 @@ def test_pool_reuses_a_freed_block_within_its_rules(pool):
     small = pool.pooled_empty([1000], torch.float64)  # under 1 MiB: an ordinary allocation, never kept
     del small
     assert pool.pool_cached_bytes() == 2 * MiB
-    pool.set_pool_limit(2 * MiB)  # full: a block freed now goes back to the system
+    assert fused.set_pool_limit(2 * MiB) == 512 * MiB  # full: a block freed now goes back to the system
     del c
     assert pool.pool_cached_bytes() == 2 * MiB
     fused.release_scratch()
     assert pool.pool_cached_bytes() == 0
+    with pytest.raises(ValueError, match="nbytes"):
+        fused.set_pool_limit(-1)
 
 
 def test_a_training_step_takes_the_previous_steps_memory(pool):

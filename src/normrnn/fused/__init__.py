@@ -26,8 +26,9 @@ Not covered (``auto`` uses the reference loop, ``fused`` raises): zoneout. Synch
 engines all-reduce each step's sums through the loop's reducer (:mod:`.contract`).
 """
 from . import native, torch_engine
-from .input_term import release_scratch
+from .input_term import release_scratch, set_pool_limit
 from .run import run_direction
 from .select import engine, engine_name, force_engine
 
-__all__ = ["engine", "engine_name", "force_engine", "native", "release_scratch", "run_direction", "torch_engine"]
+__all__ = ["engine", "engine_name", "force_engine", "native", "release_scratch", "run_direction", "set_pool_limit",
+           "torch_engine"]
