@@ -17,7 +17,9 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Iterator
 
-ROOT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "src"
+# The source folder (the command line's argument when run as a script; never sys.argv on import: under pytest that
+# held pytest's arguments, the check then read no module and passed whatever the tree held).
+ROOT = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "normrnn"
 
 # Bottom to top. A pattern ending in ".*" takes a package and everything in it.
@@ -53,6 +55,8 @@ def modules() -> dict[str, Path]:
         parts = path.relative_to(ROOT).with_suffix("").parts
         name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         found[name] = path
+    if not found:  # (a check that reads nothing would pass)
+        raise FileNotFoundError(f"no {PACKAGE} modules under {ROOT}")
     return found
 
 
@@ -162,7 +166,10 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    global ROOT
+    if argv:
+        ROOT = Path(argv[0])
     found = problems()
     for p in found:
         print(p)
@@ -171,4 +178,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -55,8 +55,7 @@ def release_scratch() -> None:
     native engine's buffer pool holds unused (its T-step buffers, reused by the next call of a similar shape)."""
     _scratch.buffers.clear()
     from . import native  # (here: the native module loads on first use, and input_term does not need it)
-    if native._module is not None:
-        native._module.release_pool()
+    native.release_pool()
 
 
 def set_pool_limit(nbytes: int) -> int:

@@ -72,6 +72,13 @@ def load() -> Optional[ModuleType]:
     return _module
 
 
+def release_pool() -> None:
+    """Free what the buffer pool of the loaded kernels holds unused (csrc/pool.h); nothing if they are not
+    loaded (this builds nothing)."""
+    if _module is not None:
+        _module.release_pool()
+
+
 # ------------------------------------------------------------------------------------------------ GEMM paths
 # The kernels' products run on one of several GEMM paths (csrc/gemm.h): "plain" (at::mm_out, torch's sgemm),
 # "packed" (MKL's packed GEMM, per-step products), "onednn" (oneDNN's matmul) and "avx512" (the engine's own
