@@ -156,3 +156,14 @@ def test_a_finished_claim_process_leaves_the_others_work_folders(tmp_path):
     (tmp_path / "work" / "C9").mkdir()
     run_claims([], StudyContext(profile="smoke", seeds=1, progress=False), tmp_path)
     assert busy.is_dir()
+
+
+def test_a_scale_check_names_the_unmet_conditions_first():
+    """'no: ...' opens with what failed; what holds follows after 'met:' (it read 'no: 20 epochs (needs ≥ 20); ...'
+    when the learning rate was the reason)."""
+    from normrnn.study.core import conditions
+
+    assert conditions((True, "20 epochs (needs ≥ 20)"), (False, "rate shared"), (True, "plateaued")) == (
+        False, "rate shared; met: 20 epochs (needs ≥ 20); plateaued")
+    assert conditions((True, "a"), (True, "b")) == (True, "a; b")
+    assert conditions((False, "a"), (False, "b")) == (False, "a; b")

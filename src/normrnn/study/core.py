@@ -93,6 +93,17 @@ class Verdict:
             raise ValueError(f"verdict must be one of {VERDICTS}, got {self.label!r}")
 
 
+def conditions(*checks: tuple[bool, str]) -> tuple[bool, str]:
+    """A scale check of several conditions, each (met, what was found): (all met, text). The unmet ones come first
+    and the met ones after "met:", so that a report's "no: ..." never opens with a condition that holds (it read
+    "no: 20 epochs (needs ≥ 20); ..." when the learning rate was the reason)."""
+    unmet = [text for met, text in checks if not met]
+    met = [text for met, text in checks if met]
+    if not unmet:
+        return True, "; ".join(met)
+    return False, "; ".join(unmet) + ("; met: " + "; ".join(met) if met else "")
+
+
 class Claim:
     """Base class of the twelve claims. Subclasses set the text attributes and implement the five methods."""
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ...norms import RecurrentBatchNorm
-from ..core import Claim, Experiment, Record, StudyContext, Verdict
+from ..core import Claim, Experiment, Record, StudyContext, Verdict, conditions
 from ..experiments import charlm_data, charlm_plan, smooth, train_run
 from ..stats import (CHARLM_TRAINED_BPC, INCONCLUSIVE, SUPPORTED, fmt, label_for, mean, one_sample, paired, per_seed,
                      status)
@@ -189,9 +189,10 @@ class TimeSteps(Claim):
     def scale_check(self, records: list[Record], ctx: StudyContext) -> tuple[bool, str]:
         spread = mean([r.result["step_spread"] for r in records if "step_spread" in r.result])
         bpc = mean([r.result["valid_bpc"] for r in records if not r.result.get("diverged")])
-        ok = spread >= SPREAD_MIN and bpc <= CHARLM_TRAINED_BPC
-        return ok, (f"per-step BN statistics spread over steps by {spread:.2f} running SD (needs ≥ {SPREAD_MIN}); "
-                    f"mean valid BPC {bpc:.2f} (a trained small char-LM: ≤ {CHARLM_TRAINED_BPC})")
+        return conditions(
+            (spread >= SPREAD_MIN, f"per-step BN statistics spread over steps by {spread:.2f} running SD "
+                                   f"(needs ≥ {SPREAD_MIN})"),
+            (bpc <= CHARLM_TRAINED_BPC, f"mean valid BPC {bpc:.2f} (a trained small char-LM: ≤ {CHARLM_TRAINED_BPC})"))
 
     def table(self, records: list[Record]):
         lengths = sorted({int(k) for r in records for k in r.result["bpc_at_length"]})

@@ -23,7 +23,7 @@ from typing import Optional
 from ...data import registry
 from ...data._io import iter_files
 from ...data.charlm import strip_gutenberg
-from ..core import Claim, Experiment, Record, StudyContext, Verdict
+from ..core import Claim, Experiment, Record, StudyContext, Verdict, conditions
 from ..experiments import curve, plan, text_data, train_run
 from ..stats import (CONTRADICTED, NOT_SHOWN, SUPPORTED, fmt, group, label_for, mean, paired, per_seed, status)
 
@@ -240,11 +240,11 @@ class Convergence(Claim):
                      or r.result["plateau_epoch"] > PLATEAU_BEFORE * (r.result.get("epochs") or 0))]
         tuned = all(r.result.get("tuned_lr") for r in records if r.key["norm"] in ("none", "layer")
                     and not r.result.get("diverged"))
-        ok = epochs >= MIN_EPOCHS and not late and tuned
-        return ok, (f"{epochs} epochs (needs ≥ {MIN_EPOCHS}); {len(late)} no-norm/LN runs still improving after "
-                    f"{PLATEAU_BEFORE:.0%} of them; learning rate "
-                    + ("searched per norm" if tuned else "shared by the norms, not searched per norm (a speed "
-                                                         "comparison at one rate says little about either)"))
+        return conditions(
+            (epochs >= MIN_EPOCHS, f"{epochs} epochs (needs ≥ {MIN_EPOCHS})"),
+            (not late, f"{len(late)} no-norm/LN runs still improving after {PLATEAU_BEFORE:.0%} of them"),
+            (tuned, "learning rate " + ("searched per norm" if tuned else "shared by the norms, not searched per "
+                                        "norm (a speed comparison at one rate says little about either)")))
 
     def table(self, records: list[Record]):
         f1 = self._f1(records)
