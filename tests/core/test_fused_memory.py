@@ -148,9 +148,15 @@ def test_pool_reuses_a_freed_block_within_its_rules(pool):
     small = pool.pooled_empty([1000], torch.float64)  # under 1 MiB: an ordinary allocation, never kept
     del small
     assert pool.pool_cached_bytes() == 2 * MiB
-    assert fused.set_pool_limit(2 * MiB) == 512 * MiB  # full: a block freed now goes back to the system
-    del c
-    assert pool.pool_cached_bytes() == 2 * MiB
+    assert fused.set_pool_limit(2 * MiB) == 512 * MiB
+    newest = c.data_ptr()
+    del c  # 3 MiB would exceed the limit: the block freed longest ago (2 MiB) makes room for it
+    assert pool.pool_cached_bytes() == 1 * MiB
+    d = pool.pooled_empty([MiB // 4], torch.float32)
+    assert d.data_ptr() == newest and pool.pool_cached_bytes() == 0
+    big = pool.pooled_empty([MiB], torch.float32)  # 4 MiB: above the limit, so never kept
+    del d, big
+    assert pool.pool_cached_bytes() == 1 * MiB
     fused.release_scratch()
     assert pool.pool_cached_bytes() == 0
     with pytest.raises(ValueError, match="nbytes"):

@@ -44,6 +44,7 @@
 #include <fstream>
 #include <cstdlib>
 #include <limits>
+#include <list>
 #include <map>
 #include <memory>
 #include <mutex>

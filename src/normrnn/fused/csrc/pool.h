@@ -8,8 +8,10 @@
 // EPYC, 2 threads, a batch-norm LSTM step faulted 12,400 times (nn.LSTM: 8,200) and spent 26 ms of CPU in the
 // kernel against 136 ms in user code. So buffers of at least kMinBytes come from this pool: a freed buffer's
 // memory goes back to it, not to the system, and the next call of the same shape takes it again, as oneDNN keeps
-// its scratchpad and PyTorch's CUDA allocator its blocks. What the pool holds unused is capped (limit(), 512 MiB;
-// a block that would exceed it is freed), and release() returns all of it (normrnn.fused.release_scratch).
+// its scratchpad and PyTorch's CUDA allocator its blocks. What the pool holds unused is capped (limit(), 512 MiB):
+// a freed block that would exceed it pushes out the blocks freed longest ago, so that when the shapes change
+// (other lengths, another model) the pool comes to hold the new ones rather than keep the old ones forever; and
+// release() returns all of it (normrnn.fused.release_scratch).
 // Tensors from the pool are ordinary CPU tensors whose storage cannot be resized; none is handed to the user as
 // an output (outputs and states still come from at::empty).
 #pragma once
@@ -55,16 +57,16 @@ class BufferPool {
 
   // Frees every block the pool holds unused; returns the bytes freed.
   int64_t release() {
-    std::multimap<size_t, void*> blocks;
+    std::list<Block> blocks;
     {
       const std::lock_guard<std::mutex> g(lock_);
       blocks.swap(free_);
       cached_ = 0;
     }
     int64_t freed = 0;
-    for (auto& [size, p] : blocks) {
-      std::free(p);
-      freed += static_cast<int64_t>(size);
+    for (const Block& b : blocks) {
+      std::free(b.p);
+      freed += static_cast<int64_t>(b.size);
     }
     return freed;
   }
@@ -77,33 +79,50 @@ class BufferPool {
  private:
   static constexpr size_t kRound = size_t(64) << 10;  // sizes in 64 KiB units: nearby shapes share blocks
 
-  // A free block of at least `size` bytes and at most 1.25x that (a larger one would idle more than it saves);
-  // `size` becomes the block's.
+  struct Block {
+    void* p;
+    size_t size;
+  };
+
+  // The smallest free block of at least `size` bytes and at most 1.25x that (a larger one would idle more than it
+  // saves), the most recently freed among equals; `size` becomes the block's. (A linear search: a pool holds a few
+  // blocks per buffer of a call, tens in all, each worth a megabyte or more of work.)
   void* take(size_t& size) {
     const std::lock_guard<std::mutex> g(lock_);
-    const auto it = free_.lower_bound(size);
-    if (it == free_.end() || it->first > size + size / 4) return nullptr;
-    void* p = it->second;
-    size = it->first;
+    auto best = free_.end();
+    for (auto it = free_.begin(); it != free_.end(); ++it)
+      if (it->size >= size && it->size <= size + size / 4 && (best == free_.end() || it->size < best->size)) best = it;
+    if (best == free_.end()) return nullptr;
+    void* p = best->p;
+    size = best->size;
     cached_ -= size;
-    free_.erase(it);
+    free_.erase(best);
     return p;
   }
 
+  // Keeps a freed block, pushing out the blocks freed longest ago while the pool would exceed its limit.
   void give_back(void* p, size_t size) {
+    std::vector<void*> out;
     {
       const std::lock_guard<std::mutex> g(lock_);
-      if (cached_ + size <= static_cast<size_t>(std::max<int64_t>(limit(), 0))) {
-        free_.emplace(size, p);
+      const size_t cap = static_cast<size_t>(std::max<int64_t>(limit(), 0));
+      if (size > cap) {
+        out.push_back(p);
+      } else {
+        free_.push_front({p, size});
         cached_ += size;
-        return;
+        while (cached_ > cap) {
+          out.push_back(free_.back().p);
+          cached_ -= free_.back().size;
+          free_.pop_back();
+        }
       }
     }
-    std::free(p);
+    for (void* q : out) std::free(q);  // (outside the lock)
   }
 
   std::mutex lock_;
-  std::multimap<size_t, void*> free_;  // unused blocks by size
+  std::list<Block> free_;  // unused blocks, the most recently freed first
   size_t cached_ = 0;
 };
 
