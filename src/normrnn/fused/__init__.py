@@ -26,7 +26,8 @@ Not covered (``auto`` uses the reference loop, ``fused`` raises): zoneout. Synch
 engines all-reduce each step's sums through the loop's reducer (:mod:`.contract`).
 """
 from . import native, torch_engine
-from .input_term import release_scratch, set_pool_limit
+from .input_term import release_scratch
+from .native import set_pool_limit
 from .run import run_direction
 from .select import engine, engine_name, force_engine
 

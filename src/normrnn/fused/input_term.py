@@ -58,18 +58,6 @@ def release_scratch() -> None:
     native.release_pool()
 
 
-def set_pool_limit(nbytes: int) -> int:
-    """The most memory (bytes) the native engine's buffer pool keeps unused between calls (512 MiB by default;
-    0 keeps none: every call takes fresh pages from the system, as before the pool). Returns the previous limit.
-    What it holds beyond the new limit stays until :func:`release_scratch` or its reuse."""
-    if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes < 0:
-        raise ValueError(f"set_pool_limit: nbytes must be an int >= 0, got {nbytes!r}")
-    from . import native
-    module = native.load()
-    if module is None:
-        return 0
-    return module.set_pool_limit(nbytes)
-
 
 def normalize(norm: Optional[nn.Module], x: Tensor, step: int, mask: Optional[Tensor], eng: Engine) -> Tensor:
     """``norm(x, step, mask)``, with a layer norm or RMSNorm without bias on the engine's kernels (x (..., F))."""

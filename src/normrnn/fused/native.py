@@ -72,6 +72,16 @@ def load() -> Optional[ModuleType]:
     return _module
 
 
+def set_pool_limit(nbytes: int) -> int:
+    """The most memory (bytes) the buffer pool (csrc/pool.h) keeps unused between calls (512 MiB by default; 0
+    keeps none: every call takes fresh pages from the system). Returns the previous limit; 0 where the kernels
+    cannot load. Blocks beyond a lower limit go at the next block freed, or with release_scratch()."""
+    if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes < 0:
+        raise ValueError(f"set_pool_limit: nbytes must be an int >= 0, got {nbytes!r}")
+    module = load()
+    return 0 if module is None else module.set_pool_limit(nbytes)
+
+
 def release_pool() -> None:
     """Free what the buffer pool of the loaded kernels holds unused (csrc/pool.h); nothing if they are not
     loaded (this builds nothing)."""

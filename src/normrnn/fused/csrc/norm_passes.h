@@ -24,19 +24,9 @@ std::vector<at::Tensor> row_norm_forward_impl(const at::Tensor& x, const at::Ten
   T* yp = y.data_ptr<T>();
   T* rp = rstd.data_ptr<T>();
   T* mp = ptr<T>(mean);
-  std::vector<T> ones(w ? 0 : F, T(1));
-  const T* g = w ? w : ones.data();
-  // Per row: the mean (layer norm), the sum of squares about it, and the scaled row in one pass.
+  // Per row (row_norm_fwd): the mean (layer norm), the sum of squares about it, and the scaled row.
   for_rows(R, F, [&](int64_t r) {
-    const T* __restrict xr = xp + r * F;
-    T* __restrict yr = yp + r * F;
-    const T mu = layer ? lane_sum<T>(F, [&](int64_t f) { return xr[f]; }) / F : T(0);
-    const T ss = lane_sum<T>(F, [&](int64_t f) { return (xr[f] - mu) * (xr[f] - mu); });
-    const T rr = T(1) / std::sqrt(ss / F + eps);
-    rp[r] = rr;
-    if (layer) mp[r] = mu;
-#pragma omp simd
-    for (int64_t f = 0; f < F; ++f) yr[f] = (xr[f] - mu) * rr * g[f];
+    rp[r] = row_norm_fwd(xp + r * F, F, kind, eps, yp + r * F, w, layer ? mp + r : static_cast<T*>(nullptr));
   });
   return {y, mean, rstd};
 }

@@ -61,10 +61,12 @@ inline T lane_sum(int64_t n, const Term& term) {
 }
 
 // Normalize one row s (F) into shat (may be s itself), times gain when one is given; returns 1/sqrt(var + eps)
-// (layer) or 1/sqrt(mean square + eps) (rms).
+// (layer) or 1/sqrt(mean square + eps) (rms), and the mean (0 for rms) in *mean_out when given.
 template <typename T>
-inline T row_norm_fwd(const T* s, int64_t F, int64_t kind, T eps, T* shat, const T* gain = nullptr) {
+inline T row_norm_fwd(const T* s, int64_t F, int64_t kind, T eps, T* shat, const T* gain = nullptr,
+                      T* mean_out = nullptr) {
   const T mean = kind == LAYER ? lane_sum<T>(F, [&](int64_t i) { return s[i]; }) / F : T(0);
+  if (mean_out) *mean_out = mean;
   const T var = lane_sum<T>(F, [&](int64_t i) { return (s[i] - mean) * (s[i] - mean); });
   const T r = T(1) / std::sqrt(var / F + eps);
   if (gain) {  // (one loop per case: see pre_activation)
